@@ -1,0 +1,5 @@
+"""``python -m replicator``."""
+
+from replicator.cli.main import main
+
+raise SystemExit(main())

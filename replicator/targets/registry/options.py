@@ -1,0 +1,78 @@
+"""Connection settings for one registry host."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What to authenticate with.  Never logged; ``repr`` hides the secrets."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: A refresh token (Docker ``identitytoken``), used for OAuth2 grants.
+    identity_token: str | None = field(default=None, repr=False)
+    #: A ready bearer token (e.g. ``REPLICATOR_REGISTRY_TOKEN``), used as is.
+    registry_token: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        """Every secret value held, for the log redaction processor."""
+        return [s for s in (self.password, self.identity_token, self.registry_token) if s]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries with jittered exponential backoff (Retry-After wins when longer)."""
+
+    attempts: int = 6
+    base_delay: float = 0.25
+    max_delay: float = 30.0
+    #: Retry-After values above this are treated as a failure rather than a sleep.
+    max_retry_after: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How to talk to one registry host."""
+
+    credentials: Credentials | None = None
+    #: None = decide by host: loopback hosts use plain HTTP (as Docker does).
+    plain_http: bool | None = None
+    #: Skip TLS certificate verification.
+    insecure: bool = False
+    ca_file: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Connections kept per host.
+    max_connections: int = 32
+    connect_timeout: float = 15.0
+    #: Seconds without a byte on an open connection before it counts as broken.
+    read_timeout: float = 60.0
+    #: Blobs up to this size go monolithic (POST + PUT); larger ones chunked.
+    monolithic_max: int = 32 * 1024 * 1024
+    chunk_size: int = 16 * 1024 * 1024
+    #: Pages of tag lists / referrers followed at most.
+    max_pages: int = 1000
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and [::1] (with or without a port)."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def uses_plain_http(host: str, options: RegistryOptions) -> bool:
+    """Whether to speak http:// to ``host`` under ``options``."""
+    if options.plain_http is not None:
+        return options.plain_http
+    return is_loopback_host(host)
