@@ -1,0 +1,352 @@
+"""Process-wide structured logging with secret redaction.
+
+One pipeline serves both structlog loggers (``get_logger``) and the standard
+library ``logging`` module (aiohttp, asyncio): both end in the same handler on
+``stderr``, rendered either for humans (a TTY) or as JSON lines.
+
+Guarantees:
+
+* Every value registered with :func:`register_secret` (passwords, tokens,
+  identity tokens) is replaced by ``***`` wherever it appears in a log line:
+  in the event text, in any bound value, nested in dicts, lists and tuples, in
+  formatted exceptions, and in records coming from the stdlib ``logging``.
+* Independent of registration, well-known secret shapes are masked too:
+  ``Authorization:`` header values, ``Bearer``/``Basic`` credentials, JWTs,
+  URL user-info (``https://user:pass@host``), query or form parameters named
+  ``token``, ``access_token``, ``refresh_token`` or ``password``, JSON members
+  with those names, and bound values under secret-looking keys.
+* The rendered line passes the redaction once more before it is written, so a
+  renderer that stringifies an unknown object cannot leak a registered secret.
+
+Registered secrets shorter than :data:`MIN_SUBSTRING_SECRET` characters are
+masked only where they stand as a whole word: masking every occurrence of a
+two-letter password inside digests would make the logs useless without
+protecting anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TextIO
+from urllib.parse import quote, quote_plus
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+__all__ = [
+    "MASK",
+    "MIN_SUBSTRING_SECRET",
+    "LogFormat",
+    "configure_logging",
+    "get_logger",
+    "redact_event",
+    "redact_text",
+    "redact_value",
+    "register_secret",
+    "registered_secret_count",
+]
+
+#: What every secret is replaced by.
+MASK = "***"
+#: Secrets at least this long are masked wherever they occur, shorter ones only as whole words.
+MIN_SUBSTRING_SECRET = 4
+
+LogFormat = Literal["auto", "console", "json"]
+
+_TOKEN_CHARS = r"[A-Za-z0-9._~+/=\-]+"
+_SECRET_PARAM_NAMES = (
+    r"(?:access_token|refresh_token|id_token|identity_token|identitytoken|token|password|passwd)"
+)
+
+# Order matters: the header pattern swallows the whole value, so a later
+# ``Bearer`` pattern never sees half of it.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization / Proxy-Authorization header values, up to end of line or a quote.
+    (
+        re.compile(r"((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n,}]+", re.IGNORECASE),
+        rf"\1{MASK}",
+    ),
+    # Bearer / Basic credentials (but not challenge parameters such as `Bearer realm=`).
+    (
+        re.compile(
+            rf"\b(Bearer|Basic)\s+(?!(?:realm|scope|service|error|charset)\s*=){_TOKEN_CHARS}",
+            re.IGNORECASE,
+        ),
+        rf"\1 {MASK}",
+    ),
+    # JWTs: header.payload.signature, each base64url; header and payload start with `{"`.
+    (re.compile(r"eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), MASK),
+    # URL user-info: scheme://user:password@ or scheme://token@
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@:]*(?::[^/\s@]*)?@"), rf"\1{MASK}@"),
+    # Query string / form parameters.
+    (
+        re.compile(rf"((?:^|[?&;\s])(?:{_SECRET_PARAM_NAMES})=)[^&\s#'\";,]*", re.IGNORECASE),
+        rf"\1{MASK}",
+    ),
+    # JSON members: "token": "...", 'password': '...'
+    (
+        re.compile(
+            rf"""(["'](?:{_SECRET_PARAM_NAMES}|secret|auth)["']\s*:\s*)(["'])(?:\\.|(?!\2).)*\2""",
+            re.IGNORECASE,
+        ),
+        rf"\1\2{MASK}\2",
+    ),
+)
+
+#: Keys (lower-case, ``-`` as ``_``) whose values are always masked in event dicts.
+_SECRET_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "identity_token",
+        "identitytoken",
+        "registry_token",
+        "authorization",
+        "proxy_authorization",
+        "auth",
+        "cookie",
+        "set_cookie",
+    }
+)
+
+
+class _SecretRegistry:
+    """The set of registered secret values and one compiled regex matching any of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: set[str] = set()
+        self._regex: re.Pattern[str] | None = None
+
+    def add(self, value: str) -> None:
+        if not value or value in self._values:
+            return
+        with self._lock:
+            self._values.add(value)
+            self._regex = self._compile(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @staticmethod
+    def _compile(values: Iterable[str]) -> re.Pattern[str]:
+        parts = []
+        for value in sorted(values, key=len, reverse=True):
+            escaped = re.escape(value)
+            if len(value) >= MIN_SUBSTRING_SECRET:
+                parts.append(escaped)
+            else:
+                parts.append(rf"(?<![A-Za-z0-9]){escaped}(?![A-Za-z0-9])")
+        return re.compile("|".join(parts))
+
+    def sub(self, text: str) -> str:
+        regex = self._regex
+        if regex is None:
+            return text
+        return regex.sub(MASK, text)
+
+
+_SECRETS = _SecretRegistry()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` in every log line written from now on by this process.
+
+    Call it for every password, token and identity token the process learns,
+    before anything might log it.  Empty values and ``None`` are ignored.
+    """
+    if not value:
+        return
+    _SECRETS.add(value)
+    # The same value as it appears in a URL or a form body.
+    for encoded in (quote(value, safe=""), quote_plus(value, safe="")):
+        if encoded != value:
+            _SECRETS.add(encoded)
+
+
+def registered_secret_count() -> int:
+    """How many distinct secrets are registered (for tests and diagnostics)."""
+    return len(_SECRETS)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every registered secret and every secret-shaped substring masked."""
+    text = _SECRETS.sub(text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in _SECRET_KEYS
+
+
+def redact_value(value: Any) -> Any:
+    """A copy of ``value`` with secrets masked, recursing into containers.
+
+    Strings are redacted; mappings, lists, tuples and sets are rebuilt with their
+    items redacted and values under secret-looking keys replaced by ``***``;
+    numbers, booleans and ``None`` pass unchanged; anything else is turned into
+    its redacted ``repr`` so a renderer cannot leak it later.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, bytes | bytearray):
+        return redact_text(bytes(value).decode("utf-8", "replace"))
+    if isinstance(value, Mapping):
+        return {k: (MASK if _is_secret_key(k) and v else redact_value(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [redact_value(v) for v in value]
+        return items if not isinstance(value, tuple) else tuple(items)
+    return redact_text(repr(value))
+
+
+def _format_exception(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Turn ``exc_info`` into an ``exception`` string so it can be redacted."""
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    if exc_info[0] is not None:
+        event_dict["exception"] = "".join(traceback.format_exception(*exc_info)).rstrip()
+    return event_dict
+
+
+def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secrets in every value of ``event_dict``.
+
+    Keys starting with ``_`` belong to structlog's stdlib bridge (the log
+    record) and are left alone; they are never rendered.
+    """
+    for key, value in list(event_dict.items()):
+        if key.startswith("_"):
+            continue
+        if _is_secret_key(key) and value:
+            event_dict[key] = MASK
+        else:
+            event_dict[key] = redact_value(value)
+    return event_dict
+
+
+class _RedactingRenderer:
+    """Wrap a renderer and redact its output string once more (defence in depth)."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        rendered = self._renderer(logger, method, event_dict)
+        if isinstance(rendered, bytes):
+            rendered = rendered.decode("utf-8", "replace")
+        return redact_text(str(rendered))
+
+
+_HANDLER_MARK = "_replicator_handler"
+
+
+def _wants_console(fmt: LogFormat, stream: TextIO) -> bool:
+    if fmt == "console":
+        return True
+    if fmt == "json":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure_logging(
+    *, debug: bool = False, fmt: LogFormat = "auto", stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the stdlib ``logging`` for the whole process.
+
+    ``fmt`` "auto" renders for humans when ``stream`` is a TTY and JSON lines
+    otherwise.  The level is INFO, or DEBUG with ``debug``.  Every line, from
+    structlog or stdlib loggers, passes the secret redaction.  Calling it again
+    replaces the previous configuration (tests do).
+    """
+    out = stream if stream is not None else sys.stderr
+    level = logging.DEBUG if debug else logging.INFO
+    console = _wants_console(fmt, out)
+
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    renderer: Processor
+    if console:
+        colors = _isatty(out)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+
+    shared: list[Processor] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        timestamper,
+        structlog.processors.StackInfoRenderer(),
+        _format_exception,
+        redact_event,
+    ]
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _RedactingRenderer(renderer),
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A structlog logger named ``name`` (use the module's ``__name__``).
+
+    Safe to call at import time: the logger picks up the configuration in
+    force when it first logs.
+    """
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
