@@ -1,0 +1,1 @@
+"""Durable resume journal (SQLite, WAL)."""

@@ -1,0 +1,491 @@
+"""The durable resume journal: SQLite in WAL mode, one writer thread batching commits.
+
+What it holds:
+
+* ``runs`` — one row per copy run: its *key* (a digest of what the run was asked
+  to do), the command line without secrets, its state (``running``,
+  ``interrupted``, ``failed``, ``done``), counters and the last error.
+* ``confirmations`` — what a destination confirmed during a run: a blob present,
+  mounted or uploaded, a manifest pushed, a referrers index updated, a tag set.
+  An entry is written only *after* the destination confirmed, so a journal can
+  make a run redo work but never skip work that did not happen.
+* ``uploads`` — for each chunked upload in flight, its upload URL and the offset
+  the destination acknowledged after the last chunk.
+* ``blob_cache`` — across runs: which repositories of a destination location are
+  known to hold a blob (mount candidates).  The engine drops an entry when the
+  destination later says the blob is unknown.
+
+Writes are queued and committed by one thread in batches (a transaction per
+batch), which keeps the journal's cost per confirmation to a queue put.
+``flush()`` waits until everything queued so far is on disk.  A journal file
+that fails SQLite's ``quick_check`` or has a foreign schema is set aside (renamed
+with a ``.corrupt-<time>`` suffix), a warning is logged, and a fresh journal is
+started: the run then falls back to asking the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from replicator.errors import JournalError
+
+log = structlog.get_logger("replicator.journal")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    command TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL,
+    counts TEXT NOT NULL DEFAULT '{}',
+    bytes INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_key ON runs (key, state);
+CREATE TABLE IF NOT EXISTS confirmations (
+    run_id TEXT NOT NULL,
+    location TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL,
+    PRIMARY KEY (run_id, location, repository, digest, kind, detail)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    run_id TEXT NOT NULL,
+    location TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    upload_url TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (run_id, location, repository, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_cache (
+    location TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    seen REAL NOT NULL,
+    PRIMARY KEY (location, digest, repository)
+) WITHOUT ROWID;
+"""
+
+#: Kinds of confirmation.
+BLOB = "blob"
+MANIFEST = "manifest"
+REFERRERS = "referrers"
+TAG = "tag"
+
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+FAILED = "failed"
+DONE = "done"
+
+
+def default_journal_path() -> Path:
+    """``$XDG_STATE_HOME/replicator/journal.sqlite`` (``~/.local/state`` by default)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "replicator" / "journal.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run as stored."""
+
+    id: str
+    key: str
+    command: Mapping[str, Any]
+    state: str
+    started: float
+    updated: float
+    finished: float | None
+    counts: Mapping[str, int]
+    bytes: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """A chunked upload a run left in flight."""
+
+    location: str
+    repository: str
+    digest: str
+    upload_url: str
+    offset: int
+
+
+_Op = tuple[str, tuple[Any, ...]]
+_STOP = object()
+
+
+class _Writer(threading.Thread):
+    """Owns the write connection; commits queued statements in batches."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="replicator-journal", daemon=True)
+        self.path = path
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            while True:
+                item = self.queue.get()
+                batch = [item]
+                while len(batch) < 1000:
+                    try:
+                        batch.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = False
+                waiters: list[Future[None]] = []
+                ops: list[_Op] = []
+                for entry in batch:
+                    if entry is _STOP:
+                        stop = True
+                    elif isinstance(entry, Future):
+                        waiters.append(entry)
+                    else:
+                        ops.append(entry)
+                if ops and self.error is None:
+                    try:
+                        conn.execute("BEGIN")
+                        for sql, params in ops:
+                            conn.execute(sql, params)
+                        conn.execute("COMMIT")
+                    except sqlite3.Error as exc:  # disk full, file removed...
+                        self.error = exc
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                for waiter in waiters:
+                    if self.error is not None:
+                        waiter.set_exception(JournalError(f"journal write failed: {self.error}"))
+                    else:
+                        waiter.set_result(None)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+
+class Journal:
+    """The resume journal at one path.  Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, path: Path, reader: sqlite3.Connection, writer: _Writer) -> None:
+        self.path = path
+        self._reader = reader
+        self._writer = writer
+        self._closed = False
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path | str | None = None) -> Journal:
+        """Open (creating if needed) the journal; set a corrupt one aside."""
+        target = Path(path) if path is not None else default_journal_path()
+        return await anyio.to_thread.run_sync(cls._open_sync, target)
+
+    @classmethod
+    def _open_sync(cls, path: Path) -> Journal:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"cannot create journal directory {path.parent}: {exc}") from exc
+        if path.exists():
+            problem = _check(path)
+            if problem is not None:
+                aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+                for suffix in ("", "-wal", "-shm"):
+                    src = Path(str(path) + suffix)
+                    if src.exists():
+                        src.replace(Path(str(aside) + suffix))
+                log.warning(
+                    "journal_corrupt_set_aside",
+                    path=str(path),
+                    moved_to=str(aside),
+                    problem=problem,
+                )
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        writer = _Writer(path)
+        writer.start()
+        return cls(path, conn, writer)
+
+    # -- writing ---------------------------------------------------------------
+
+    def _put(self, sql: str, params: tuple[Any, ...]) -> None:
+        if self._closed:
+            raise JournalError("journal is closed")
+        if self._writer.error is not None:
+            raise JournalError(f"journal write failed: {self._writer.error}")
+        self._writer.queue.put((sql, params))
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        if self._closed:
+            return
+        fut: Future[None] = Future()
+        self._writer.queue.put(fut)
+        await anyio.to_thread.run_sync(fut.result)
+
+    def begin_run(
+        self, key: str, command: Mapping[str, Any], *, fresh: bool = False
+    ) -> tuple[str, bool]:
+        """Start a run for ``key`` or continue the unfinished one; returns ``(run_id, resumed)``.
+
+        A run is continued when the newest run with the same key ended in any
+        state but ``done`` and ``fresh`` is false.  With ``fresh`` such runs are
+        marked ``failed`` (abandoned) and a new run starts.
+        """
+        row = self._reader.execute(
+            "SELECT id, state FROM runs WHERE key = ? ORDER BY started DESC LIMIT 1", (key,)
+        ).fetchone()
+        now = time.time()
+        if row is not None and row[1] != DONE:
+            if not fresh:
+                self._put(
+                    "UPDATE runs SET state = ?, updated = ? WHERE id = ?", (RUNNING, now, row[0])
+                )
+                return str(row[0]), True
+            self._put(
+                "UPDATE runs SET state = ?, updated = ?, error = ? WHERE id = ?",
+                (FAILED, now, "abandoned by --fresh", row[0]),
+            )
+        run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6]
+        self._put(
+            "INSERT INTO runs (id, key, command, state, started, updated) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, key, json.dumps(dict(command), sort_keys=True), RUNNING, now, now),
+        )
+        return run_id, False
+
+    def confirm(
+        self, run_id: str, location: str, repository: str, digest: str, kind: str, detail: str = ""
+    ) -> None:
+        """Record that a destination confirmed something (queued; see :meth:`flush`)."""
+        self._put(
+            "INSERT OR IGNORE INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, location, repository, digest, kind, detail, time.time()),
+        )
+        if kind == BLOB:
+            self._put(
+                "INSERT OR REPLACE INTO blob_cache VALUES (?, ?, ?, ?)",
+                (location, digest, repository, time.time()),
+            )
+            self._put(
+                "DELETE FROM uploads WHERE run_id = ? AND location = ? AND repository = ? AND digest = ?",
+                (run_id, location, repository, digest),
+            )
+
+    def record_upload(self, run_id: str, state: UploadState) -> None:
+        """Remember the acknowledged offset of a chunked upload in flight."""
+        self._put(
+            "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                state.location,
+                state.repository,
+                state.digest,
+                state.upload_url,
+                state.offset,
+                time.time(),
+            ),
+        )
+
+    def drop_upload(self, run_id: str, location: str, repository: str, digest: str) -> None:
+        """Forget an upload session (finished, cancelled or gone)."""
+        self._put(
+            "DELETE FROM uploads WHERE run_id = ? AND location = ? AND repository = ? AND digest = ?",
+            (run_id, location, repository, digest),
+        )
+
+    def forget(self, location: str, repository: str, digest: str) -> None:
+        """The destination no longer has this content: drop what we believed about it."""
+        self._put(
+            "DELETE FROM blob_cache WHERE location = ? AND repository = ? AND digest = ?",
+            (location, repository, digest),
+        )
+        self._put(
+            "DELETE FROM confirmations WHERE location = ? AND repository = ? AND digest = ?",
+            (location, repository, digest),
+        )
+
+    def finish_run(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        counts: Mapping[str, int] | None = None,
+        bytes_moved: int = 0,
+        error: str | None = None,
+    ) -> None:
+        """Mark a run ``done``, ``failed`` or ``interrupted`` with its figures."""
+        now = time.time()
+        self._put(
+            "UPDATE runs SET state = ?, updated = ?, finished = ?, counts = ?, "
+            "bytes = bytes + ?, error = ? WHERE id = ?",
+            (
+                state,
+                now,
+                now if state == DONE else None,
+                json.dumps(dict(counts or {}), sort_keys=True),
+                bytes_moved,
+                error,
+                run_id,
+            ),
+        )
+        if state == DONE:
+            self._put("DELETE FROM uploads WHERE run_id = ?", (run_id,))
+
+    # -- reading ---------------------------------------------------------------
+
+    def confirmations(self, run_id: str) -> set[tuple[str, str, str, str, str]]:
+        """Everything a run had confirmed: ``(location, repository, digest, kind, detail)``."""
+        rows = self._reader.execute(
+            "SELECT location, repository, digest, kind, detail FROM confirmations WHERE run_id = ?",
+            (run_id,),
+        )
+        return {(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+
+    def uploads(self, run_id: str) -> list[UploadState]:
+        """Chunked uploads the run left in flight."""
+        rows = self._reader.execute(
+            "SELECT location, repository, digest, upload_url, offset FROM uploads WHERE run_id = ?",
+            (run_id,),
+        )
+        return [UploadState(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
+
+    def mount_candidates(self, location: str, digest: str) -> list[str]:
+        """Repositories of ``location`` believed (from any run) to hold ``digest``."""
+        rows = self._reader.execute(
+            "SELECT repository FROM blob_cache WHERE location = ? AND digest = ? ORDER BY seen DESC",
+            (location, digest),
+        )
+        return [str(r[0]) for r in rows]
+
+    def runs(self) -> list[RunInfo]:
+        """Every run, newest first."""
+        rows = self._reader.execute(
+            "SELECT id, key, command, state, started, updated, finished, counts, bytes, error "
+            "FROM runs ORDER BY started DESC"
+        )
+        return [_run_info(r) for r in rows]
+
+    def run(self, run_id: str) -> RunInfo | None:
+        """One run by id (or unique id prefix)."""
+        rows = self._reader.execute(
+            "SELECT id, key, command, state, started, updated, finished, counts, bytes, error "
+            "FROM runs WHERE id LIKE ? ORDER BY started DESC",
+            (run_id.replace("%", "") + "%",),
+        ).fetchall()
+        return _run_info(rows[0]) if len(rows) == 1 else None
+
+    def gc(self, *, older_than: float, keep_unfinished: bool = True) -> int:
+        """Delete runs (and their entries) older than ``older_than`` seconds ago; returns the count.
+
+        Runs that are not ``done`` are kept unless ``keep_unfinished`` is false.
+        Runs on the blob cache older than the cut-off are dropped too.
+        """
+        cutoff = time.time() - older_than
+        states: Iterable[str] = (
+            (DONE, FAILED) if keep_unfinished else (DONE, FAILED, INTERRUPTED, RUNNING)
+        )
+        marks = ",".join("?" for _ in states)
+        ids = [
+            str(r[0])
+            for r in self._reader.execute(
+                f"SELECT id FROM runs WHERE updated < ? AND state IN ({marks})",
+                (cutoff, *states),
+            )
+        ]
+        for run_id in ids:
+            self._put("DELETE FROM confirmations WHERE run_id = ?", (run_id,))
+            self._put("DELETE FROM uploads WHERE run_id = ?", (run_id,))
+            self._put("DELETE FROM runs WHERE id = ?", (run_id,))
+        self._put("DELETE FROM blob_cache WHERE seen < ?", (cutoff,))
+        return len(ids)
+
+    # -- closing ---------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Flush, stop the writer and close the connections."""
+        if self._closed:
+            return
+        await self.flush()
+        self._closed = True
+        self._writer.queue.put(_STOP)
+        await anyio.to_thread.run_sync(self._writer.join)
+        self._reader.close()
+
+
+def _run_info(r: tuple[Any, ...]) -> RunInfo:
+    return RunInfo(
+        id=str(r[0]),
+        key=str(r[1]),
+        command=json.loads(r[2]),
+        state=str(r[3]),
+        started=float(r[4]),
+        updated=float(r[5]),
+        finished=float(r[6]) if r[6] is not None else None,
+        counts=json.loads(r[7] or "{}"),
+        bytes=int(r[8]),
+        error=r[9],
+    )
+
+
+def _check(path: Path) -> str | None:
+    """None when ``path`` is a usable journal, else what is wrong with it."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()
+            if not result or result[0] != "ok":
+                return f"quick_check: {result[0] if result else 'no answer'}"
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if tables and not {"runs", "confirmations", "uploads", "blob_cache"} <= tables:
+                return "not a replicator journal"
+            if "meta" in tables:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is not None and row[0] != str(SCHEMA_VERSION):
+                    return f"schema version {row[0]}, expected {SCHEMA_VERSION}"
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
