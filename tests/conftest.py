@@ -1,0 +1,207 @@
+"""Shared fixtures: real registries on loopback ports, fault proxies, fresh names.
+
+Registry fixtures are session-scoped and start lazily (the first test that asks
+for one starts it); everything is stopped at the end of the session.  Their
+values are :class:`tests.infra.registry.RegistryInstance`.  When docker-registry
+is missing every test that needs a registry *fails* with a message saying how
+to install it — nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.infra.registry import (
+    VARIANTS,
+    RegistryBinaryMissing,
+    RegistryInstance,
+    RunningRegistry,
+    Variant,
+    registry_binary,
+    start_registry,
+)
+
+if TYPE_CHECKING:
+    from tests.infra.proxy import FaultProxy
+
+REGISTRY_FIXTURES = frozenset(
+    {
+        "registry_open",
+        "registry_basic",
+        "registry_token",
+        "registry_tls",
+        "registry_referrers",
+        "registry_variant",
+        "registries",
+    }
+)
+
+
+class _Registries:
+    """Starts each variant once per session, on first use."""
+
+    def __init__(self, base: Path) -> None:
+        self._base = base
+        self._running: dict[str, RunningRegistry] = {}
+        self._failed: dict[str, str] = {}
+
+    def get(self, variant: Variant) -> RegistryInstance:
+        if variant in self._failed:
+            pytest.fail(self._failed[variant], pytrace=False)
+        running = self._running.get(variant)
+        if running is None:
+            try:
+                running = start_registry(variant, self._base / variant)
+            except Exception as exc:
+                self._failed[variant] = f"could not start the {variant} registry: {exc}"
+                pytest.fail(self._failed[variant], pytrace=False)
+            self._running[variant] = running
+        return running.instance
+
+    def stop_all(self) -> None:
+        for running in self._running.values():
+            running.stop()
+        self._running.clear()
+
+
+@pytest.fixture(scope="session")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Registries]:
+    """The session's registry manager (use the per-variant fixtures instead)."""
+    manager = _Registries(tmp_path_factory.mktemp("registries"))
+    try:
+        yield manager
+    finally:
+        manager.stop_all()
+
+
+@pytest.fixture(scope="session")
+def registry_open(registries: _Registries) -> RegistryInstance:
+    """An open registry over plain HTTP."""
+    return registries.get("open")
+
+
+@pytest.fixture(scope="session")
+def registry_basic(registries: _Registries) -> RegistryInstance:
+    """A registry with htpasswd basic auth (``.users``: alice, bob)."""
+    return registries.get("basic")
+
+
+@pytest.fixture(scope="session")
+def registry_token(registries: _Registries) -> RegistryInstance:
+    """A registry with token auth (``.users``: admin, reader, limited)."""
+    return registries.get("token")
+
+
+@pytest.fixture(scope="session")
+def registry_tls(registries: _Registries) -> RegistryInstance:
+    """An open registry over HTTPS (``.ca_file`` is the CA that signed it)."""
+    return registries.get("tls")
+
+
+@pytest.fixture(scope="session")
+def registry_referrers(registries: _Registries) -> RegistryInstance:
+    """An open registry behind the referrers-API shim."""
+    return registries.get("referrers")
+
+
+@pytest.fixture(params=VARIANTS, ids=list(VARIANTS))
+def registry_variant(request: pytest.FixtureRequest, registries: _Registries) -> RegistryInstance:
+    """Each of the five variants in turn."""
+    variant: Variant = request.param
+    return registries.get(variant)
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+    """Factory: ``fault_proxy(instance) -> FaultProxy`` in front of ``instance``.
+
+    Every proxy made is stopped when the test ends.
+    """
+    from tests.infra.proxy import FaultProxy
+
+    made: list[FaultProxy] = []
+
+    def make(instance: RegistryInstance, **kwargs: Any) -> FaultProxy:
+        proxy = FaultProxy(instance, **kwargs)
+        proxy.start()
+        made.append(proxy)
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in made:
+            proxy.stop()
+
+
+_NAME_CLEAN = re.compile(r"[^a-z0-9]+")
+
+
+class RepoName(str):
+    """A fresh repository name that can also mint more.
+
+    ``unique_repo`` is usable directly as a string (``f"{host}/{unique_repo}:v1"``)
+    and as a factory: ``unique_repo()`` gives another fresh name,
+    ``unique_repo("lim")`` one under ``lim/`` (for the token variant's limited user).
+    """
+
+    _stem: str
+
+    def __new__(cls, stem: str, prefix: str = "t") -> RepoName:
+        obj = super().__new__(cls, f"{prefix}/{stem}-{secrets.token_hex(4)}")
+        obj._stem = stem
+        return obj
+
+    def __call__(self, prefix: str = "t") -> RepoName:
+        """Another fresh name (under ``prefix/``)."""
+        clean = "/".join(p for p in (_clean(part) for part in prefix.split("/")) if p) or "t"
+        return RepoName(self._stem, clean)
+
+
+def _clean(text: str) -> str:
+    return _NAME_CLEAN.sub("-", text.lower()).strip("-")
+
+
+@pytest.fixture
+def unique_repo(request: pytest.FixtureRequest) -> RepoName:
+    """A repository name no other test uses (``t/<test-name>-<random>``)."""
+    stem = _clean(request.node.name)[:40].strip("-") or "test"
+    return RepoName(stem)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a registry fixture as ``integration``."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & (REGISTRY_FIXTURES | {"fault_proxy"}):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail (never skip) integration tests when docker-registry is missing."""
+    names = set(getattr(item, "fixturenames", ()))
+    if names & REGISTRY_FIXTURES:
+        try:
+            registry_binary()
+        except RegistryBinaryMissing as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which docker-registry the integration tests use."""
+    path = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    except OSError:
+        return "docker-registry: MISSING (integration tests will fail; run scripts/setup.sh)"
+    return f"docker-registry: {out}"
