@@ -337,7 +337,7 @@ def canonical_refs(draw: st.DrawFn) -> str:
 @st.composite
 def any_valid_refs(draw: st.DrawFn) -> str:
     """Any valid reference: Docker Hub short forms and upper-case hosts included."""
-    host = draw(
+    host: str = draw(
         st.one_of(
             st.just(""),
             st.sampled_from(["docker.io/", "index.docker.io/", "registry-1.docker.io/"]),
