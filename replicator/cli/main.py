@@ -1,0 +1,346 @@
+"""The ``replicator`` command line: parser, global flags, error contract.
+
+Each command lives in ``replicator/cli/cmd_<name>.py`` with
+``register(subparsers)`` and ``async def run(args, ctx) -> int`` and is listed
+in :data:`COMMANDS`.  This module parses the command line, configures logging,
+builds the :class:`~replicator.cli.context.CliContext`, runs the command under
+anyio (asyncio backend, uvloop when installed) and turns every failure into
+exactly one ``Error: ...`` line on stderr and a documented exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from types import ModuleType
+from typing import Any, TextIO
+
+import anyio
+
+from replicator import __version__
+from replicator.cli.context import CliContext
+from replicator.errors import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_INCOMPLETE,
+    EXIT_INTEGRITY,
+    EXIT_INTERRUPTED,
+    EXIT_JOURNAL,
+    EXIT_NETWORK,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REGISTRY,
+    EXIT_USAGE,
+    ReplicatorError,
+)
+from replicator.observe.logging import configure_logging, redact_text
+
+#: Command modules, imported as ``replicator.cli.cmd_<name>``; missing ones are skipped.
+COMMANDS: tuple[str, ...] = (
+    "login",
+    "logout",
+    "copy",
+    "push",
+    "attach",
+    "discover",
+    "pull",
+    "manifest",
+    "repo",
+    "tag",
+    "blob",
+    "sync",
+    "resolve",
+    "version",
+)
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_KEYBOARD_INTERRUPT = 130
+#: Exit status when stdout was closed under us (``replicator ... | head``).
+EXIT_BROKEN_PIPE = 141
+
+Handler = Callable[[argparse.Namespace, CliContext], Awaitable[int | None]]
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_FAILURE, "generic failure, or an internal error"),
+    (EXIT_USAGE, "bad command line, malformed reference, configuration or local input"),
+    (EXIT_NOT_FOUND, "manifest, tag, blob or repository not found"),
+    (EXIT_AUTH, "credentials missing or wrong (401), or access denied (403)"),
+    (EXIT_NETWORK, "host unreachable: DNS, refused connection, time-out, TLS verification"),
+    (EXIT_INTEGRITY, "digest or size mismatch; a pull would write outside its directory"),
+    (EXIT_REGISTRY, "registry error: 429/5xx after retries, protocol violation; bad OCI layout"),
+    (EXIT_JOURNAL, "the resume journal cannot be used"),
+    (EXIT_INCOMPLETE, "copy finished but something selected is missing at a destination"),
+    (EXIT_INTERRUPTED, "stopped by SIGTERM/SIGINT during a copy; rerun to resume"),
+    (EXIT_KEYBOARD_INTERRUPT, "interrupted by Ctrl-C"),
+)
+
+_EPILOG_NOTES = """\
+global flags may be given before or after the command name.  Credential flags
+apply to every registry named on the command line; without them credentials
+come from REPLICATOR_* environment variables or ~/.docker/config.json
+(see `replicator login`).  Logs go to stderr, results to stdout.
+"""
+
+
+def exit_code_table() -> str:
+    """The exit code table as shown in ``--help`` and docs/CLI.md."""
+    return "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Add the global flags; with ``suppress`` they have no defaults.
+
+    Subcommand parsers carry the flags too so they work after the command
+    name; without defaults there, an absent flag does not overwrite the value
+    parsed before the command name.
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="log at DEBUG level and show tracebacks on errors",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default=default("auto"),
+        help="log rendering on stderr: auto (console on a TTY, else JSON lines), console, json",
+    )
+    group.add_argument(
+        "-u",
+        "--username",
+        default=default(None),
+        help="registry user name (applies to every registry on the command line)",
+    )
+    group.add_argument(
+        "-p",
+        "--password",
+        default=default(None),
+        help="registry password or token (prefer --password-stdin)",
+    )
+    group.add_argument(
+        "--password-stdin",
+        action="store_true",
+        default=default(False),
+        help="read the password from standard input",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default(False),
+        help="do not verify registry TLS certificates",
+    )
+    group.add_argument(
+        "--plain-http",
+        action="store_true",
+        default=default(False),
+        help="talk plain HTTP to registries (default: only for localhost / 127.0.0.1)",
+    )
+    group.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        default=default(None),
+        help="PEM bundle of CA certificates to verify registry TLS against",
+    )
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """Parser class of every (sub)command: carries the global flags without defaults.
+
+    A command may redefine a global option string for itself
+    (``conflict_handler="resolve"``): its own definition wins.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("conflict_handler", "resolve")
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        _add_global_flags(self, suppress=True)
+
+
+def _import_command(name: str) -> ModuleType | None:
+    """Import ``replicator.cli.cmd_<name>``; None when that very module does not exist.
+
+    An import error raised *inside* the module (a missing dependency of it, a
+    bug) propagates: only the absence of the command module itself is skipped.
+    """
+    module_name = f"replicator.cli.cmd_{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def iter_command_modules() -> Iterator[ModuleType]:
+    """The command modules of :data:`COMMANDS` that exist, in order."""
+    for name in COMMANDS:
+        module = _import_command(name)
+        if module is not None:
+            yield module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The complete argument parser with every available command registered."""
+    parser = argparse.ArgumentParser(
+        prog="replicator",
+        description=(
+            "Replicate OCI artifact graphs (images, indexes and the referrers attached\n"
+            "to them: signatures, SBOMs, attestations) between registries and OCI\n"
+            "image layouts (ocidir://path)."
+        ),
+        epilog=f"{_EPILOG_NOTES}\nexit codes:\n{exit_code_table()}\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"replicator {__version__}")
+    _add_global_flags(parser, suppress=False)
+    subparsers = parser.add_subparsers(
+        title="commands",
+        dest="command",
+        metavar="<command>",
+        parser_class=_CommandParser,
+    )
+    for module in iter_command_modules():
+        module.register(subparsers)
+    return parser
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The non-group exceptions inside ``exc``, depth first, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def primary_exception(exc: BaseException) -> BaseException:
+    """The exception that explains a failure, looking inside exception groups.
+
+    The first :class:`ReplicatorError` wins, then a ``KeyboardInterrupt``, then
+    the first exception that is not a cancellation, then whatever came first.
+    """
+    leaves = list(_leaves(exc))
+    if not leaves:
+        return exc
+    for leaf in leaves:
+        if isinstance(leaf, ReplicatorError):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    cancelled = anyio.get_cancelled_exc_class()
+    for leaf in leaves:
+        if not isinstance(leaf, cancelled):
+            return leaf
+    return leaves[0]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe_failure(exc: BaseException, *, debug: bool) -> tuple[str, int]:
+    """The ``Error: ...`` line (secrets redacted) and the exit code for ``exc``."""
+    chosen = primary_exception(exc)
+    if isinstance(chosen, ReplicatorError):
+        message, code = f"Error: {chosen}", chosen.exit_code
+    elif isinstance(chosen, KeyboardInterrupt):
+        message, code = "Error: interrupted", EXIT_KEYBOARD_INTERRUPT
+    else:
+        hint = "" if debug else " (run with --debug for details)"
+        detail = str(chosen)
+        name = type(chosen).__name__
+        text = f"{name}: {detail}" if detail else name
+        message, code = f"Error: internal error: {text}{hint}", EXIT_FAILURE
+    return redact_text(_one_line(message)), code
+
+
+def report_failure(exc: BaseException, *, debug: bool, stderr: TextIO) -> int:
+    """Write the failure to ``stderr`` (traceback only with ``debug``); return the exit code."""
+    line, code = describe_failure(exc, debug=debug)
+    if debug:
+        stderr.write(redact_text("".join(traceback.format_exception(exc))))
+    stderr.write(line + "\n")
+    stderr.flush()
+    return code
+
+
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+async def _run_handler(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:
+    try:
+        result = await handler(args, ctx)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await ctx.aclose()
+    return EXIT_OK if result is None else int(result)
+
+
+def run_command(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:
+    """Run one command handler to completion on a fresh event loop."""
+    return anyio.run(
+        _run_handler, handler, args, ctx, backend="asyncio", backend_options=_backend_options()
+    )
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``replicator`` console script; returns the exit status.
+
+    Usage errors from argparse exit with 2 (argparse's own message), ``--help``
+    and ``--version`` with 0.  Everything else is reported by
+    :func:`report_failure`: one line, no traceback unless ``--debug``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = bool(args.debug)
+    configure_logging(debug=debug, fmt=args.log_format)
+    try:
+        ctx = CliContext.from_args(args)
+        code = run_command(handler, args, ctx)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        if any(isinstance(leaf, BrokenPipeError) for leaf in _leaves(exc)):
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        return report_failure(exc, debug=debug, stderr=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
