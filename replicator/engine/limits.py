@@ -1,0 +1,190 @@
+"""Concurrency limits: one global cap plus adaptive (AIMD) limits per location and kind.
+
+The engine never talks to a store without holding a slot.  A slot is taken from
+
+* the global cap (``--concurrency``), shared by every request of the run, and
+* the limiter of the location (registry host or layout path) and *kind* of work:
+  ``"meta"`` for manifest, tag and referrers requests, ``"blob"`` for blob
+  transfers.  Metadata and bytes are limited separately so that a few long layer
+  uploads never starve the small requests that discover more work.
+
+Each per-location limiter adapts like TCP congestion control (AIMD): when the
+location answers "slow down" (429 / 503 after the target's own retries, i.e. a
+:class:`~replicator.errors.RateLimitedError` or a :class:`~replicator.errors.ServerError`
+with status 503) its limit is halved; every success grows it back by
+``1/limit`` (about one slot per round of requests), up to its maximum.  Only one
+halving happens per round: a congestion signal from a request that started before
+the last decrease is ignored, so a burst of failures from one overload does not
+collapse the limit to 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from replicator.errors import RateLimitedError, ServerError
+
+Kind = Literal["meta", "blob"]
+T = TypeVar("T")
+
+#: HTTP statuses that mean "the server is overloaded", triggering a decrease.
+CONGESTION_STATUSES = frozenset({429, 503})
+
+
+def is_congestion(error: BaseException) -> bool:
+    """True when ``error`` says the remote is overloaded (429 / 503)."""
+    if isinstance(error, RateLimitedError):
+        return True
+    return isinstance(error, ServerError) and error.status in CONGESTION_STATUSES
+
+
+class AdaptiveLimit:
+    """A semaphore whose size follows AIMD between ``minimum`` and ``maximum``.
+
+    Guarantees: at most ``int(limit)`` holders at any time (never fewer than
+    ``minimum``); waiters are served first come, first served.
+    """
+
+    def __init__(self, initial: int, *, minimum: int = 1, maximum: int | None = None) -> None:
+        if initial < 1:
+            raise ValueError("initial limit must be >= 1")
+        self.minimum = max(1, minimum)
+        self.maximum = max(initial, maximum if maximum is not None else initial)
+        self._limit = float(initial)
+        self._in_flight = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._last_decrease = 0.0
+        self.decreases = 0
+
+    @property
+    def limit(self) -> int:
+        """The number of concurrent holders currently allowed."""
+        return max(self.minimum, int(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        """Holders right now."""
+        return self._in_flight
+
+    async def acquire(self) -> float:
+        """Wait for a slot; return the monotonic time the slot was granted."""
+        if self._in_flight < self.limit and not self._waiters:
+            self._in_flight += 1
+            return time.monotonic()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+            elif not fut.cancelled():
+                # We were granted the slot but are going away: pass it on.
+                self._in_flight -= 1
+                self._wake()
+            raise
+        return time.monotonic()
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self._in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_flight < self.limit:
+            fut = self._waiters.pop(0)
+            if not fut.done():
+                self._in_flight += 1
+                fut.set_result(None)
+
+    def on_success(self) -> None:
+        """Additive increase: about one more slot per full round of successes."""
+        if self._limit < self.maximum:
+            self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
+            self._wake()
+
+    def on_congestion(self, started: float) -> None:
+        """Multiplicative decrease, once per round (requests started after the last one)."""
+        if started < self._last_decrease:
+            return
+        self._limit = max(float(self.minimum), self._limit / 2.0)
+        self._last_decrease = time.monotonic()
+        self.decreases += 1
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Starting sizes of the limits; ``concurrency`` is the global cap."""
+
+    concurrency: int = 32
+    meta_per_location: int = 16
+    blob_per_location: int = 8
+
+
+class Limits:
+    """The global cap and the adaptive limiters of every (location, kind) of a run."""
+
+    def __init__(self, settings: LimitSettings | None = None) -> None:
+        self.settings = settings or LimitSettings()
+        self._global = asyncio.Semaphore(max(1, self.settings.concurrency))
+        self._limiters: dict[tuple[str, Kind], AdaptiveLimit] = {}
+
+    def limiter(self, location: str, kind: Kind) -> AdaptiveLimit:
+        """The limiter of ``location`` for ``kind`` (created on first use)."""
+        key = (location, kind)
+        lim = self._limiters.get(key)
+        if lim is None:
+            size = (
+                self.settings.meta_per_location
+                if kind == "meta"
+                else self.settings.blob_per_location
+            )
+            size = max(1, min(size, self.settings.concurrency))
+            lim = AdaptiveLimit(size)
+            self._limiters[key] = lim
+        return lim
+
+    @contextlib.asynccontextmanager
+    async def slot(self, kind: Kind, *locations: str) -> AsyncIterator[None]:
+        """Hold the global slot and one slot of ``kind`` at every location given.
+
+        Locations are acquired in sorted order (deadlock-free when several
+        transfers each need a source and destinations).  Success or congestion
+        is reported to each limiter when the block exits.
+        """
+        order = sorted(set(locations))
+        limiters = [self.limiter(loc, kind) for loc in order]
+        async with self._global:
+            granted: list[tuple[AdaptiveLimit, float]] = []
+            try:
+                for lim in limiters:
+                    granted.append((lim, await lim.acquire()))
+                try:
+                    yield
+                except BaseException as exc:
+                    if is_congestion(exc):
+                        where = getattr(exc, "registry", None)
+                        blamed = [g for g, loc in zip(granted, order, strict=False) if loc == where]
+                        for lim, started in blamed or granted:
+                            lim.on_congestion(started)
+                    raise
+                else:
+                    for lim, _ in granted:
+                        lim.on_success()
+            finally:
+                for lim, _ in granted:
+                    lim.release()
+
+    async def call(self, kind: Kind, location: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` while holding a ``kind`` slot at ``location``."""
+        async with self.slot(kind, location):
+            return await fn()
+
+    def snapshot(self) -> dict[str, int]:
+        """Current limit of every limiter, ``"location/kind" -> limit`` (for reports)."""
+        return {f"{loc}/{kind}": lim.limit for (loc, kind), lim in sorted(self._limiters.items())}

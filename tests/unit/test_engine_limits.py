@@ -1,0 +1,110 @@
+"""Adaptive per-location limits: caps hold, AIMD halves on congestion and grows back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from replicator.engine.limits import AdaptiveLimit, Limits, LimitSettings, is_congestion
+from replicator.errors import NotFoundError, RateLimitedError, ServerError
+
+
+def test_congestion_is_429_or_503_only() -> None:
+    assert is_congestion(RateLimitedError("slow", status=429))
+    assert is_congestion(ServerError("busy", status=503))
+    assert not is_congestion(ServerError("broken", status=500))
+    assert not is_congestion(NotFoundError("gone", status=404))
+
+
+def test_limit_halves_once_per_round_and_grows_back_additively() -> None:
+    lim = AdaptiveLimit(8)
+    lim.on_congestion(started=1e18)
+    assert lim.limit == 4
+    # A failure from a request that started before the decrease is the same round.
+    lim.on_congestion(started=0.0)
+    assert lim.limit == 4
+    lim.on_congestion(started=1e18)
+    assert lim.limit == 2
+    for _ in range(3):  # 2 -> 2.5 -> 2.9 -> 3.24: about one slot per round
+        lim.on_success()
+    assert lim.limit == 3
+    for _ in range(100):
+        lim.on_success()
+    assert lim.limit == 8  # never above the maximum
+    for _ in range(10):
+        lim.on_congestion(started=1e18)
+    assert lim.limit == 1  # never below the minimum
+
+
+async def _peak(limits: Limits, kind: str, location: str, n: int) -> int:
+    running = 0
+    peak = 0
+
+    async def worker() -> None:
+        nonlocal running, peak
+        async with limits.slot(kind, location):  # type: ignore[arg-type]
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.005)
+            running -= 1
+
+    await asyncio.gather(*(worker() for _ in range(n)))
+    return peak
+
+
+def test_per_location_and_global_caps_hold() -> None:
+    limits = Limits(LimitSettings(concurrency=10, meta_per_location=3, blob_per_location=2))
+    assert asyncio.run(_peak(limits, "meta", "a", 20)) == 3
+    assert asyncio.run(_peak(limits, "blob", "a", 20)) == 2
+    small = Limits(LimitSettings(concurrency=1, meta_per_location=5, blob_per_location=5))
+    assert asyncio.run(_peak(small, "meta", "a", 10)) == 1
+
+
+def test_rate_limited_location_is_halved_and_others_untouched() -> None:
+    limits = Limits(LimitSettings(concurrency=64, meta_per_location=8, blob_per_location=8))
+
+    async def scenario() -> None:
+        async def fail() -> None:
+            raise RateLimitedError("429", status=429, registry="slow:5000")
+
+        with pytest.raises(RateLimitedError):
+            await limits.call("meta", "slow:5000", fail)
+
+        async def ok() -> int:
+            return 1
+
+        assert await limits.call("meta", "fast:5000", ok) == 1
+
+    asyncio.run(scenario())
+    assert limits.limiter("slow:5000", "meta").limit == 4
+    assert limits.limiter("fast:5000", "meta").limit == 8
+
+
+def test_transfer_congestion_blames_the_location_named_in_the_error() -> None:
+    limits = Limits(LimitSettings(concurrency=64, meta_per_location=8, blob_per_location=8))
+
+    async def scenario() -> None:
+        with pytest.raises(ServerError):
+            async with limits.slot("blob", "src:1", "dst:2"):
+                raise ServerError("503", status=503, registry="dst:2")
+
+    asyncio.run(scenario())
+    assert limits.limiter("dst:2", "blob").limit == 4
+    assert limits.limiter("src:1", "blob").limit == 8
+
+
+def test_cancelled_waiter_does_not_leak_a_slot() -> None:
+    async def scenario() -> int:
+        lim = AdaptiveLimit(1)
+        await lim.acquire()
+        waiter = asyncio.create_task(lim.acquire())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        lim.release()
+        await asyncio.wait_for(lim.acquire(), 1)
+        return lim.in_flight
+
+    assert asyncio.run(scenario()) == 1
