@@ -54,9 +54,11 @@ async def _peak(limits: Limits, kind: str, location: str, n: int) -> int:
 
 
 def test_per_location_and_global_caps_hold() -> None:
-    limits = Limits(LimitSettings(concurrency=10, meta_per_location=3, blob_per_location=2))
-    assert asyncio.run(_peak(limits, "meta", "a", 20)) == 3
-    assert asyncio.run(_peak(limits, "blob", "a", 20)) == 2
+    async def both() -> tuple[int, int]:
+        limits = Limits(LimitSettings(concurrency=10, meta_per_location=3, blob_per_location=2))
+        return await _peak(limits, "meta", "a", 20), await _peak(limits, "blob", "a", 20)
+
+    assert asyncio.run(both()) == (3, 2)
     small = Limits(LimitSettings(concurrency=1, meta_per_location=5, blob_per_location=5))
     assert asyncio.run(_peak(small, "meta", "a", 10)) == 1
 
