@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.infra.registry import RegistryInstance
 
@@ -79,6 +83,7 @@ def test_basic_options_carry_the_credentials(registry_basic: RegistryInstance) -
     assert opts.credentials is not None
     assert opts.credentials.username == registry_basic.username
     assert opts.credentials.password == registry_basic.password
+    assert registry_basic.password is not None
     assert registry_basic.password not in repr(registry_basic)
 
 
@@ -100,3 +105,105 @@ def test_tls_registry_refuses_an_unverified_client_and_works_with_the_ca(
         _status(urllib.request.Request(f"https://localhost:{port}/v2/"), registry_tls.ssl_context())
         == 200
     )
+
+
+def test_token_registry_rejects_a_push_with_a_readers_token_and_accepts_an_admins(
+    registry_token: RegistryInstance, unique_repo: str
+) -> None:
+    scope = f"repository:{unique_repo}:pull,push"
+    url = f"{registry_token.url}/v2/"
+    challenge_req = urllib.request.Request(url)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(challenge_req, timeout=30)
+    assert info.value.code == 401
+    challenge = info.value.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer ")
+    assert f'realm="{registry_token.token_url}/token"' in challenge
+
+    reader = registry_token.token([scope], user="reader")
+    claims = jwt.decode(reader, options={"verify_signature": False})
+    assert claims["access"] == [{"type": "repository", "name": unique_repo, "actions": ["pull"]}]
+    push = urllib.request.Request(
+        f"{registry_token.url}/v2/{unique_repo}/blobs/uploads/",
+        method="POST",
+        headers={"Authorization": f"Bearer {reader}"},
+    )
+    assert _status(push) in (401, 403)
+
+    admin = registry_token.token([scope], user="admin")
+    data = b"token blob"
+    assert (
+        _upload_blob(registry_token, unique_repo, data, {"Authorization": f"Bearer {admin}"}) == 201
+    )
+
+    # A token with the same claims signed by another key is refused.
+    forged_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged_claims = jwt.decode(admin, options={"verify_signature": False})
+    forged_header = jwt.get_unverified_header(admin)
+    forged = jwt.encode(
+        forged_claims, forged_key, algorithm="RS256", headers={"x5c": forged_header["x5c"]}
+    )
+    forged_push = urllib.request.Request(
+        f"{registry_token.url}/v2/{unique_repo}/blobs/uploads/",
+        method="POST",
+        headers={"Authorization": f"Bearer {forged}"},
+    )
+    assert _status(forged_push) == 401
+
+    log = [e for e in registry_token.token_log() if scope in e["scopes"]]
+    assert [(e["user"], e["granted"][0]["actions"]) for e in log] == [
+        ("reader", ["pull"]),
+        ("admin", ["pull", "push"]),
+    ]
+
+
+def test_token_server_rejects_a_wrong_password_and_issues_refresh_tokens(
+    registry_token: RegistryInstance, unique_repo: str
+) -> None:
+    token_url = f"{registry_token.token_url}/token"
+    bad = base64.b64encode(b"admin:not-the-password").decode()
+    req = urllib.request.Request(
+        f"{token_url}?service=x&scope=repository:{unique_repo}:pull",
+        headers={"Authorization": f"Basic {bad}"},
+    )
+    assert _status(req) == 401
+
+    scope = f"repository:lim/{unique_repo}:pull,push repository:{unique_repo}:pull,push"
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "password",
+            "username": "limited",
+            "password": registry_token.users["limited"],
+            "service": "replicator-test-registry",
+            "scope": scope,
+            "client_id": "replicator-tests",
+        }
+    ).encode()
+    with urllib.request.urlopen(token_url, data=form, timeout=30) as resp:
+        body = json.loads(resp.read())
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    # limited may push only under lim/: the other repository is not granted at all.
+    assert claims["access"] == [
+        {"type": "repository", "name": f"lim/{unique_repo}", "actions": ["pull", "push"]}
+    ]
+    assert claims["sub"] == "limited"
+    refresh = body["refresh_token"]
+    form2 = urllib.parse.urlencode(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh,
+            "service": "replicator-test-registry",
+            "scope": f"repository:lim/{unique_repo}:pull",
+        }
+    ).encode()
+    with urllib.request.urlopen(token_url, data=form2, timeout=30) as resp:
+        again = json.loads(resp.read())
+    assert jwt.decode(again["token"], options={"verify_signature": False})["sub"] == "limited"
+    bad_refresh = urllib.parse.urlencode(
+        {"grant_type": "refresh_token", "refresh_token": "nope", "service": "x"}
+    ).encode()
+    assert _status(urllib.request.Request(token_url, data=bad_refresh)) == 401
+    # No secret is ever recorded.
+    dumped = json.dumps(registry_token.token_log())
+    assert registry_token.users["limited"] not in dumped
+    assert refresh not in dumped
