@@ -1,0 +1,574 @@
+"""Blob uploads: monolithic, chunked, resumed, mounted and cancelled.
+
+The distribution protocol (see PROTOCOL.md, "Blob upload") in one class,
+:class:`Uploader`, driven by the registry target.
+
+Guarantees:
+
+* Memory does not grow with the blob: bytes flow from the opener through one
+  chunk-sized buffer at most (small blobs up to :data:`SMALL_BLOB` are held
+  whole so that every retry can resend them).
+* Upload locations are used exactly as the registry handed them out (relative
+  ones resolved against the answering URL), the newest one each time; query
+  parameters are appended with ``&``, never rebuilt.
+* When the upload started at byte 0 the bytes are hashed on the way and checked
+  against the descriptor before the upload is closed, so nothing is committed
+  under a digest whose content did not verify; a resumed upload relies on the
+  registry's own check at the closing ``PUT``.
+* A failed upload is cancelled (``DELETE``, errors ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator
+
+import structlog
+from yarl import URL
+
+from replicator.errors import (
+    ConnectionFailedError,
+    IntegrityError,
+    NotFoundError,
+    RateLimitedError,
+    RegistryError,
+    ReplicatorError,
+    ServerError,
+)
+from replicator.oci.descriptor import Descriptor
+from replicator.oci.digest import DigestVerifier
+from replicator.targets.base import BlobOpener, BlobPushResult, ProgressCallback, UploadProgress
+from replicator.targets.registry.errors import protocol_error
+from replicator.targets.registry.transport import Reply, RequestSpec, Transport
+
+log = structlog.get_logger("replicator.registry.uploads")
+
+#: Blobs up to this size are read into memory and sent with one replayable PUT.
+SMALL_BLOB = 4 * 1024 * 1024
+
+_RANGE_RE = re.compile(r"^\s*(?:bytes=)?(\d+)-(\d+)\s*$")
+_LOCATION_REPO_RE = re.compile(r"^/v2/(.+)/blobs/uploads/[^/]*$")
+_MAX_SESSION_RESTARTS = 2
+
+_RETRYABLE_UPLOAD_ERRORS = (ConnectionFailedError, ServerError, RateLimitedError)
+
+
+def push_scopes(repository: str) -> list[str]:
+    """Token scopes for writing to ``repository``."""
+    return [f"repository:{repository}:pull,push"]
+
+
+def with_query(location: URL, name: str, value: str) -> URL:
+    """``location`` with ``name=value`` appended to its query, keeping the rest verbatim."""
+    text = str(location)
+    sep = "&" if location.raw_query_string else ("" if text.endswith("?") else "?")
+    return URL(f"{text}{sep}{name}={_quote(value)}", encoded=True)
+
+
+def _quote(value: str) -> str:
+    # Digests are [a-z0-9:+._-=]: only ``+`` and ``=`` need escaping in a query.
+    return value.replace("%", "%25").replace("+", "%2B").replace("=", "%3D").replace("&", "%26")
+
+
+def parse_range(value: str | None) -> int | None:
+    """Bytes acknowledged by an upload ``Range`` header (``0-<end>`` or ``bytes=0-<end>``).
+
+    ``None`` when absent or malformed.  distribution writes ``0-0`` for an empty
+    upload too, so ``0-0`` counts as 0 bytes (chunks are never one byte long).
+    """
+    if value is None:
+        return None
+    match = _RANGE_RE.match(value)
+    if not match:
+        return None
+    start, end = int(match.group(1)), int(match.group(2))
+    if start != 0 or end < start:
+        return None
+    return 0 if end == 0 else end + 1
+
+
+def repository_of_location(location: URL) -> str | None:
+    """The repository named by an upload location's path (``/v2/<name>/blobs/uploads/<id>``)."""
+    match = _LOCATION_REPO_RE.match(location.path)
+    return match.group(1) if match else None
+
+
+class _ChunkReader:
+    """Cuts a byte stream into pieces of a requested size with a bounded buffer."""
+
+    def __init__(self, source: AsyncIterator[bytes]) -> None:
+        self._source = source
+        self._buf = bytearray()
+        self._eof = False
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the stream."""
+        while len(self._buf) < n and not self._eof:
+            try:
+                chunk = await anext(self._source)
+            except StopAsyncIteration:
+                self._eof = True
+                break
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    async def at_end(self) -> bool:
+        """True when the stream has nothing more to give."""
+        if self._buf:
+            return False
+        return not await self.read(1) if not self._eof else True
+
+    async def aclose(self) -> None:
+        """Close the underlying stream."""
+        closer = getattr(self._source, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def _verified(source: AsyncIterator[bytes], verifier: DigestVerifier) -> AsyncIterator[bytes]:
+    """Pass ``source`` through, holding the last chunk back until the digest verified."""
+    pending: bytes | None = None
+    try:
+        async for chunk in source:
+            if not chunk:
+                continue
+            verifier.update(chunk)
+            if pending is not None:
+                yield pending
+            pending = chunk
+        verifier.verify()
+        if pending is not None:
+            yield pending
+    finally:
+        closer = getattr(source, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class Uploader:
+    """Runs blob uploads against one registry through its :class:`Transport`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    @property
+    def _host(self) -> str:
+        return self.transport.host
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def start(self, repository: str) -> tuple[URL, int | None]:
+        """Open an upload session: its location and the registry's minimum chunk length."""
+        reply = await self.transport.request(
+            RequestSpec(
+                method="POST",
+                url=self.transport.url(f"/v2/{repository}/blobs/uploads/"),
+                kind="blob_upload_start",
+                scopes=push_scopes(repository),
+                repository=repository,
+                what="blob upload",
+                ok=(202,),
+                headers={"Content-Length": "0"},
+            )
+        )
+        return self._location(reply, repository), _min_chunk(reply)
+
+    def _location(self, reply: Reply, repository: str) -> URL:
+        location = reply.headers.get("Location")
+        if not location:
+            raise protocol_error(
+                self._host, repository, "upload answer without a Location header", status=202
+            )
+        return self.transport.resolve(reply.url, location)
+
+    async def status(self, location: URL, repository: str | None = None) -> int:
+        """Bytes the registry acknowledged for the upload at ``location``.
+
+        Raises :class:`NotFoundError` when the session is gone.
+        """
+        repo = repository or repository_of_location(location)
+        reply = await self.transport.request(
+            RequestSpec(
+                method="GET",
+                url=location,
+                kind="blob_upload_status",
+                scopes=push_scopes(repo) if repo else [],
+                repository=repo,
+                what="blob upload",
+                ok=(200, 204),
+            )
+        )
+        offset = parse_range(reply.headers.get("Range"))
+        return offset or 0
+
+    async def cancel(self, location: URL, repository: str | None = None) -> None:
+        """Abandon the upload at ``location``; never raises for a registry answer."""
+        repo = repository or repository_of_location(location)
+        try:
+            await self.transport.request(
+                RequestSpec(
+                    method="DELETE",
+                    url=location,
+                    kind="blob_upload_cancel",
+                    scopes=push_scopes(repo) if repo else [],
+                    repository=repo,
+                    what="blob upload",
+                    ok=range(200, 300),
+                    retry=False,
+                )
+            )
+        except ReplicatorError as exc:
+            log.debug("registry.upload.cancel_failed", host=self._host, error=str(exc))
+
+    async def mount(self, repository: str, desc: Descriptor, from_repository: str) -> bool:
+        """Cross-repository mount; True when mounted, False (session cancelled) otherwise."""
+        url = self.transport.url(
+            f"/v2/{repository}/blobs/uploads/",
+            {"mount": desc.digest, "from": from_repository},
+        )
+        reply = await self.transport.request(
+            RequestSpec(
+                method="POST",
+                url=url,
+                kind="blob_mount",
+                scopes=[
+                    f"repository:{repository}:pull,push",
+                    f"repository:{from_repository}:pull",
+                ],
+                repository=repository,
+                what=f"blob {desc.digest}",
+                ok=(201, 202),
+                headers={"Content-Length": "0"},
+            )
+        )
+        if reply.status == 201:
+            return True
+        location = reply.headers.get("Location")
+        if location:
+            await self.cancel(self.transport.resolve(reply.url, location), repository)
+        return False
+
+    # -- pushing ---------------------------------------------------------------------------
+
+    async def push(
+        self,
+        repository: str,
+        desc: Descriptor,
+        opener: BlobOpener,
+        *,
+        resume: UploadProgress | None = None,
+        on_progress: ProgressCallback | None = None,
+        chunk_size: int | None = None,
+    ) -> BlobPushResult:
+        """Upload a blob (see ``Target.push_blob``); returns after the registry confirmed it."""
+        options = self.transport.options
+        if resume is not None and resume.digest == desc.digest and resume.repository == repository:
+            location = URL(resume.location, encoded=True)
+            try:
+                offset = await self.status(location, repository)
+            except NotFoundError:
+                log.info("registry.upload.resume_gone", host=self._host, digest=desc.digest)
+            else:
+                log.info(
+                    "registry.upload.resume", host=self._host, digest=desc.digest, offset=offset
+                )
+                size = max(chunk_size or options.chunk_size, 1)
+                sent = await self._chunked_with_restarts(
+                    repository, desc, opener, size, on_progress, (location, offset, None)
+                )
+                return BlobPushResult("uploaded", sent)
+        if chunk_size is None and desc.size <= options.monolithic_max:
+            if desc.size <= SMALL_BLOB:
+                return BlobPushResult("uploaded", await self._small(repository, desc, opener))
+            return BlobPushResult("uploaded", await self._monolithic(repository, desc, opener))
+        size = max(chunk_size or options.chunk_size, 1)
+        sent = await self._chunked_with_restarts(repository, desc, opener, size, on_progress, None)
+        return BlobPushResult("uploaded", sent)
+
+    async def _close(self, repository: str, desc: Descriptor, location: URL) -> None:
+        reply = await self.transport.request(
+            RequestSpec(
+                method="PUT",
+                url=with_query(location, "digest", desc.digest),
+                kind="blob_put",
+                scopes=push_scopes(repository),
+                repository=repository,
+                what=f"blob {desc.digest}",
+                ok=(201, 204),
+                headers={"Content-Length": "0", "Content-Type": "application/octet-stream"},
+                data=b"",
+            )
+        )
+        self._check_confirmed(reply, repository, desc)
+
+    def _check_confirmed(self, reply: Reply, repository: str, desc: Descriptor) -> None:
+        confirmed = reply.headers.get("Docker-Content-Digest")
+        if confirmed and confirmed != desc.digest:
+            raise protocol_error(
+                self._host,
+                repository,
+                f"registry stored blob {desc.digest} as {confirmed}",
+                status=reply.status,
+            )
+
+    async def _small(self, repository: str, desc: Descriptor, opener: BlobOpener) -> int:
+        verifier = DigestVerifier(desc.digest, desc.size)
+        parts: list[bytes] = []
+        source = opener(0)
+        try:
+            async for chunk in source:
+                verifier.update(chunk)
+                parts.append(chunk)
+        finally:
+            closer = getattr(source, "aclose", None)
+            if closer is not None:
+                await closer()
+        verifier.verify()
+        data = b"".join(parts)
+        location, _ = await self.start(repository)
+        try:
+            reply = await self.transport.request(
+                RequestSpec(
+                    method="PUT",
+                    url=with_query(location, "digest", desc.digest),
+                    kind="blob_put",
+                    scopes=push_scopes(repository),
+                    repository=repository,
+                    what=f"blob {desc.digest}",
+                    ok=(201, 204),
+                    headers={"Content-Type": "application/octet-stream"},
+                    data=data,
+                )
+            )
+            self._check_confirmed(reply, repository, desc)
+        except BaseException:
+            await asyncio.shield(self.cancel(location, repository))
+            raise
+        return len(data)
+
+    async def _monolithic(self, repository: str, desc: Descriptor, opener: BlobOpener) -> int:
+        """Stream the blob in one PUT; a failure restarts with a fresh session."""
+        attempts = self.transport.options.retry.attempts
+        attempt = 0
+        while True:
+            attempt += 1
+            location, _ = await self.start(repository)
+            verifier = DigestVerifier(desc.digest, desc.size)
+            try:
+                reply = await self.transport.request(
+                    RequestSpec(
+                        method="PUT",
+                        url=with_query(location, "digest", desc.digest),
+                        kind="blob_put",
+                        scopes=push_scopes(repository),
+                        repository=repository,
+                        what=f"blob {desc.digest}",
+                        ok=(201, 204),
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Length": str(desc.size),
+                        },
+                        body=lambda v=verifier: _verified(opener(0), v),  # type: ignore[misc]
+                        retry=False,
+                    )
+                )
+                self._check_confirmed(reply, repository, desc)
+                return desc.size
+            except _RETRYABLE_UPLOAD_ERRORS as exc:
+                await asyncio.shield(self.cancel(location, repository))
+                if attempt >= attempts:
+                    raise
+                await self._pause(attempt, repository, exc)
+            except BaseException:
+                await asyncio.shield(self.cancel(location, repository))
+                raise
+
+    async def _pause(self, attempt: int, repository: str, exc: BaseException) -> None:
+        policy = self.transport.options.retry
+        delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self.transport.stats.add("retries")
+        log.info(
+            "registry.upload.retry",
+            host=self._host,
+            repository=repository,
+            attempt=attempt,
+            delay=round(delay, 3),
+            error=str(exc),
+        )
+        await asyncio.sleep(delay)
+
+    async def _chunked_with_restarts(
+        self,
+        repository: str,
+        desc: Descriptor,
+        opener: BlobOpener,
+        chunk_size: int,
+        on_progress: ProgressCallback | None,
+        session: tuple[URL, int, int | None] | None,
+    ) -> int:
+        restarts = 0
+        sent = 0
+        while True:
+            if session is None:
+                location, min_len = await self.start(repository)
+                session = (location, 0, min_len)
+            location, offset, min_len = session
+            size = max(chunk_size, min_len or 0)
+            try:
+                return sent + await self._chunked(
+                    repository, desc, opener, location, offset, size, on_progress
+                )
+            except _SessionGone as gone:
+                sent += gone.sent
+                restarts += 1
+                if restarts > _MAX_SESSION_RESTARTS:
+                    raise gone.error from None
+                log.info(
+                    "registry.upload.session_gone",
+                    host=self._host,
+                    digest=desc.digest,
+                    restart=restarts,
+                )
+                session = None
+
+    async def _chunked(
+        self,
+        repository: str,
+        desc: Descriptor,
+        opener: BlobOpener,
+        location: URL,
+        offset: int,
+        chunk_size: int,
+        on_progress: ProgressCallback | None,
+    ) -> int:
+        """PATCH chunks from ``offset`` on, then close; returns the bytes sent."""
+        verifier = DigestVerifier(desc.digest, desc.size) if offset == 0 else None
+        reader = _ChunkReader(opener(offset))
+        sent = 0
+        recoveries = 0
+        max_recoveries = self.transport.options.retry.attempts
+        try:
+            chunk = b""
+            while offset < desc.size:
+                if not chunk:
+                    chunk = await reader.read(min(chunk_size, desc.size - offset))
+                    if not chunk:
+                        raise IntegrityError(
+                            f"{desc.digest}: source ended after {offset} of {desc.size} bytes"
+                        )
+                try:
+                    reply = await self._patch(repository, desc, location, offset, chunk)
+                except NotFoundError as exc:
+                    raise _SessionGone(exc, sent) from None
+                except (RegistryError, ConnectionFailedError) as exc:
+                    if (
+                        isinstance(exc, RegistryError)
+                        and exc.status not in (416, None)
+                        and not (isinstance(exc, _RETRYABLE_UPLOAD_ERRORS))
+                    ):
+                        raise
+                    recoveries += 1
+                    if recoveries > max_recoveries:
+                        raise
+                    try:
+                        confirmed = await self.status(location, repository)
+                    except NotFoundError as gone:
+                        raise _SessionGone(gone, sent) from None
+                    log.info(
+                        "registry.upload.recover",
+                        host=self._host,
+                        digest=desc.digest,
+                        sent=offset,
+                        confirmed=confirmed,
+                    )
+                    if confirmed == offset:
+                        continue  # resend the same chunk
+                    if confirmed == offset + len(chunk):
+                        if verifier is not None:
+                            verifier.update(chunk)
+                        offset = confirmed
+                        sent += len(chunk)
+                        chunk = b""
+                        continue
+                    verifier = None
+                    await reader.aclose()
+                    reader = _ChunkReader(opener(confirmed))
+                    offset = confirmed
+                    chunk = b""
+                    continue
+                location = self._location(reply, repository)
+                acknowledged = parse_range(reply.headers.get("Range"))
+                end = offset + len(chunk)
+                if acknowledged is not None and acknowledged != end:
+                    raise protocol_error(
+                        self._host,
+                        repository,
+                        f"upload of {desc.digest} acknowledged {acknowledged} bytes, "
+                        f"expected {end}",
+                        status=reply.status,
+                    )
+                if verifier is not None:
+                    verifier.update(chunk)
+                offset = end
+                sent += len(chunk)
+                chunk = b""
+                if on_progress is not None:
+                    await on_progress(
+                        UploadProgress(repository, desc.digest, str(location), offset)
+                    )
+            if verifier is not None:
+                if not await reader.at_end():
+                    raise IntegrityError(
+                        f"{desc.digest}: source is longer than the declared {desc.size} bytes"
+                    )
+                verifier.verify()
+            await self._close(repository, desc, location)
+            return sent
+        except _SessionGone:
+            raise
+        except BaseException:
+            await asyncio.shield(self.cancel(location, repository))
+            raise
+        finally:
+            await reader.aclose()
+
+    async def _patch(
+        self, repository: str, desc: Descriptor, location: URL, offset: int, chunk: bytes
+    ) -> Reply:
+        return await self.transport.request(
+            RequestSpec(
+                method="PATCH",
+                url=location,
+                kind="blob_patch",
+                scopes=push_scopes(repository),
+                repository=repository,
+                what=f"blob {desc.digest}",
+                ok=(202, 204),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                },
+                data=chunk,
+            )
+        )
+
+
+class _SessionGone(Exception):
+    """The upload session vanished (404); the push starts over with a new one."""
+
+    def __init__(self, error: ReplicatorError, sent: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sent = sent
+
+
+def _min_chunk(reply: Reply) -> int | None:
+    value = reply.headers.get("OCI-Chunk-Min-Length")
+    if value and value.strip().isdigit():
+        return int(value.strip())
+    return None
