@@ -1,0 +1,74 @@
+"""Graph filters: referrer artifact-type globs, depth, platform selection."""
+
+from __future__ import annotations
+
+from replicator.graph.filters import GraphFilter
+from replicator.oci import mediatype as mt
+from replicator.oci.descriptor import Descriptor, Platform
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+D3 = "sha256:" + "3" * 64
+D4 = "sha256:" + "4" * 64
+
+
+def _ref(artifact_type: str | None) -> Descriptor:
+    return Descriptor(mt.OCI_MANIFEST, D1, 10, artifact_type=artifact_type)
+
+
+def test_artifact_type_globs_include_and_exclude() -> None:
+    f = GraphFilter(include_types=("application/vnd.*sig*",), exclude_types=("*cosign*",))
+    assert f.accepts_referrer(_ref("application/vnd.notary.signature"))
+    assert not f.accepts_referrer(_ref("application/vnd.dev.cosign.sig"))
+    assert not f.accepts_referrer(_ref("sbom/example"))
+    assert not f.accepts_referrer(_ref(None))
+    assert GraphFilter().accepts_referrer(_ref(None))
+    assert not GraphFilter(exclude_types=("sbom/*",)).accepts_referrer(_ref("sbom/example"))
+
+
+def test_server_side_type_only_for_one_literal_include() -> None:
+    assert GraphFilter(include_types=("sbom/example",)).server_side_type == "sbom/example"
+    assert GraphFilter(include_types=("sbom/*",)).server_side_type is None
+    assert GraphFilter(include_types=("a", "b")).server_side_type is None
+
+
+def test_depth_limits_referrer_levels() -> None:
+    assert GraphFilter(max_depth=None).follows_referrers_at(50)
+    f = GraphFilter(max_depth=2)
+    assert f.follows_referrers_at(0) and f.follows_referrers_at(1)
+    assert not f.follows_referrers_at(2)
+    assert not GraphFilter(referrers=False).follows_referrers_at(0)
+
+
+def test_platform_selection_keeps_matching_children_and_their_attestations() -> None:
+    amd = Descriptor(mt.OCI_MANIFEST, D1, 1, platform=Platform("linux", "amd64"))
+    arm = Descriptor(mt.OCI_MANIFEST, D2, 1, platform=Platform("linux", "arm64", "v8"))
+    att_amd = Descriptor(
+        mt.OCI_MANIFEST,
+        D3,
+        1,
+        platform=Platform("unknown", "unknown"),
+        annotations={
+            "vnd.docker.reference.type": "attestation-manifest",
+            "vnd.docker.reference.digest": D1,
+        },
+    )
+    att_arm = Descriptor(
+        mt.OCI_MANIFEST,
+        D4,
+        1,
+        platform=Platform("unknown", "unknown"),
+        annotations={
+            "vnd.docker.reference.type": "attestation-manifest",
+            "vnd.docker.reference.digest": D2,
+        },
+    )
+    children = [amd, arm, att_amd, att_arm]
+    assert GraphFilter().select_platforms(children) == children
+    only_amd = GraphFilter(platforms=(Platform.parse("linux/amd64"),))
+    assert only_amd.select_platforms(children) == [amd, att_amd]
+    arm_v8 = GraphFilter(platforms=(Platform.parse("linux/arm64/v8"),))
+    assert arm_v8.select_platforms(children) == [arm, att_arm]
+    # unknown/unknown never selects attestations on its own
+    unknown = GraphFilter(platforms=(Platform.parse("unknown/unknown"),))
+    assert unknown.select_platforms(children) == []
