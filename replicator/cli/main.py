@@ -11,6 +11,7 @@ exactly one ``Error: ...`` line on stderr and a documented exit code.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 import sys
@@ -240,9 +241,8 @@ def primary_exception(exc: BaseException) -> BaseException:
     for leaf in leaves:
         if isinstance(leaf, KeyboardInterrupt):
             return leaf
-    cancelled = anyio.get_cancelled_exc_class()
     for leaf in leaves:
-        if not isinstance(leaf, cancelled):
+        if not isinstance(leaf, asyncio.CancelledError):
             return leaf
     return leaves[0]
 

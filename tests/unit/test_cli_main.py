@@ -1,0 +1,187 @@
+"""The CLI skeleton: global flags anywhere, exception groups unwrapped, output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from typing import Any
+
+import pytest
+
+from replicator.cli import main as cli_main
+from replicator.cli.context import CliContext, read_password_stdin
+from replicator.cli.output import format_table, human_duration, human_size, short_digest
+from replicator.errors import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    AuthenticationError,
+    InputError,
+    NotFoundError,
+    UsageError,
+)
+from replicator.observe.logging import register_secret
+
+
+def _parser_with_probe() -> argparse.ArgumentParser:
+    """The real parser plus a nested probe command, as command modules build them."""
+    parser = cli_main.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    probe = subparsers.add_parser("probe")
+    probe.add_argument("ref")
+    nested = probe.add_subparsers(dest="probe_cmd")
+    leaf = nested.add_parser("leaf")
+    leaf.add_argument("-p", "--platform")  # redefines a global short option
+    return parser
+
+
+def test_global_flags_before_and_after_the_command() -> None:
+    parser = _parser_with_probe()
+    before = parser.parse_args(["--insecure", "-u", "bob", "probe", "x"])
+    after = parser.parse_args(["probe", "--insecure", "-u", "bob", "x"])
+    for args in (before, after):
+        assert args.insecure is True
+        assert args.username == "bob"
+        assert args.plain_http is False
+        assert args.log_format == "auto"
+
+
+def test_flag_after_command_does_not_clobber_flag_before() -> None:
+    parser = _parser_with_probe()
+    args = parser.parse_args(["--debug", "--ca-file", "ca.pem", "probe", "--plain-http", "x"])
+    assert args.debug is True
+    assert args.ca_file == "ca.pem"
+    assert args.plain_http is True
+
+
+def test_nested_command_can_redefine_a_global_option() -> None:
+    parser = _parser_with_probe()
+    args = parser.parse_args(["probe", "x", "leaf", "-p", "linux/amd64", "--insecure"])
+    assert args.platform == "linux/amd64"
+    assert args.insecure is True
+    assert args.password is None
+
+
+def test_usage_error_exits_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main.build_parser().parse_args(["--log-format", "xml"])
+    assert info.value.code == 2
+
+
+def test_exception_group_yields_first_replicator_error() -> None:
+    inner = NotFoundError("manifest unknown")
+    group = BaseExceptionGroup(
+        "outer", [ValueError("noise"), ExceptionGroup("inner", [inner, AuthenticationError("x")])]
+    )
+    assert cli_main.primary_exception(group) is inner
+    line, code = cli_main.describe_failure(group, debug=False)
+    assert line == "Error: manifest unknown"
+    assert code == EXIT_NOT_FOUND
+
+
+def test_internal_error_line_names_type_and_hint() -> None:
+    line, code = cli_main.describe_failure(KeyError("k\nmore"), debug=False)
+    assert line == "Error: internal error: KeyError: 'k\\nmore' (run with --debug for details)"
+    assert code == EXIT_FAILURE
+    line, _ = cli_main.describe_failure(RuntimeError("boom"), debug=True)
+    assert line == "Error: internal error: RuntimeError: boom"
+
+
+def test_error_line_is_single_line_and_redacted() -> None:
+    register_secret("very-secret-pw-123")
+    err = AuthenticationError("rejected very-secret-pw-123\nfor user")
+    line, code = cli_main.describe_failure(err, debug=False)
+    assert line == "Error: rejected *** for user"
+    assert code == EXIT_AUTH
+
+
+def test_report_failure_prints_traceback_only_with_debug() -> None:
+    quiet, loud = io.StringIO(), io.StringIO()
+    try:
+        raise RuntimeError("kaput")
+    except RuntimeError as exc:
+        cli_main.report_failure(exc, debug=False, stderr=quiet)
+        cli_main.report_failure(exc, debug=True, stderr=loud)
+    assert quiet.getvalue().count("\n") == 1
+    assert "Traceback" not in quiet.getvalue()
+    assert "Traceback" in loud.getvalue()
+    assert loud.getvalue().splitlines()[-1] == "Error: internal error: RuntimeError: kaput"
+
+
+def test_keyboard_interrupt_in_group_exits_130() -> None:
+    group = BaseExceptionGroup("g", [KeyboardInterrupt()])
+    assert cli_main.describe_failure(group, debug=False) == ("Error: interrupted", 130)
+
+
+def _ns(**kw: Any) -> argparse.Namespace:
+    base: dict[str, Any] = {
+        "username": None,
+        "password": None,
+        "password_stdin": False,
+        "insecure": False,
+        "plain_http": False,
+        "ca_file": None,
+        "debug": False,
+    }
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_context_options_follow_flags(tmp_path: Any) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    ctx = CliContext.from_args(
+        _ns(insecure=True, plain_http=True, ca_file=str(ca)), out=io.StringIO()
+    )
+    opts = ctx.registry_options("registry.example:5000")
+    assert opts.insecure is True
+    assert opts.plain_http is True
+    assert opts.ca_file == str(ca)
+    assert ctx.registry_options("registry.example:5000") is opts
+    assert ctx.is_tty is False
+    plain = CliContext.from_args(_ns(), out=io.StringIO())
+    assert plain.registry_options("registry.example").plain_http is None
+
+
+def test_context_rejects_missing_ca_file_and_double_password() -> None:
+    with pytest.raises(InputError):
+        CliContext.from_args(_ns(ca_file="/nonexistent/ca.pem"), out=io.StringIO())
+    with pytest.raises(UsageError):
+        CliContext.from_args(
+            _ns(password="a", password_stdin=True), out=io.StringIO(), stdin=io.StringIO("b\n")
+        )
+
+
+def test_password_stdin_strips_line_break_and_rejects_empty() -> None:
+    assert read_password_stdin(io.StringIO("pa ss\r\n")) == "pa ss"
+    with pytest.raises(UsageError):
+        read_password_stdin(io.StringIO("\n"))
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.50 KiB"),
+        (5 * 1024**3, "5.00 GiB"),
+        (123 * 1024**2, "123.0 MiB"),
+    ],
+)
+def test_human_size(size: int, text: str) -> None:
+    assert human_size(size) == text
+
+
+def test_human_size_decimal_and_duration() -> None:
+    assert human_size(1500, binary=False) == "1.50 kB"
+    assert human_duration(0.25) == "250ms"
+    assert human_duration(4.24) == "4.2s"
+    assert human_duration(185) == "3m05s"
+    assert human_duration(3720) == "1h02m"
+
+
+def test_short_digest_and_table() -> None:
+    assert short_digest("sha256:" + "ab" * 32) == "abababababab"
+    assert format_table(["TAG", "DIGEST"], [["v1", "sha256:1"], ["latest", "x"]]) == (
+        "TAG     DIGEST\nv1      sha256:1\nlatest  x"
+    )
