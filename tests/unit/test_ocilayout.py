@@ -1,0 +1,680 @@
+"""OCILayoutTarget against a real temporary directory (and skopeo for interop)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from replicator.errors import InputError, IntegrityError, LayoutError, NotFoundError
+from replicator.oci import mediatype
+from replicator.oci.descriptor import Descriptor
+from replicator.oci.digest import descriptor_for, digest_bytes
+from replicator.oci.reference import referrers_tag
+from replicator.targets.base import Target
+from replicator.targets.ocilayout import REF_NAME, OCILayoutTarget
+
+pytestmark = pytest.mark.anyio
+
+SIG = "application/vnd.example.signature"
+SBOM = "application/vnd.example.sbom"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def opener_for(data: bytes, chunk: int = 64 * 1024) -> Any:
+    """A BlobOpener over in-memory bytes, yielding ``chunk``-sized pieces."""
+
+    async def open_at(offset: int) -> AsyncIterator[bytes]:
+        for start in range(offset, len(data), chunk):
+            yield data[start : start + chunk]
+            await asyncio.sleep(0)
+
+    return open_at
+
+
+async def read_all(target: OCILayoutTarget, desc: Descriptor, offset: int = 0) -> bytes:
+    out = bytearray()
+    async for chunk in target.fetch_blob("", desc, offset):
+        out += chunk
+    return bytes(out)
+
+
+def manifest_bytes(
+    config: Descriptor,
+    layers: list[Descriptor],
+    *,
+    subject: Descriptor | None = None,
+    artifact_type: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> bytes:
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mediatype.OCI_MANIFEST,
+        "config": config.to_json(),
+        "layers": [layer.to_json() for layer in layers],
+    }
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    if subject is not None:
+        doc["subject"] = subject.to_json()
+    if annotations:
+        doc["annotations"] = annotations
+    return json.dumps(doc, indent=3).encode()
+
+
+def index_bytes(children: list[Descriptor]) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": mediatype.OCI_INDEX,
+        "manifests": [c.to_json() for c in children],
+    }
+    return json.dumps(doc).encode()
+
+
+def index_json(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "index.json").read_bytes())
+    return data
+
+
+def ref_names(root: Path) -> list[str | None]:
+    return [(e.get("annotations") or {}).get(REF_NAME) for e in index_json(root)["manifests"]]
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temporary files anywhere in the layout."""
+    return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+class Store:
+    """A layout plus a few ready-made blobs, pushed through the target."""
+
+    def __init__(self, target: OCILayoutTarget) -> None:
+        self.t = target
+
+    async def blob(self, data: bytes, media_type: str = mediatype.OCI_LAYER) -> Descriptor:
+        desc = descriptor_for(data, media_type)
+        await self.t.push_blob("", desc, opener_for(data))
+        return desc
+
+    async def image(
+        self,
+        repository: str,
+        tags: tuple[str, ...],
+        layer: bytes,
+        **kw: Any,
+    ) -> tuple[Descriptor, bytes]:
+        config = await self.blob(mediatype.EMPTY_JSON, mediatype.OCI_EMPTY)
+        layer_desc = await self.blob(layer)
+        raw = manifest_bytes(config, [layer_desc], **kw)
+        desc = descriptor_for(raw, mediatype.OCI_MANIFEST)
+        await self.t.push_manifest(repository, desc, raw, tags)
+        return desc, raw
+
+    async def referrer(
+        self, repository: str, subject: Descriptor, artifact_type: str, text: str
+    ) -> Descriptor:
+        desc, _ = await self.image(
+            repository,
+            (),
+            text.encode(),
+            subject=subject,
+            artifact_type=artifact_type,
+            annotations={"org.example.note": text},
+        )
+        return desc
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    return tmp_path / "layout"
+
+
+@pytest.fixture
+def target(layout: Path) -> OCILayoutTarget:
+    return OCILayoutTarget(layout, create=True)
+
+
+# ------------------------------------------------------------ the layout
+
+
+async def test_create_writes_an_empty_layout_that_reopens(layout: Path) -> None:
+    target = OCILayoutTarget(layout, create=True)
+    assert isinstance(target, Target)
+    assert json.loads((layout / "oci-layout").read_bytes()) == {"imageLayoutVersion": "1.0.0"}
+    assert index_json(layout)["manifests"] == []
+    assert (layout / "blobs" / "sha256").is_dir()
+    reopened = OCILayoutTarget(layout)
+    assert await reopened.tags("") == []
+    assert reopened.display == f"ocidir://{layout}"
+
+
+def test_missing_layout_without_create_is_a_layout_error(layout: Path) -> None:
+    with pytest.raises(LayoutError, match=r"is not an OCI image layout: the directory does not"):
+        OCILayoutTarget(layout)
+    layout.mkdir()
+    with pytest.raises(LayoutError, match="no oci-layout file"):
+        OCILayoutTarget(layout)
+
+
+@pytest.mark.parametrize(
+    ("oci_layout", "index", "message"),
+    [
+        (b"not json", b"{}", "oci-layout is not JSON"),
+        (b'{"imageLayoutVersion": "2.0.0"}', b"{}", "unsupported imageLayoutVersion"),
+        (b'{"imageLayoutVersion": "1.0.0"}', b"[1,", "index.json is not JSON"),
+        (b'{"imageLayoutVersion": "1.0.0"}', b'{"manifests": []}', "schemaVersion 2"),
+        (
+            b'{"imageLayoutVersion": "1.0.0"}',
+            b'{"schemaVersion": 2, "manifests": [{"digest": "sha256:zz"}]}',
+            "index.json: descriptor has no mediaType",
+        ),
+    ],
+)
+def test_malformed_layout_is_a_layout_error(
+    layout: Path, oci_layout: bytes, index: bytes, message: str
+) -> None:
+    layout.mkdir()
+    (layout / "oci-layout").write_bytes(oci_layout)
+    (layout / "index.json").write_bytes(index)
+    with pytest.raises(LayoutError, match=message):
+        OCILayoutTarget(layout, create=True)
+
+
+def test_a_file_is_not_a_layout(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(LayoutError, match="not a directory"):
+        OCILayoutTarget(path, create=True)
+
+
+# ----------------------------------------------------------------- blobs
+
+
+@pytest.mark.parametrize("size", [0, 3 * 1024, 5 * 1024 * 1024 + 17])
+async def test_blob_round_trip(target: OCILayoutTarget, layout: Path, size: int) -> None:
+    data = os.urandom(size)
+    desc = descriptor_for(data, mediatype.OCI_LAYER)
+    assert not await target.blob_exists("", desc)
+    result = await target.push_blob("", desc, opener_for(data))
+    assert (result.how, result.bytes_sent) == ("uploaded", size)
+    assert (layout / "blobs" / "sha256" / desc.digest.split(":")[1]).read_bytes() == data
+    assert await target.blob_exists("any/repo", desc)
+    assert await target.mount_blob("other", desc, "any/repo")
+    assert await read_all(target, desc) == data
+    assert await read_all(target, desc, size // 2) == data[size // 2 :]
+    again = await target.push_blob("", desc, opener_for(b"never read"))
+    assert again.how == "exists"
+    assert leftovers(layout) == []
+
+
+async def test_fetch_blob_yields_chunks_of_at_most_one_mib(target: OCILayoutTarget) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    desc = descriptor_for(data, mediatype.OCI_LAYER)
+    await target.push_blob("", desc, opener_for(data, chunk=1000 * 1000))
+    sizes = [len(c) async for c in target.fetch_blob("", desc)]
+    assert sizes == [1024 * 1024, 1024 * 1024, 5]
+
+
+async def test_blob_with_wrong_digest_is_refused_and_leaves_nothing(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    data = b"hello world"
+    desc = descriptor_for(b"something else!", mediatype.OCI_LAYER)
+    wrong_size = Descriptor(mediatype.OCI_LAYER, digest_bytes(data), len(data) + 1)
+    with pytest.raises(IntegrityError, match="digest mismatch"):
+        await target.push_blob(
+            "", Descriptor(desc.media_type, desc.digest, len(data)), opener_for(data)
+        )
+    with pytest.raises(IntegrityError, match="size mismatch"):
+        await target.push_blob("", wrong_size, opener_for(data))
+    too_long = Descriptor(mediatype.OCI_LAYER, digest_bytes(data), 3)
+    with pytest.raises(IntegrityError, match="more than the declared"):
+        await target.push_blob("", too_long, opener_for(data, chunk=4))
+    assert list((layout / "blobs" / "sha256").iterdir()) == []
+
+
+async def test_failure_mid_blob_leaves_no_partial_blob_and_no_temp_file(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    desc = descriptor_for(data, mediatype.OCI_LAYER)
+    seen: list[int] = []
+
+    async def crashing(offset: int) -> AsyncIterator[bytes]:
+        seen.append(offset)
+        yield data[: 1024 * 1024]
+        raise ConnectionResetError("source went away")
+
+    with pytest.raises(ConnectionResetError):
+        await target.push_blob("", desc, crashing)
+    assert seen == [0]
+    assert not await target.blob_exists("", desc)
+    assert list((layout / "blobs" / "sha256").iterdir()) == []
+    # and the next attempt succeeds from scratch
+    assert (await target.push_blob("", desc, opener_for(data))).how == "uploaded"
+    assert await read_all(target, desc) == data
+
+
+async def test_cancelled_blob_write_leaves_no_temp_file(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    data = os.urandom(256 * 1024)
+    desc = descriptor_for(data, mediatype.OCI_LAYER)
+    started = asyncio.Event()
+
+    async def stalls(offset: int) -> AsyncIterator[bytes]:
+        yield data[:1024]
+        started.set()
+        await asyncio.sleep(3600)
+        yield data[1024:]
+
+    task = asyncio.create_task(target.push_blob("", desc, stalls))
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers(layout) == []
+    assert not await target.blob_exists("", desc)
+
+
+async def test_corrupt_blob_on_disk_is_detected_on_read(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    desc = descriptor_for(data, mediatype.OCI_LAYER)
+    await target.push_blob("", desc, opener_for(data))
+    path = layout / "blobs" / "sha256" / desc.digest.split(":")[1]
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    received: list[bytes] = []
+    with pytest.raises(IntegrityError, match="corrupt blob"):
+        async for chunk in target.fetch_blob("", desc):
+            received.append(chunk)
+    # the final chunk is withheld when the digest fails
+    assert sum(map(len, received)) < len(data)
+    path.write_bytes(data[:-1])
+    with pytest.raises(IntegrityError, match="bytes on disk"):
+        await read_all(target, desc)
+
+
+async def test_missing_blob_is_not_found(target: OCILayoutTarget) -> None:
+    desc = descriptor_for(b"absent", mediatype.OCI_LAYER)
+    with pytest.raises(NotFoundError, match="not found in ocidir://"):
+        await read_all(target, desc)
+
+
+# ------------------------------------------------------------- manifests
+
+
+async def test_manifest_keeps_its_exact_bytes(target: OCILayoutTarget, layout: Path) -> None:
+    store = Store(target)
+    desc, raw = await store.image("", ("v1",), b"layer", annotations={"a": "b"})
+    assert b"\n   " in raw  # indented: re-serialising would change it
+    got_desc, got = await target.fetch_manifest("", "v1")
+    assert got == raw
+    assert got_desc.digest == desc.digest and got_desc.size == len(raw)
+    assert got_desc.media_type == mediatype.OCI_MANIFEST
+    assert got_desc.annotations is None  # ref.name is not part of the manifest's descriptor
+    _, by_digest = await target.fetch_manifest("", desc.digest)
+    assert by_digest == raw
+    _, by_desc = await target.fetch_manifest("", desc)
+    assert by_desc == raw
+    assert (await target.resolve("", desc.digest)).media_type == mediatype.OCI_MANIFEST
+    assert await target.manifest_exists("", desc)
+    assert ref_names(layout) == ["v1"]
+
+
+async def test_resolve_by_digest_of_an_unlisted_manifest_parses_it(
+    target: OCILayoutTarget,
+) -> None:
+    store = Store(target)
+    config = await store.blob(mediatype.EMPTY_JSON, mediatype.OCI_EMPTY)
+    raw = manifest_bytes(config, [], artifact_type="x/y")
+    desc = descriptor_for(raw, "application/octet-stream")
+    await target.push_blob("", desc, opener_for(raw))  # stored like a blob: not listed
+    resolved = await target.resolve("", desc.digest)
+    assert resolved.media_type == mediatype.OCI_MANIFEST
+    assert resolved.artifact_type == "x/y"
+    # a layer is a blob, not a manifest
+    with pytest.raises(NotFoundError, match="is not a manifest"):
+        await target.resolve("", config.digest)
+
+
+async def test_unknown_tag_and_digest_are_not_found(target: OCILayoutTarget) -> None:
+    with pytest.raises(NotFoundError, match=r"^repo/x:nope not found in ocidir://"):
+        await target.resolve("repo/x", "nope")
+    digest = digest_bytes(b"nothing")
+    with pytest.raises(NotFoundError, match=r"repo/x@sha256:"):
+        await target.fetch_manifest("repo/x", digest)
+    with pytest.raises(InputError, match="invalid sha256 digest"):
+        await target.resolve("", "sha256:short")
+    with pytest.raises(InputError, match="invalid tag"):
+        await target.resolve("", "-bad")
+
+
+async def test_manifest_push_with_wrong_digest_or_bad_json_is_refused(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    raw = b'{"schemaVersion": 2}'
+    wrong = Descriptor(mediatype.OCI_MANIFEST, digest_bytes(b"other"), len(raw))
+    with pytest.raises(IntegrityError, match="manifest push refused"):
+        await target.push_manifest("", wrong, raw, ("v1",))
+    garbage = b"not a manifest"
+    with pytest.raises(InputError):
+        await target.push_manifest("", descriptor_for(garbage, mediatype.OCI_MANIFEST), garbage)
+    assert index_json(layout)["manifests"] == []
+    assert list((layout / "blobs" / "sha256").iterdir()) == []
+
+
+async def test_corrupt_manifest_on_disk_is_detected(target: OCILayoutTarget, layout: Path) -> None:
+    store = Store(target)
+    desc, raw = await store.image("", ("v1",), b"layer")
+    (layout / "blobs" / "sha256" / desc.digest.split(":")[1]).write_bytes(
+        raw.replace(b"   ", b"  \t", 1)
+    )
+    with pytest.raises(IntegrityError, match="corrupt manifest"):
+        await target.fetch_manifest("", "v1")
+
+
+# ------------------------------------------------------------------ tags
+
+
+async def test_tags_of_two_repositories_share_one_blob_store(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    plain, _ = await store.image("", ("v1",), b"same layer")
+    app1, app1_raw = await store.image(
+        "team/app", ("v1", "latest"), b"same layer", annotations={"n": "1"}
+    )
+    app2, _ = await store.image("team/app", ("v2",), b"same layer", annotations={"n": "2"})
+    await store.image("other", ("v9",), b"another layer")
+    assert await target.tags("") == ["v1"]
+    assert await target.tags("team/app") == ["latest", "v1", "v2"]
+    assert await target.tags("other") == ["v9"]
+    assert await target.tags("team") == []
+    assert sorted(n for n in ref_names(layout) if n) == [
+        "other:v9",
+        "team/app:latest",
+        "team/app:v1",
+        "team/app:v2",
+        "v1",
+    ]
+    assert (await target.resolve("", "v1")).digest == plain.digest
+    assert (await target.resolve("team/app", "v1")).digest == app1.digest
+    assert (await target.resolve("team/app", "v2")).digest == app2.digest
+    # one file per distinct blob: empty config, two layers, four manifests
+    assert len(list((layout / "blobs" / "sha256").iterdir())) == 7
+    # a reopened target sees the same thing
+    again = OCILayoutTarget(layout)
+    assert (await again.fetch_manifest("team/app", "latest"))[1] == app1_raw
+
+
+async def test_retag_replaces_the_old_entry(target: OCILayoutTarget, layout: Path) -> None:
+    store = Store(target)
+    first, _ = await store.image("", ("v1", "keep"), b"one")
+    second, second_raw = await store.image("", (), b"two")
+    await target.tag("", second, second_raw, "v1")
+    assert (await target.resolve("", "v1")).digest == second.digest
+    assert (await target.resolve("", "keep")).digest == first.digest
+    entries = index_json(layout)["manifests"]
+    assert sorted(ref_names(layout), key=str) == ["keep", "v1"]
+    assert [e["digest"] for e in entries if e["annotations"][REF_NAME] == "v1"] == [second.digest]
+
+
+async def test_untagged_push_is_listed_until_tagged(target: OCILayoutTarget, layout: Path) -> None:
+    store = Store(target)
+    desc, raw = await store.image("", (), b"alone")
+    assert ref_names(layout) == [None]
+    await target.tag("", desc, raw, "now")
+    assert ref_names(layout) == ["now"]
+    await target.push_manifest("", desc, raw)
+    assert ref_names(layout) == ["now"]
+
+
+async def test_index_push_unlists_its_untagged_children(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    amd, _ = await store.image("", (), b"amd64")
+    arm, _ = await store.image("", (), b"arm64")
+    raw = index_bytes([amd, arm])
+    index = descriptor_for(raw, mediatype.OCI_INDEX)
+    result = await target.push_manifest("", index, raw, ("multi",))
+    assert not result.referrers_updated
+    assert [e["digest"] for e in index_json(layout)["manifests"]] == [index.digest]
+    assert (await target.resolve("", amd.digest)).media_type == mediatype.OCI_MANIFEST
+    assert (await target.resolve("", "multi")).media_type == mediatype.OCI_INDEX
+
+
+# ------------------------------------------------------------- referrers
+
+
+async def test_referrers_found_by_subject_scan(target: OCILayoutTarget, layout: Path) -> None:
+    store = Store(target)
+    image, _ = await store.image("app", ("v1",), b"image")
+    sig = await store.referrer("app", image, SIG, "signature")
+    sbom = await store.referrer("app", image, SBOM, "sbom")
+    sbom_sig = await store.referrer("app", sbom, SIG, "sbom signature")
+    assert ref_names(layout) == ["app:v1", None, None, None]
+
+    reopened = OCILayoutTarget(layout)  # nothing cached: parse from disk
+    found = await reopened.referrers("app", image)
+    assert {d.digest for d in found} == {sig.digest, sbom.digest}
+    by_digest = {d.digest: d for d in found}
+    assert by_digest[sig.digest].artifact_type == SIG
+    assert by_digest[sig.digest].annotations == {"org.example.note": "signature"}
+    assert by_digest[sbom.digest].artifact_type == SBOM
+    assert [d.digest for d in await reopened.referrers("app", image, SBOM)] == [sbom.digest]
+    assert [d.digest for d in await reopened.referrers("app", sbom)] == [sbom_sig.digest]
+    assert await reopened.referrers("app", sig) == []
+
+
+async def test_push_of_a_referrer_reports_referrers_updated(target: OCILayoutTarget) -> None:
+    store = Store(target)
+    image, _ = await store.image("", ("v1",), b"image")
+    config = await store.blob(mediatype.EMPTY_JSON, mediatype.OCI_EMPTY)
+    raw = manifest_bytes(config, [], subject=image, artifact_type=SIG)
+    result = await target.push_manifest("", descriptor_for(raw, mediatype.OCI_MANIFEST), raw)
+    assert result.referrers_updated
+    assert result.descriptor.artifact_type == SIG
+
+
+async def test_referrers_found_through_the_fallback_tag(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    image, _ = await store.image("app", ("v1",), b"image")
+    listed = await store.referrer("app", image, SIG, "listed")
+    # a referrer only reachable through the fallback tag (as another tool might write it)
+    config = await store.blob(mediatype.EMPTY_JSON, mediatype.OCI_EMPTY)
+    hidden_raw = manifest_bytes(config, [], subject=image, artifact_type=SBOM)
+    hidden = descriptor_for(hidden_raw, mediatype.OCI_MANIFEST)
+    await target.push_blob("app", hidden, opener_for(hidden_raw))
+    entry = Descriptor(
+        mediatype.OCI_MANIFEST,
+        hidden.digest,
+        hidden.size,
+        artifact_type=SBOM,
+        annotations={"from": "fallback"},
+    )
+    fallback_raw = index_bytes([entry, listed])
+    fallback = descriptor_for(fallback_raw, mediatype.OCI_INDEX)
+    await target.push_manifest("app", fallback, fallback_raw, (referrers_tag(image.digest),))
+
+    found = await target.referrers("app", image)
+    assert sorted(d.digest for d in found) == sorted([listed.digest, hidden.digest])
+    via_tag = next(d for d in found if d.digest == hidden.digest)
+    assert via_tag.artifact_type == SBOM and via_tag.annotations == {"from": "fallback"}
+    assert [d.digest for d in await target.referrers("app", image, SBOM)] == [hidden.digest]
+    # the fallback tag belongs to its repository
+    assert [d.digest for d in await target.referrers("elsewhere", image)] == [listed.digest]
+
+
+async def test_fallback_tag_that_is_not_an_index_is_ignored(target: OCILayoutTarget) -> None:
+    store = Store(target)
+    image, _ = await store.image("", ("v1",), b"image")
+    sig = await store.referrer("", image, SIG, "sig")
+    not_an_index, raw = await store.image("", (), b"some image")
+    with structlog.testing.capture_logs() as logs:
+        await target.tag("", not_an_index, raw, referrers_tag(image.digest))
+        found = await target.referrers("", image)
+    assert [d.digest for d in found] == [sig.digest]
+    assert any(e["event"] == "oci_layout_fallback_tag_ignored" for e in logs)
+
+
+# ----------------------------------------------------------- concurrency
+
+
+async def test_concurrent_pushes_keep_every_entry(layout: Path) -> None:
+    one = OCILayoutTarget(layout, create=True)
+    two = OCILayoutTarget(layout)  # a second writer: only the file lock orders them
+    store = Store(one)
+    config = await store.blob(mediatype.EMPTY_JSON, mediatype.OCI_EMPTY)
+    subject, _ = await store.image("", ("base",), b"subject")
+
+    async def push(i: int) -> Descriptor:
+        target = one if i % 2 else two
+        layer = f"layer {i}".encode()
+        layer_desc = descriptor_for(layer, mediatype.OCI_LAYER)
+        await target.push_blob("", layer_desc, opener_for(layer))
+        kw: dict[str, Any] = {"subject": subject, "artifact_type": SIG} if i % 3 == 0 else {}
+        raw = manifest_bytes(config, [layer_desc], **kw)
+        desc = descriptor_for(raw, mediatype.OCI_MANIFEST)
+        tags = () if i % 3 == 0 else (f"t{i}",)
+        await target.push_manifest(f"repo{i % 4}" if tags else "", desc, raw, tags)
+        if i % 5 == 0 and tags:
+            await target.tag("", desc, raw, f"extra{i}")
+        return desc
+
+    pushed = await asyncio.gather(*(push(i) for i in range(60)))
+    entries = index_json(layout)["manifests"]
+    listed = {e["digest"] for e in entries}
+    assert listed == {d.digest for d in pushed} | {subject.digest}
+    names = [n for n in ref_names(layout) if n is not None]
+    assert len(names) == len(set(names))
+    expected = {"base"} | {f"repo{i % 4}:t{i}" for i in range(60) if i % 3}
+    expected |= {f"extra{i}" for i in range(60) if i % 5 == 0 and i % 3}
+    assert set(names) == expected
+    assert len(await one.referrers("", subject)) == 20
+    assert leftovers(layout) == []
+
+
+# ---------------------------------------------------------------- delete
+
+
+async def test_delete_manifest_removes_entries_and_file(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    shared, shared_raw = await store.image("a", ("v1",), b"shared")
+    await target.tag("b", shared, shared_raw, "v1")
+    only_a, _ = await store.image("a", ("v2",), b"only a")
+    await target.delete_manifest("a", only_a)
+    assert await target.tags("a") == ["v1"]
+    assert not await target.manifest_exists("a", only_a)
+    await target.delete_manifest("a", shared)
+    assert await target.tags("a") == []
+    assert await target.tags("b") == ["v1"]
+    assert await target.manifest_exists("b", shared)  # still needed by b:v1
+    with pytest.raises(NotFoundError):
+        await target.delete_manifest("a", only_a)
+
+
+async def test_deleting_a_referrer_updates_its_fallback_index(target: OCILayoutTarget) -> None:
+    store = Store(target)
+    image, _ = await store.image("", ("v1",), b"image")
+    sig = await store.referrer("", image, SIG, "sig")
+    sbom = await store.referrer("", image, SBOM, "sbom")
+    fallback_raw = index_bytes([sig, sbom])
+    fallback_tag = referrers_tag(image.digest)
+    await target.push_manifest(
+        "", descriptor_for(fallback_raw, mediatype.OCI_INDEX), fallback_raw, (fallback_tag,)
+    )
+    await target.delete_manifest("", sig)
+    assert [d.digest for d in await target.referrers("", image)] == [sbom.digest]
+    _, raw = await target.fetch_manifest("", fallback_tag)
+    assert [m["digest"] for m in json.loads(raw)["manifests"]] == [sbom.digest]
+    await target.delete_manifest("", sbom)
+    assert await target.referrers("", image) == []
+    assert await target.tags("") == ["v1"]
+
+
+# ----------------------------------------------------------------- skopeo
+
+
+def _tar_gz(name: str, content: bytes) -> tuple[bytes, bytes]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(content))
+    plain = buf.getvalue()
+    return plain, gzip.compress(plain, mtime=0)
+
+
+async def _push_small_image(target: OCILayoutTarget, tag: str) -> tuple[Descriptor, bytes]:
+    store = Store(target)
+    plain, layer = _tar_gz("hello.txt", b"hello from replicator\n")
+    layer_desc = await store.blob(layer, mediatype.OCI_LAYER_GZIP)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [digest_bytes(plain)]},
+            "config": {},
+        }
+    ).encode()
+    config_desc = await store.blob(config, mediatype.OCI_CONFIG)
+    raw = manifest_bytes(config_desc, [layer_desc], annotations={"org.example": "x"})
+    desc = descriptor_for(raw, mediatype.OCI_MANIFEST)
+    await target.push_manifest("", desc, raw, (tag,))
+    return desc, raw
+
+
+def _skopeo(*args: str) -> bytes:
+    exe = shutil.which("skopeo")
+    assert exe, "skopeo is required for the interop tests (apt-get install skopeo)"
+    proc = subprocess.run([exe, *args], capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return proc.stdout
+
+
+async def test_skopeo_reads_our_layout(target: OCILayoutTarget, layout: Path) -> None:
+    _, raw = await _push_small_image(target, "v1")
+    out = await asyncio.to_thread(_skopeo, "inspect", "--raw", f"oci:{layout}:v1")
+    assert out == raw
+
+
+async def test_we_read_a_layout_written_by_skopeo(tmp_path: Path) -> None:
+    src = tmp_path / "a"
+    dst = tmp_path / "b"
+    desc, raw = await _push_small_image(OCILayoutTarget(src, create=True), "v1")
+    await asyncio.to_thread(
+        _skopeo, "--insecure-policy", "copy", "--quiet", f"oci:{src}:v1", f"oci:{dst}:copied"
+    )
+    target = OCILayoutTarget(dst)
+    assert await target.tags("") == ["copied"]
+    got_desc, got = await target.fetch_manifest("", "copied")
+    assert got == raw and got_desc.digest == desc.digest
+    manifest = json.loads(got)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        data = await read_all(target, Descriptor.from_json(blob))
+        assert hashlib.sha256(data).hexdigest() == blob["digest"].split(":")[1]
