@@ -359,7 +359,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = load_server(args.key, args.cert, args.users, issuer=args.issuer, ttl=args.ttl)
-    web.run_app(build_app(server), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(
+        build_app(server),
+        host=args.host,
+        port=args.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 import jwt
 import pytest
@@ -207,3 +208,123 @@ def test_token_server_rejects_a_wrong_password_and_issues_refresh_tokens(
     dumped = json.dumps(registry_token.token_log())
     assert registry_token.users["limited"] not in dumped
     assert refresh not in dumped
+
+
+EMPTY_CONFIG = b"{}"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _request(
+    inst: RegistryInstance,
+    method: str,
+    path: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(
+        inst.url + path, data=data, method=method, headers=dict(headers or {})
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=inst.ssl_context()) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def _push_manifest(
+    inst: RegistryInstance, repo: str, ref: str, doc: dict[str, Any]
+) -> tuple[str, int, dict[str, str]]:
+    raw = json.dumps(doc).encode()
+    status, headers, _ = _request(
+        inst, "PUT", f"/v2/{repo}/manifests/{ref}", raw, {"Content-Type": OCI_MANIFEST}
+    )
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), status, headers
+
+
+def _image(
+    subject: dict[str, Any] | None = None, artifact_type: str | None = None, note: str = ""
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest(),
+            "size": len(EMPTY_CONFIG),
+        },
+        "layers": [],
+        "annotations": {"note": note or "x"},
+    }
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    if subject:
+        doc["subject"] = subject
+    return doc
+
+
+def test_referrers_shim_answers_referrers_and_oci_subject(
+    registry_referrers: RegistryInstance, unique_repo: str
+) -> None:
+    inst = registry_referrers
+    assert _upload_blob(inst, unique_repo, EMPTY_CONFIG) == 201
+    # HEAD through the shim keeps Content-Length and the digest header.
+    config_digest = "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest()
+    status, headers, body = _request(inst, "HEAD", f"/v2/{unique_repo}/blobs/{config_digest}")
+    assert (status, headers["Content-Length"], body) == (200, "2", b"")
+    assert headers["Docker-Content-Digest"] == config_digest
+
+    subject_digest, status, headers = _push_manifest(
+        inst, unique_repo, "v1", _image(note="subject")
+    )
+    assert status == 201
+    assert "OCI-Subject" not in headers
+    subject = {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": 0}
+    sig_digest, status, headers = _push_manifest(
+        inst, unique_repo, "sig", _image(subject, "signature/example", "sig")
+    )
+    assert status == 201
+    assert headers["OCI-Subject"] == subject_digest
+    sbom_digest, status, _ = _push_manifest(
+        inst, unique_repo, "sbom", _image(subject, "sbom/example", "sbom")
+    )
+    assert status == 201
+
+    status, headers, body = _request(inst, "GET", f"/v2/{unique_repo}/referrers/{subject_digest}")
+    assert status == 200
+    assert headers["Content-Type"] == "application/vnd.oci.image.index.v1+json"
+    index = json.loads(body)
+    assert [(m["digest"], m["artifactType"]) for m in index["manifests"]] == [
+        (sig_digest, "signature/example"),
+        (sbom_digest, "sbom/example"),
+    ]
+    assert index["manifests"][0]["annotations"] == {"note": "sig"}
+    assert index["manifests"][0]["mediaType"] == OCI_MANIFEST
+    assert "OCI-Filters-Applied" not in headers
+
+    status, headers, body = _request(
+        inst, "GET", f"/v2/{unique_repo}/referrers/{subject_digest}?artifactType=sbom/example"
+    )
+    assert headers["OCI-Filters-Applied"] == "artifactType"
+    assert [m["digest"] for m in json.loads(body)["manifests"]] == [sbom_digest]
+
+    # Deleting a referrer makes it disappear; an unknown subject gets an empty index.
+    status, _, _ = _request(inst, "DELETE", f"/v2/{unique_repo}/manifests/{sig_digest}")
+    assert status == 202
+    _, _, body = _request(inst, "GET", f"/v2/{unique_repo}/referrers/{subject_digest}")
+    assert [m["digest"] for m in json.loads(body)["manifests"]] == [sbom_digest]
+    unknown = "sha256:" + "0" * 64
+    status, _, body = _request(inst, "GET", f"/v2/{unique_repo}/referrers/{unknown}")
+    assert status == 200 and json.loads(body)["manifests"] == []
+    # The plain registry behind the shim has no referrers API.
+    assert inst.upstream is not None
+    status, _, _ = _request(inst.upstream, "GET", f"/v2/{unique_repo}/referrers/{subject_digest}")
+    assert status == 404
+
+
+def test_shim_rewrites_upload_locations_to_itself(
+    registry_referrers: RegistryInstance, unique_repo: str
+) -> None:
+    status, headers, _ = _request(registry_referrers, "POST", f"/v2/{unique_repo}/blobs/uploads/")
+    assert status == 202
+    location = headers["Location"]
+    assert location.startswith(registry_referrers.url + "/") or location.startswith("/v2/")
