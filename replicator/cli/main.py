@@ -54,6 +54,7 @@ COMMANDS: tuple[str, ...] = (
     "tag",
     "blob",
     "sync",
+    "journal",
     "resolve",
     "version",
 )

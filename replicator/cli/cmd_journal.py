@@ -1,0 +1,102 @@
+"""``replicator journal list|show RUN|gc``: inspect and prune the resume journal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from replicator.cli.context import CliContext
+from replicator.errors import NotFoundError, UsageError
+from replicator.journal.store import Journal, RunInfo, default_journal_path
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or a number of seconds → seconds."""
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in _UNITS:
+            return float(text[:-1]) * _UNITS[text[-1]]
+        return float(text)
+    except ValueError:
+        raise UsageError(f"invalid age {text!r}: use e.g. 30d, 12h, 90m") from None
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``journal`` command and its sub-commands."""
+    parser = subparsers.add_parser(
+        "journal",
+        help="inspect or prune the resume journal",
+        description="Show the runs recorded in the resume journal, or prune old ones.",
+    )
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help=f"journal file (default: {default_journal_path()})",
+    )
+    sub = parser.add_subparsers(dest="journal_command", required=True, metavar="{list,show,gc}")
+    ls = sub.add_parser("list", help="list runs, newest first")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    show = sub.add_parser("show", help="show one run")
+    show.add_argument("run", help="run id (or a unique prefix)")
+    gc = sub.add_parser("gc", help="delete finished runs older than --older-than")
+    gc.add_argument("--older-than", default="30d", help="age, e.g. 30d, 12h (default 30d)")
+    gc.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also delete interrupted runs (they can then no longer be resumed)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _as_json(info: RunInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "state": info.state,
+        "started": info.started,
+        "updated": info.updated,
+        "finished": info.finished,
+        "command": dict(info.command),
+        "counts": dict(info.counts),
+        "bytes": info.bytes,
+        "error": info.error,
+    }
+
+
+async def run(args: argparse.Namespace, ctx: CliContext) -> int:
+    """List, show or prune journal runs."""
+    journal = await Journal.open(args.journal or default_journal_path())
+    try:
+        if args.journal_command == "list":
+            runs = journal.runs()
+            if args.json:
+                ctx.out.write(json.dumps([_as_json(r) for r in runs], indent=2) + "\n")
+                return 0
+            ctx.out.write(f"{'RUN':<24} {'STATE':<12} {'STARTED':<20} {'BYTES':>12}  COMMAND\n")
+            for r in runs:
+                cmd = " ".join(str(x) for x in r.command.get("argv", [])) or "-"
+                ctx.out.write(
+                    f"{r.id:<24} {r.state:<12} {_when(r.started):<20} {r.bytes:>12}  {cmd}\n"
+                )
+            return 0
+        if args.journal_command == "show":
+            info = journal.run(args.run)
+            if info is None:
+                raise NotFoundError(f"no single run matches {args.run!r} in {journal.path}")
+            ctx.out.write(json.dumps(_as_json(info), indent=2) + "\n")
+            return 0
+        removed = journal.gc(
+            older_than=parse_age(args.older_than), keep_unfinished=not args.include_unfinished
+        )
+        await journal.flush()
+        ctx.out.write(f"Removed {removed} run(s) from {journal.path}\n")
+        return 0
+    finally:
+        await journal.close()
