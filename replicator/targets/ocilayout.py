@@ -586,11 +586,18 @@ class OCILayoutTarget:
         self._infos[digest] = info
         return info
 
-    async def _info(self, digest: str, media_type: str | None = None) -> _ManifestInfo | None:
-        """Parsed facts about a stored manifest; None when missing or unparsable."""
+    async def _info(
+        self, digest: str, media_type: str | None = None, *, quiet: bool = False
+    ) -> _ManifestInfo | None:
+        """Parsed facts about a stored manifest; None when missing or unparsable.
+
+        A missing or broken manifest is logged as a warning unless ``quiet``.
+        """
         info = self._infos.get(digest)
         if info is not None:
             return info
+        if quiet and self._blob_size(digest) is None:
+            return None
         try:
             raw = await self._read_manifest(digest, None, "")
             return self._remember(digest, raw, media_type)
@@ -705,6 +712,8 @@ class OCILayoutTarget:
         info = self._remember(desc.digest, raw, desc.media_type)
         if not self._has_blob(desc):
             await self._store(desc, _once(raw))
+        for child in info.children:  # learn whether untagged children are referrers
+            await self._info(child, quiet=True)
         entry_desc = Descriptor(media_type=info.media_type, digest=desc.digest, size=desc.size)
         names = tuple(ref_name_for(repository, t) for t in tags)
         await self._update_index(self._listing_mutation(entry_desc, info, names))

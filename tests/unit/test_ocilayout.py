@@ -138,6 +138,10 @@ class Store:
         return desc
 
 
+def _satisfies_the_target_protocol(target: OCILayoutTarget) -> Target:
+    return target  # checked by mypy: every method signature must match the protocol
+
+
 @pytest.fixture
 def layout(tmp_path: Path) -> Path:
     return tmp_path / "layout"
@@ -461,6 +465,23 @@ async def test_index_push_unlists_its_untagged_children(
     assert [e["digest"] for e in index_json(layout)["manifests"]] == [index.digest]
     assert (await target.resolve("", amd.digest)).media_type == mediatype.OCI_MANIFEST
     assert (await target.resolve("", "multi")).media_type == mediatype.OCI_INDEX
+
+
+async def test_index_pushed_by_another_writer_unlists_children_but_not_referrers(
+    layout: Path,
+) -> None:
+    one = OCILayoutTarget(layout, create=True)
+    store = Store(one)
+    child, _ = await store.image("", (), b"child")
+    base, _ = await store.image("", ("base",), b"base")
+    referrer = await store.referrer("", base, SIG, "sig")
+    raw = index_bytes([child, referrer])
+    index = descriptor_for(raw, mediatype.OCI_INDEX)
+    two = OCILayoutTarget(layout)  # knows nothing yet: must read the children
+    await two.push_manifest("", index, raw, ("idx",))
+    listed = {e["digest"] for e in index_json(layout)["manifests"]}
+    assert listed == {base.digest, referrer.digest, index.digest}
+    assert [d.digest for d in await two.referrers("", base)] == [referrer.digest]
 
 
 # ------------------------------------------------------------- referrers
