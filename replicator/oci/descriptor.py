@@ -11,6 +11,9 @@ from replicator.errors import InputError
 
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _HEX = {"sha256": 64, "sha512": 128}
+_MODELLED_KEYS = frozenset(
+    {"mediaType", "digest", "size", "annotations", "artifactType", "platform", "urls"}
+)
 
 
 def validate_digest(digest: str) -> str:
@@ -18,14 +21,16 @@ def validate_digest(digest: str) -> str:
 
     Only sha256 and sha512 are accepted: they are the ones the OCI spec registers.
     """
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
-        raise InputError(f"invalid digest {digest!r}")
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        shown = repr(digest) if len(repr(digest)) <= 160 else repr(digest)[:159] + "…"
+        raise InputError(f"invalid digest {shown}")
     alg, _, hexpart = digest.partition(":")
     want = _HEX.get(alg)
     if want is None:
-        raise InputError(f"unsupported digest algorithm {alg!r}")
+        raise InputError(f"unsupported digest algorithm {alg[:40]!r}")
     if len(hexpart) != want or not re.fullmatch(r"[a-f0-9]+", hexpart):
-        raise InputError(f"invalid {alg} digest {digest!r}")
+        shown = digest if len(digest) <= 160 else digest[:159] + "…"
+        raise InputError(f"invalid {alg} digest {shown!r}")
     return digest
 
 
@@ -49,11 +54,13 @@ class Platform:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Platform:
         """Build from the ``platform`` object of an index entry."""
+        variant = data.get("variant")
+        os_version = data.get("os.version")
         return cls(
             os=str(data.get("os", "")),
             architecture=str(data.get("architecture", "")),
-            variant=data.get("variant"),
-            os_version=data.get("os.version"),
+            variant=variant if isinstance(variant, str) and variant else None,
+            os_version=os_version if isinstance(os_version, str) and os_version else None,
         )
 
     def matches(self, other: Platform) -> bool:
@@ -73,13 +80,14 @@ class Descriptor:
 
     ``raw`` keeps the descriptor's JSON object as it was read, so that writing it
     into a new index (a fallback referrers index, an ``index.json``) keeps fields
-    this class does not model.
+    this class does not model.  Descriptors are hashable (annotations and
+    ``raw`` take no part in the hash), so they can be set members and dict keys.
     """
 
     media_type: str
     digest: str
     size: int
-    annotations: Mapping[str, str] | None = None
+    annotations: Mapping[str, str] | None = field(default=None, hash=False)
     artifact_type: str | None = None
     platform: Platform | None = None
     urls: tuple[str, ...] | None = None
@@ -124,16 +132,44 @@ class Descriptor:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The descriptor as a JSON object (``raw`` when it was parsed from one)."""
-        if self.raw is not None:
+        """The descriptor as a JSON object.
+
+        When the descriptor was parsed (``raw`` is set) and its fields still say
+        what ``raw`` says, ``raw`` is returned as read, unknown fields included.
+        When fields were changed afterwards (``dataclasses.replace``), the fields
+        win: they are serialised, and ``raw``'s unmodelled fields are kept only
+        if the digest did not change.
+        """
+        if self.raw is None:
+            return self._fields_json()
+        try:
+            unchanged = Descriptor.from_json(self.raw) == self
+        except InputError:
+            unchanged = False
+        if unchanged:
             return dict(self.raw)
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        out = self._fields_json()
+        if self.raw.get("digest") == self.digest:
+            for key, value in self.raw.items():
+                if key not in _MODELLED_KEYS:
+                    out[key] = value
+        return out
+
+    def _fields_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
         if self.artifact_type:
             out["artifactType"] = self.artifact_type
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform is not None:
-            plat: dict[str, Any] = {"architecture": self.platform.architecture, "os": self.platform.os}
+            plat: dict[str, Any] = {
+                "architecture": self.platform.architecture,
+                "os": self.platform.os,
+            }
             if self.platform.variant:
                 plat["variant"] = self.platform.variant
             if self.platform.os_version:
