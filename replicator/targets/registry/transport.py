@@ -66,7 +66,12 @@ class AuthProvider(Protocol):
         ...
 
     async def on_challenge(
-        self, session: aiohttp.ClientSession, www_authenticate: str, scopes: Sequence[str]
+        self,
+        session: aiohttp.ClientSession,
+        www_authenticate: str,
+        scopes: Sequence[str],
+        *,
+        sent_authorization: str | None = None,
     ) -> dict[str, str]:
         """Answer a 401 challenge; headers to retry with (raises AuthenticationError)."""
         ...
@@ -287,7 +292,7 @@ class Transport:
 
     async def _send(self, spec: RequestSpec) -> aiohttp.ClientResponse:
         attempt = 0
-        challenged = False
+        challenged = 0
         extra_auth: dict[str, str] | None = None
         url = spec.url
         redirects = 0
@@ -341,13 +346,18 @@ class Transport:
                 url = new_url
                 attempt -= 1
                 continue
-            if status == 401 and same_origin and not challenged:
+            if status == 401 and same_origin and challenged < 2:
                 challenge = resp.headers.get("WWW-Authenticate")
                 resp.release()
                 if challenge:
-                    challenged = True
+                    # The authenticator raises the right error when the credential it
+                    # just gave was refused; a second challenge allows one fresh token.
+                    challenged += 1
                     extra_auth = await self.auth.on_challenge(
-                        self.session, challenge, list(spec.scopes)
+                        self.session,
+                        challenge,
+                        list(spec.scopes),
+                        sent_authorization=headers.get("Authorization"),
                     )
                     attempt -= 1
                     continue

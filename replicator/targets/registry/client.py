@@ -1,0 +1,621 @@
+"""The registry target: the :class:`~replicator.targets.base.Target` protocol over HTTP.
+
+:class:`RegistryTarget` speaks the OCI distribution protocol to one registry
+host.  Requests go through one :class:`~.transport.Transport` (auth, retries,
+error mapping, statistics); uploads live in :mod:`.uploads`, referrers in
+:mod:`.referrers`.
+
+Guarantees (on top of those of the Target protocol):
+
+* Manifests are read with ``Accept`` naming all four manifest types, capped at
+  :data:`~replicator.oci.manifest.MAX_MANIFEST_SIZE` bytes, and verified against
+  the digest asked for (for a tag: ``Docker-Content-Digest``, else the computed
+  one is returned).  They are pushed as their exact bytes.
+* Blob downloads are hashed as they stream; a connection that breaks resumes
+  with ``Range`` where it stopped; the last chunk is yielded only after the
+  digest and size verified.
+* Every failure is one :mod:`replicator.errors` exception naming the host and
+  repository, never containing a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from replicator.errors import (
+    ConnectionFailedError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+)
+from replicator.oci.descriptor import Descriptor, validate_digest
+from replicator.oci.digest import DigestVerifier, digest_bytes, verify_bytes
+from replicator.oci.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
+from replicator.oci.mediatype import MANIFEST_ACCEPT
+from replicator.oci.reference import DOCKER_HUB_DISPLAY, DOCKER_HUB_REGISTRY
+from replicator.targets.base import BlobOpener, BlobPushResult, ProgressCallback, PushResult
+from replicator.targets.base import UploadProgress as UploadProgress
+from replicator.targets.registry.auth import Authenticator
+from replicator.targets.registry.errors import connection_error, protocol_error
+from replicator.targets.registry.options import RegistryOptions
+from replicator.targets.registry.referrers import ReferrersSupport, parse_next_link, pull_scopes
+from replicator.targets.registry.transport import (
+    AuthProvider,
+    RequestSpec,
+    RequestStats,
+    Transport,
+)
+from replicator.targets.registry.uploads import Uploader, push_scopes
+
+log = structlog.get_logger("replicator.registry")
+
+#: Bytes asked from the socket per read while streaming a blob.
+BLOB_READ_CHUNK = 256 * 1024
+_LIST_BODY_CAP = 32 * 1024 * 1024
+_GENERIC_TYPES = frozenset({"", "application/json", "application/octet-stream", "text/plain"})
+
+
+def _is_digest(reference: str) -> bool:
+    return ":" in reference
+
+
+def _clean_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip()
+
+
+def _manifest_what(reference: str) -> str:
+    return f"manifest {reference}" if _is_digest(reference) else f'manifest "{reference}"'
+
+
+class RegistryTarget:
+    """A registry host (``host[:port]``) as a :class:`~replicator.targets.base.Target`.
+
+    One aiohttp session (and connection pool) per target, created on first
+    use; ``aclose()`` releases it.  ``authenticator`` replaces the default
+    :class:`~.auth.Authenticator` built from ``options.credentials``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        options: RegistryOptions | None = None,
+        *,
+        authenticator: AuthProvider | None = None,
+    ) -> None:
+        self.host = host
+        self.options = options or RegistryOptions()
+        auth = authenticator or Authenticator(host, self.options.credentials)
+        self._transport = Transport(host, self.options, auth)
+        self._uploads = Uploader(self._transport)
+        self._referrers = ReferrersSupport(self, self._transport)
+
+    def __repr__(self) -> str:
+        return f"RegistryTarget({self.host!r})"
+
+    @property
+    def display(self) -> str:
+        """The host as users write it (``docker.io`` for Docker Hub)."""
+        return DOCKER_HUB_DISPLAY if self.host == DOCKER_HUB_REGISTRY else self.host
+
+    @property
+    def stats(self) -> RequestStats:
+        """Requests sent so far, by kind, with retries and bytes."""
+        return self._transport.stats
+
+    async def aclose(self) -> None:
+        """Close the connection pool (the target can be used again afterwards)."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> RegistryTarget:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- basics ----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the host speaks the distribution API (``GET /v2/``), authenticating."""
+        await self._transport.request(
+            RequestSpec(
+                method="GET",
+                url=self._transport.url("/v2/"),
+                kind="ping",
+                scopes=[],
+                repository=None,
+                what="the API root /v2/",
+                ok=(200,),
+            )
+        )
+
+    async def tags(self, repository: str, *, page_size: int | None = None) -> list[str]:
+        """All tags of ``repository``, sorted (pages followed up to ``options.max_pages``)."""
+        query = {"n": str(page_size)} if page_size else None
+        return sorted(
+            await self._list_pages(
+                self._transport.url(f"/v2/{repository}/tags/list", query),
+                key="tags",
+                kind="tags",
+                scopes=pull_scopes(repository),
+                repository=repository,
+                what="tag list",
+            )
+        )
+
+    async def catalog(self, *, page_size: int | None = None) -> list[str]:
+        """All repositories the registry lists in ``/v2/_catalog``, sorted."""
+        query = {"n": str(page_size)} if page_size else None
+        return sorted(
+            await self._list_pages(
+                self._transport.url("/v2/_catalog", query),
+                key="repositories",
+                kind="catalog",
+                scopes=["registry:catalog:*"],
+                repository=None,
+                what="repository catalog",
+            )
+        )
+
+    async def _list_pages(
+        self,
+        first: URL,
+        *,
+        key: str,
+        kind: str,
+        scopes: list[str],
+        repository: str | None,
+        what: str,
+    ) -> list[str]:
+        out: list[str] = []
+        url: URL | None = first
+        seen: set[str] = set()
+        pages = 0
+        while url is not None:
+            pages += 1
+            seen.add(str(url))
+            reply = await self._transport.request(
+                RequestSpec(
+                    method="GET",
+                    url=url,
+                    kind=kind,
+                    scopes=scopes,
+                    repository=repository,
+                    what=what,
+                    ok=(200,),
+                    headers={"Accept": "application/json"},
+                ),
+                max_body=_LIST_BODY_CAP,
+            )
+            out.extend(self._list_items(reply.body, key, repository, what))
+            link = parse_next_link(reply.headers.getall("Link", []))
+            if not link:
+                break
+            next_url = self._transport.resolve(reply.url, link)
+            if next_url.origin() != self._transport.base_url.origin():
+                raise protocol_error(self.host, repository, f"{what}: next page is on another host")
+            if str(next_url) in seen:
+                break
+            if pages >= self.options.max_pages:
+                log.warning("registry.list.page_cap", host=self.host, what=what, pages=pages)
+                break
+            url = next_url
+        return out
+
+    def _list_items(self, body: bytes, key: str, repository: str | None, what: str) -> list[str]:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise protocol_error(self.host, repository, f"{what} is not JSON") from None
+        if not isinstance(data, dict):
+            raise protocol_error(self.host, repository, f"{what} is not a JSON object")
+        items = data.get(key)
+        if items is None:
+            return []
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise protocol_error(self.host, repository, f"{what}: {key!r} is not a list of names")
+        return list(items)
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def _manifest_url(self, repository: str, reference: str) -> URL:
+        return self._transport.url(f"/v2/{repository}/manifests/{reference}")
+
+    def _check_reference(self, reference: str) -> None:
+        if _is_digest(reference):
+            try:
+                validate_digest(reference)
+            except InputError as exc:
+                raise InputError(f"{self.host}: {exc}") from None
+
+    async def resolve(self, repository: str, reference: str) -> Descriptor:
+        """Descriptor of the manifest named by ``reference`` (HEAD; GET when HEAD says too little)."""
+        self._check_reference(reference)
+        reply = await self._transport.request(
+            RequestSpec(
+                method="HEAD",
+                url=self._manifest_url(repository, reference),
+                kind="manifest_head",
+                scopes=pull_scopes(repository),
+                repository=repository,
+                what=_manifest_what(reference),
+                ok=(200,),
+                headers={"Accept": MANIFEST_ACCEPT},
+            )
+        )
+        header_digest = reply.headers.get("Docker-Content-Digest")
+        media_type = _clean_type(reply.headers.get("Content-Type"))
+        length = reply.headers.get("Content-Length")
+        digest = reference if _is_digest(reference) else header_digest
+        if (
+            digest is None
+            or media_type in _GENERIC_TYPES
+            or length is None
+            or not length.isdigit()
+            or (header_digest is not None and header_digest != digest)
+        ):
+            desc, _ = await self.fetch_manifest(repository, reference)
+            return desc
+        try:
+            validate_digest(digest)
+        except InputError:
+            desc, _ = await self.fetch_manifest(repository, reference)
+            return desc
+        return Descriptor(media_type=media_type, digest=digest, size=int(length))
+
+    async def fetch_manifest(
+        self, repository: str, reference: str | Descriptor
+    ) -> tuple[Descriptor, bytes]:
+        """The manifest's descriptor and exact bytes, verified (see the module docstring)."""
+        expected = reference if isinstance(reference, Descriptor) else None
+        ref = reference.digest if isinstance(reference, Descriptor) else reference
+        self._check_reference(ref)
+        what = _manifest_what(ref)
+        if expected is not None and expected.size > MAX_MANIFEST_SIZE:
+            raise protocol_error(
+                self.host, repository, f"{what} is larger than {MAX_MANIFEST_SIZE} bytes"
+            )
+        reply = await self._transport.request(
+            RequestSpec(
+                method="GET",
+                url=self._manifest_url(repository, ref),
+                kind="manifest_get",
+                scopes=pull_scopes(repository),
+                repository=repository,
+                what=what,
+                ok=(200,),
+                headers={"Accept": MANIFEST_ACCEPT},
+            ),
+            max_body=MAX_MANIFEST_SIZE,
+        )
+        raw = reply.body
+        header_digest = reply.headers.get("Docker-Content-Digest")
+        if _is_digest(ref):
+            digest = ref
+        elif header_digest:
+            try:
+                digest = validate_digest(header_digest)
+            except InputError:
+                raise protocol_error(
+                    self.host, repository, f"{what}: invalid Docker-Content-Digest header"
+                ) from None
+        else:
+            digest = digest_bytes(raw)
+        try:
+            verify_bytes(raw, digest, expected.size if expected is not None else None)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{self.host}/{repository}: {what}: {exc}") from None
+        media_type = self._manifest_media_type(reply.headers.get("Content-Type"), raw, expected)
+        if expected is not None:
+            return expected, raw
+        return Descriptor(media_type=media_type, digest=digest, size=len(raw)), raw
+
+    def _manifest_media_type(
+        self, content_type: str | None, raw: bytes, expected: Descriptor | None
+    ) -> str:
+        media_type = _clean_type(content_type)
+        if media_type not in _GENERIC_TYPES:
+            return media_type
+        try:
+            return parse_manifest(raw).media_type
+        except InputError:
+            if expected is not None:
+                return expected.media_type
+            raise protocol_error(
+                self.host, None, "manifest answer has no usable media type"
+            ) from None
+
+    async def manifest_exists(self, repository: str, desc: Descriptor) -> bool:
+        """True when the manifest ``desc.digest`` is in ``repository`` (HEAD)."""
+        try:
+            await self._transport.request(
+                RequestSpec(
+                    method="HEAD",
+                    url=self._manifest_url(repository, desc.digest),
+                    kind="manifest_head",
+                    scopes=pull_scopes(repository),
+                    repository=repository,
+                    what=_manifest_what(desc.digest),
+                    ok=(200,),
+                    headers={"Accept": MANIFEST_ACCEPT},
+                )
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def put_manifest_bytes(
+        self, repository: str, reference: str, raw: bytes, media_type: str
+    ) -> str:
+        """PUT ``raw`` under ``reference`` (tag or digest); the digest the registry stored.
+
+        No referrers bookkeeping: :meth:`push_manifest` is the public way in.
+        """
+        digest, _ = await self._put_manifest(repository, reference, raw, media_type)
+        return digest
+
+    async def _put_manifest(
+        self, repository: str, reference: str, raw: bytes, media_type: str
+    ) -> tuple[str, bool]:
+        expected = digest_bytes(raw)
+        reply = await self._transport.request(
+            RequestSpec(
+                method="PUT",
+                url=self._manifest_url(repository, reference),
+                kind="manifest_put",
+                scopes=push_scopes(repository),
+                repository=repository,
+                what=_manifest_what(reference),
+                ok=(200, 201, 202, 204),
+                headers={"Content-Type": media_type},
+                data=raw,
+            )
+        )
+        stored = reply.headers.get("Docker-Content-Digest")
+        if stored and stored != expected and stored.startswith("sha256:"):
+            raise protocol_error(
+                self.host,
+                repository,
+                f"{_manifest_what(reference)} was stored as {stored}, expected {expected}",
+                status=reply.status,
+            )
+        return expected, bool(reply.headers.get("OCI-Subject"))
+
+    async def push_manifest(
+        self, repository: str, desc: Descriptor, raw: bytes, tags: tuple[str, ...] = ()
+    ) -> PushResult:
+        """Store ``raw`` under its digest (or under each of ``tags``); maintain referrers."""
+        verify_bytes(raw, desc.digest, desc.size)
+        manifest = self._parse_for_push(repository, desc, raw)
+        subject_ack = False
+        for reference in tags or (desc.digest,):
+            _, acked = await self._put_manifest(repository, reference, raw, desc.media_type)
+            subject_ack = subject_ack or acked
+        updated = False
+        if manifest is not None and manifest.subject is not None:
+            if subject_ack:
+                updated = True
+            else:
+                updated = await self._referrers.after_push(repository, manifest)
+        return PushResult(descriptor=desc, referrers_updated=updated)
+
+    def _parse_for_push(self, repository: str, desc: Descriptor, raw: bytes) -> Manifest | None:
+        try:
+            return parse_manifest(raw, desc.media_type)
+        except InputError as exc:
+            log.debug(
+                "registry.manifest.unparsed",
+                host=self.host,
+                repository=repository,
+                digest=desc.digest,
+                reason=str(exc),
+            )
+            return None
+
+    async def tag(self, repository: str, desc: Descriptor, raw: bytes, tag: str) -> None:
+        """Point ``tag`` at the manifest ``desc`` (``raw`` are its exact bytes)."""
+        verify_bytes(raw, desc.digest, desc.size)
+        await self._put_manifest(repository, tag, raw, desc.media_type)
+
+    async def delete_manifest_digest(self, repository: str, digest: str) -> None:
+        """``DELETE`` a manifest by digest, without referrers bookkeeping."""
+        await self._transport.request(
+            RequestSpec(
+                method="DELETE",
+                url=self._manifest_url(repository, digest),
+                kind="manifest_delete",
+                scopes=[f"repository:{repository}:delete"],
+                repository=repository,
+                what=_manifest_what(digest),
+                ok=(200, 202, 204),
+            )
+        )
+
+    async def delete_manifest(self, repository: str, desc: Descriptor) -> None:
+        """Delete a manifest by digest, and its entry in its subject's fallback index."""
+        _, raw = await self.fetch_manifest(repository, desc.digest)
+        manifest = self._parse_for_push(repository, desc, raw)
+        await self.delete_manifest_digest(repository, desc.digest)
+        if manifest is not None and manifest.subject is not None:
+            await self._referrers.after_delete(repository, desc.digest, manifest.subject.digest)
+
+    # -- referrers -------------------------------------------------------------------------
+
+    async def referrers(
+        self, repository: str, desc: Descriptor, artifact_type: str | None = None
+    ) -> list[Descriptor]:
+        """Manifests whose subject is ``desc``: the referrers API, else the fallback tag."""
+        return await self._referrers.find(repository, desc, artifact_type)
+
+    async def referrers_api_supported(self, repository: str) -> bool:
+        """Whether the registry serves the referrers API for ``repository`` (cached)."""
+        return await self._referrers.api_supported(repository)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def _blob_url(self, repository: str, digest: str) -> URL:
+        return self._transport.url(f"/v2/{repository}/blobs/{digest}")
+
+    async def blob_exists(self, repository: str, desc: Descriptor) -> bool:
+        """True when the blob ``desc.digest`` is in ``repository`` (HEAD)."""
+        try:
+            await self._transport.request(
+                RequestSpec(
+                    method="HEAD",
+                    url=self._blob_url(repository, desc.digest),
+                    kind="blob_head",
+                    scopes=pull_scopes(repository),
+                    repository=repository,
+                    what=f"blob {desc.digest}",
+                    ok=(200,),
+                    follow_redirects=True,
+                )
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def fetch_blob(
+        self, repository: str, desc: Descriptor, offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Stream the blob from ``offset``, resuming broken connections with ``Range``.
+
+        From offset 0 the stream is verified against ``desc`` and the last chunk
+        is held back until it is; from another offset only the size is checked.
+        """
+        if offset < 0 or offset > desc.size:
+            raise InputError(f"offset {offset} outside blob {desc.digest} of {desc.size} bytes")
+        verifier = DigestVerifier(desc.digest, desc.size) if offset == 0 else None
+        position = offset
+        failures = 0
+        pending: bytes | None = None
+        policy = self.options.retry
+        if offset == desc.size and offset > 0:
+            return
+        requested = False
+        while not requested or position < desc.size:
+            requested = True
+            headers = {"Range": f"bytes={position}-"} if position > 0 else {}
+            spec = RequestSpec(
+                method="GET",
+                url=self._blob_url(repository, desc.digest),
+                kind="blob_get",
+                scopes=pull_scopes(repository),
+                repository=repository,
+                what=f"blob {desc.digest}",
+                ok=(200, 206),
+                headers=headers,
+                follow_redirects=True,
+            )
+            try:
+                async with self._transport.stream(spec) as resp:
+                    skip = self._skip_for(resp, position, repository, desc)
+                    async for chunk in resp.content.iter_chunked(BLOB_READ_CHUNK):
+                        if skip:
+                            if len(chunk) <= skip:
+                                skip -= len(chunk)
+                                continue
+                            chunk = chunk[skip:]
+                            skip = 0
+                        self.stats.add("bytes_received", len(chunk))
+                        if verifier is not None:
+                            verifier.update(chunk)
+                        elif position + len(chunk) > desc.size:
+                            raise IntegrityError(
+                                f"{desc.digest}: received more than the declared {desc.size} bytes"
+                            )
+                        position += len(chunk)
+                        failures = 0
+                        if pending is not None:
+                            yield pending
+                        pending = chunk
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                failures += 1
+                if failures >= policy.attempts:
+                    raise connection_error(self.host, exc) from None
+                log.info(
+                    "registry.blob.resume",
+                    host=self.host,
+                    repository=repository,
+                    digest=desc.digest,
+                    at=position,
+                    reason=type(exc).__name__,
+                )
+                self.stats.add("retries")
+                await asyncio.sleep(min(policy.max_delay, policy.base_delay * failures))
+                continue
+            if position < desc.size:
+                failures += 1
+                if failures >= policy.attempts:
+                    raise ConnectionFailedError(
+                        f"cannot reach {self.host}: blob {desc.digest} kept ending early"
+                    )
+                continue
+            break
+        if verifier is not None:
+            try:
+                verifier.verify()
+            except IntegrityError as exc:
+                raise IntegrityError(f"{self.host}/{repository}: blob {exc}") from None
+        if pending is not None:
+            yield pending
+
+    def _skip_for(
+        self, resp: aiohttp.ClientResponse, position: int, repository: str, desc: Descriptor
+    ) -> int:
+        """Bytes to drop from the start of ``resp`` to continue at ``position``."""
+        if position == 0:
+            return 0
+        if resp.status == 200:
+            log.info("registry.blob.range_ignored", host=self.host, digest=desc.digest)
+            return position
+        content_range = resp.headers.get("Content-Range", "")
+        start = content_range.removeprefix("bytes").strip().split("-", 1)[0].strip()
+        if start != str(position):
+            raise protocol_error(
+                self.host,
+                repository,
+                f"blob {desc.digest}: asked bytes from {position}, got range {content_range!r}",
+                status=resp.status,
+            )
+        return 0
+
+    async def push_blob(
+        self,
+        repository: str,
+        desc: Descriptor,
+        opener: BlobOpener,
+        *,
+        resume: UploadProgress | None = None,
+        on_progress: ProgressCallback | None = None,
+        chunk_size: int | None = None,
+    ) -> BlobPushResult:
+        """Upload a blob (monolithic up to ``options.monolithic_max``, else chunked).
+
+        Does not check for existence first: callers ask :meth:`blob_exists`.
+        """
+        return await self._uploads.push(
+            repository,
+            desc,
+            opener,
+            resume=resume,
+            on_progress=on_progress,
+            chunk_size=chunk_size,
+        )
+
+    async def mount_blob(self, repository: str, desc: Descriptor, from_repository: str) -> bool:
+        """Cross-repository mount from ``from_repository``; True when the blob is now present."""
+        return await self._uploads.mount(repository, desc, from_repository)
+
+    async def upload_status(self, location: str) -> int:
+        """Bytes the registry acknowledged for the upload session at ``location``."""
+        return await self._uploads.status(URL(location, encoded=True))
+
+    async def cancel_upload(self, location: str) -> None:
+        """Abandon the upload session at ``location`` (errors ignored)."""
+        await self._uploads.cancel(URL(location, encoded=True))

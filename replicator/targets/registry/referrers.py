@@ -1,0 +1,350 @@
+"""Referrers of a manifest: the OCI 1.1 API, and the tag-schema fallback.
+
+:class:`ReferrersSupport` answers "which manifests have ``subject`` = X" for a
+registry, and keeps the fallback index (tag ``<alg>-<hex>``) up to date when a
+registry without the referrers API receives or loses a manifest with a
+``subject``.
+
+Guarantees:
+
+* Whether a repository's registry has the referrers API is learned once (a
+  ``404`` on the API means no) and cached per repository.
+* Fallback index updates are serialised per (repository, subject) inside the
+  process, skip duplicates, and leave no orphan: the index they replace is
+  deleted by digest (when the registry allows deletes).
+* A fallback tag that does not hold a valid image index counts as "no
+  referrers" (with a warning), never as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING
+
+import structlog
+from yarl import URL
+
+from replicator.errors import (
+    AuthenticationError,
+    DeniedError,
+    InputError,
+    NotFoundError,
+    RateLimitedError,
+    RegistryError,
+)
+from replicator.oci.descriptor import Descriptor
+from replicator.oci.manifest import Manifest, build_index
+from replicator.oci.mediatype import EMPTY_JSON_DIGEST, OCI_INDEX
+from replicator.oci.reference import referrers_tag
+from replicator.targets.registry.errors import protocol_error
+from replicator.targets.registry.transport import RequestSpec, Transport
+
+if TYPE_CHECKING:
+    from replicator.targets.registry.client import RegistryTarget
+
+log = structlog.get_logger("replicator.registry.referrers")
+
+_MAX_INDEX_SIZE = 4 * 1024 * 1024
+
+
+def pull_scopes(repository: str) -> list[str]:
+    """Token scopes for reading ``repository``."""
+    return [f"repository:{repository}:pull"]
+
+
+def parse_next_link(values: list[str]) -> str | None:
+    """The target of the ``rel="next"`` entry of ``Link`` header values, if any."""
+    for value in values:
+        for part in _split_links(value):
+            target, _, params = part.partition(";")
+            target = target.strip()
+            if not (target.startswith("<") and target.endswith(">")):
+                continue
+            for param in params.split(";"):
+                name, _, val = param.strip().partition("=")
+                if name.strip().lower() == "rel" and "next" in val.strip().strip('"').split():
+                    return target[1:-1]
+    return None
+
+
+def _split_links(value: str) -> list[str]:
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for i, ch in enumerate(value):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(value[start:i])
+            start = i + 1
+    parts.append(value[start:])
+    return [p for p in (part.strip() for part in parts) if p]
+
+
+def index_entries(raw: bytes) -> list[Descriptor] | None:
+    """Descriptors listed by an image index, or ``None`` when ``raw`` is not one.
+
+    Malformed entries are dropped; every kept one retains its JSON object.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    media_type = data.get("mediaType")
+    if media_type is not None and media_type != OCI_INDEX:
+        return None
+    manifests = data.get("manifests")
+    if not isinstance(manifests, list):
+        return None
+    out: list[Descriptor] = []
+    for entry in manifests:
+        try:
+            out.append(Descriptor.from_json(entry))
+        except InputError:
+            continue
+    return out
+
+
+class _Unsupported(Exception):
+    """The referrers API answered 404 (``cacheable``: the answer speaks for the registry)."""
+
+    def __init__(self, cacheable: bool) -> None:
+        super().__init__("referrers API unsupported")
+        self.cacheable = cacheable
+
+
+class ReferrersSupport:
+    """Referrers reading and fallback-index maintenance for one registry target."""
+
+    def __init__(self, target: RegistryTarget, transport: Transport) -> None:
+        self._target = target
+        self._transport = transport
+        self._api: dict[str, bool] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # -- API detection ---------------------------------------------------------------------
+
+    async def api_supported(self, repository: str) -> bool:
+        """Whether the registry serves the referrers API for ``repository`` (cached)."""
+        known = self._api.get(repository)
+        if known is not None:
+            return known
+        try:
+            await self._api_page(
+                repository,
+                EMPTY_JSON_DIGEST,
+                None,
+                self._api_url(repository, EMPTY_JSON_DIGEST, None),
+            )
+        except _Unsupported as exc:
+            if exc.cacheable:
+                self._api[repository] = False
+            return False
+        self._api[repository] = True
+        return True
+
+    def _api_url(self, repository: str, digest: str, artifact_type: str | None) -> URL:
+        query = {"artifactType": artifact_type} if artifact_type else None
+        return self._transport.url(f"/v2/{repository}/referrers/{digest}", query)
+
+    # -- listing ---------------------------------------------------------------------------
+
+    async def find(
+        self, repository: str, desc: Descriptor, artifact_type: str | None
+    ) -> list[Descriptor]:
+        """Referrers of ``desc`` in ``repository``, optionally of one artifact type."""
+        if self._api.get(repository) is not False:
+            try:
+                found = await self._from_api(repository, desc.digest, artifact_type)
+            except _Unsupported as exc:
+                if exc.cacheable:
+                    self._api[repository] = False
+                    log.debug(
+                        "registry.referrers.no_api",
+                        host=self._transport.host,
+                        repository=repository,
+                    )
+            else:
+                self._api[repository] = True
+                return found
+        found = await self._from_tag(repository, desc.digest)
+        if artifact_type:
+            found = [d for d in found if d.artifact_type == artifact_type]
+        return found
+
+    async def _from_api(
+        self, repository: str, digest: str, artifact_type: str | None
+    ) -> list[Descriptor]:
+        url: URL | None = self._api_url(repository, digest, artifact_type)
+        out: list[Descriptor] = []
+        seen_urls: set[str] = set()
+        pages = 0
+        while url is not None:
+            pages += 1
+            seen_urls.add(str(url))
+            entries, next_url = await self._api_page(repository, digest, artifact_type, url)
+            out.extend(entries)
+            if next_url is None or str(next_url) in seen_urls:
+                break
+            if pages >= self._transport.options.max_pages:
+                log.warning(
+                    "registry.referrers.page_cap",
+                    host=self._transport.host,
+                    repository=repository,
+                    pages=pages,
+                )
+                break
+            url = next_url
+        if artifact_type:
+            # Filtering is optional for registries: always apply it here too.
+            out = [d for d in out if d.artifact_type == artifact_type]
+        return out
+
+    async def _api_page(
+        self, repository: str, digest: str, artifact_type: str | None, url: URL
+    ) -> tuple[list[Descriptor], URL | None]:
+        spec = RequestSpec(
+            method="GET",
+            url=url,
+            kind="referrers",
+            scopes=pull_scopes(repository),
+            repository=repository,
+            what=f"referrers of {digest}",
+            ok=(200,),
+            headers={"Accept": OCI_INDEX},
+        )
+        try:
+            reply = await self._transport.request(spec, max_body=_MAX_INDEX_SIZE)
+        except NotFoundError as exc:
+            raise _Unsupported(cacheable=exc.code != "NAME_UNKNOWN") from None
+        except (AuthenticationError, DeniedError, RateLimitedError):
+            raise
+        except RegistryError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:
+                raise _Unsupported(cacheable=True) from None
+            raise
+        entries = index_entries(reply.body)
+        if entries is None:
+            raise protocol_error(
+                self._transport.host,
+                repository,
+                f"referrers of {digest}: the answer is not an image index",
+                status=reply.status,
+            )
+        link = parse_next_link(reply.headers.getall("Link", []))
+        next_url: URL | None = None
+        if link:
+            candidate = self._transport.resolve(reply.url, link)
+            if candidate.origin() != self._transport.base_url.origin():
+                log.warning(
+                    "registry.referrers.foreign_link",
+                    host=self._transport.host,
+                    repository=repository,
+                )
+            else:
+                next_url = candidate
+        return entries, next_url
+
+    async def _from_tag(self, repository: str, digest: str) -> list[Descriptor]:
+        current = await self._read_fallback(repository, digest)
+        return current[1] if current is not None else []
+
+    async def _read_fallback(
+        self, repository: str, digest: str
+    ) -> tuple[Descriptor, list[Descriptor]] | None:
+        """The fallback index (descriptor and entries), or None when absent or invalid."""
+        tag = referrers_tag(digest)
+        try:
+            desc, raw = await self._target.fetch_manifest(repository, tag)
+        except NotFoundError:
+            return None
+        entries = index_entries(raw) if desc.media_type == OCI_INDEX else None
+        if entries is None:
+            log.warning(
+                "registry.referrers.invalid_fallback",
+                host=self._transport.host,
+                repository=repository,
+                tag=tag,
+                media_type=desc.media_type,
+            )
+            return None
+        return desc, entries
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    async def after_push(self, repository: str, manifest: Manifest) -> bool:
+        """Make a pushed manifest with a subject findable; True when done."""
+        subject = manifest.subject
+        if subject is None:
+            return False
+        if await self.api_supported(repository):
+            return True
+        await self._update(repository, subject.digest, add=manifest.descriptor)
+        return True
+
+    async def after_delete(self, repository: str, digest: str, subject_digest: str) -> None:
+        """Drop a deleted referrer from its subject's fallback index (no-op with the API)."""
+        if await self.api_supported(repository):
+            return
+        await self._update(repository, subject_digest, remove=digest)
+
+    def _lock(self, repository: str, subject: str) -> asyncio.Lock:
+        key = (repository, subject)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _update(
+        self,
+        repository: str,
+        subject: str,
+        *,
+        add: Descriptor | None = None,
+        remove: str | None = None,
+    ) -> None:
+        async with self._lock(repository, subject):
+            current = await self._read_fallback(repository, subject)
+            old_desc, entries = current if current is not None else (None, [])
+            if add is not None:
+                if any(e.digest == add.digest for e in entries):
+                    return
+                new_entries = [*entries, add]
+            else:
+                new_entries = [e for e in entries if e.digest != remove]
+                if len(new_entries) == len(entries):
+                    return
+            tag = referrers_tag(subject)
+            if new_entries:
+                raw = build_index(new_entries)
+                new_digest = await self._target.put_manifest_bytes(repository, tag, raw, OCI_INDEX)
+                log.debug(
+                    "registry.referrers.index_updated",
+                    host=self._transport.host,
+                    repository=repository,
+                    tag=tag,
+                    entries=len(new_entries),
+                )
+                if old_desc is not None and old_desc.digest != new_digest:
+                    await self._drop_index(repository, old_desc.digest)
+            elif old_desc is not None:
+                await self._drop_index(repository, old_desc.digest)
+
+    async def _drop_index(self, repository: str, digest: str) -> None:
+        try:
+            await self._target.delete_manifest_digest(repository, digest)
+        except NotFoundError:
+            pass
+        except RegistryError as exc:
+            log.info(
+                "registry.referrers.stale_index_kept",
+                host=self._transport.host,
+                repository=repository,
+                digest=digest,
+                reason=exc.code or exc.status,
+            )
