@@ -362,9 +362,11 @@ class OCILayoutTarget:
         await fut
 
     async def _commit(self, batch: Sequence[tuple[IndexMutation, asyncio.Future[None]]]) -> None:
-        fd = await anyio.to_thread.run_sync(os.open, self._layout_path, os.O_RDONLY)
+        with self._disk_errors("lock oci-layout"):
+            fd = await anyio.to_thread.run_sync(os.open, self._layout_path, os.O_RDONLY)
         try:
-            await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+            with self._disk_errors("lock oci-layout"):
+                await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
             snap = await self._load_index(fresh=True)
             entries = [dict(e) for e in snap.entries]
             applied: list[asyncio.Future[None]] = []
@@ -393,17 +395,17 @@ class OCILayoutTarget:
         data = json.dumps(document, separators=(",", ":")).encode()
         tmp = self._root / f"index.json{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            async with aiofiles.open(tmp, "wb") as fh:
-                await fh.write(data)
-                await fh.flush()
-                await anyio.to_thread.run_sync(os.fsync, fh.fileno())
-            await anyio.to_thread.run_sync(os.replace, tmp, self._index_path)
-        except OSError as exc:
-            raise LayoutError(f"{self.display}: cannot write index.json ({exc.strerror})") from None
+            with self._disk_errors("write index.json"):
+                async with aiofiles.open(tmp, "wb") as fh:
+                    await fh.write(data)
+                    await fh.flush()
+                    await anyio.to_thread.run_sync(os.fsync, fh.fileno())
+                await anyio.to_thread.run_sync(os.replace, tmp, self._index_path)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_unlink_quietly, tmp)
-        await anyio.to_thread.run_sync(lambda: _fsync_path(self._root, directory=True))
+        with self._disk_errors("sync the layout directory"):
+            await anyio.to_thread.run_sync(lambda: _fsync_path(self._root, directory=True))
 
     # ------------------------------------------------------------------- blobs
 
@@ -530,11 +532,19 @@ class OCILayoutTarget:
         if offset < 0 or offset > size:
             raise InputError(f"offset {offset} is outside blob {desc.digest} of {size} bytes")
         verifier = DigestVerifier(desc.digest, desc.size) if offset == 0 else None
-        async with aiofiles.open(path, "rb") as fh:
+        what = f"read {desc.digest}"
+        with self._disk_errors(what):
+            fh = await aiofiles.open(path, "rb")
+        try:
             if offset:
-                await fh.seek(offset)
+                with self._disk_errors(what):
+                    await fh.seek(offset)
             held: bytes | None = None
-            while chunk := await fh.read(READ_CHUNK):
+            while True:
+                with self._disk_errors(what):
+                    chunk = await fh.read(READ_CHUNK)
+                if not chunk:
+                    break
                 if verifier is not None:
                     verifier.update(chunk)
                 if held is not None:
@@ -547,6 +557,9 @@ class OCILayoutTarget:
                     raise IntegrityError(f"{self.display}: corrupt blob: {exc.message}") from None
             if held is not None:
                 yield held
+        finally:
+            with anyio.CancelScope(shield=True):
+                await fh.close()
 
     # --------------------------------------------------------------- manifests
 
@@ -666,8 +679,10 @@ class OCILayoutTarget:
                     size=size,
                     artifact_type=public.artifact_type,
                 )
-        raw = await self._read_manifest(reference, size, repository)
         try:
+            if size > MAX_MANIFEST_SIZE:
+                raise InputError("too large for a manifest")
+            raw = await self._read_manifest(reference, size, repository)
             info = self._remember(reference, raw, None)
         except InputError:
             raise NotFoundError(

@@ -358,6 +358,9 @@ async def test_resolve_by_digest_of_an_unlisted_manifest_parses_it(
     # a layer is a blob, not a manifest
     with pytest.raises(NotFoundError, match="is not a manifest"):
         await target.resolve("", config.digest)
+    big = await store.blob(b"\0" * (4 * 1024 * 1024 + 1))
+    with pytest.raises(NotFoundError, match="is not a manifest"):
+        await target.resolve("", big.digest)
 
 
 async def test_unknown_tag_and_digest_are_not_found(target: OCILayoutTarget) -> None:
