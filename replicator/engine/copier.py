@@ -1,0 +1,1065 @@
+"""The graph copy engine: discovery, planning, transfer and commit, pipelined.
+
+One :class:`CopyEngine` run copies any number of :class:`CopyJob` (a source root
+and its destinations) with shared limits, a shared ledger and shared
+deduplication.  For every manifest node the engine
+
+1. decides per destination whether it is already there (ledger, implied by a
+   present parent, a tag already pointing at it, else ``manifest_exists``);
+2. reads the source manifest only when some destination lacks it (or when its
+   children must be visited to find their referrers);
+3. starts the blobs and children right away (discovery never waits for
+   transfers), each blob once per destination however many manifests name it:
+   ledger → mount (from a repository of the same location known to hold it, or
+   from the source repository on the same registry) → ``blob_exists`` probe (only
+   for large blobs or local stores) → streamed upload, one source read teed to
+   every destination that needs it;
+4. pushes the manifest once its blobs and children are confirmed at that
+   destination, and a referrer only after its subject;
+5. lists referrers (API or fallback tag, through the Target) and walks them the
+   same way, filtered by artifact type and depth.
+
+Tags are written last: a job tags a destination only when every node selected
+under its root (children, blobs, referrers, recursively) is confirmed there.  A
+failure therefore never leaves a destination tag pointing at an incomplete graph.
+
+Deadlock freedom: a node only ever waits for nodes whose digest its own bytes
+contain (children, blobs, its ``subject``), which is a DAG by construction of
+content addressing.  A referrer listed under a subject its manifest does not
+name (a hostile or stale fallback index, a self-reference) is skipped with a
+warning, so referrer cycles terminate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+
+from replicator.engine.events import CopyObserver, NullObserver
+from replicator.engine.ledger import Confirmation, Ledger, MemoryLedger
+from replicator.engine.limits import Kind, Limits
+from replicator.engine.report import CopyReport, JobResult
+from replicator.errors import (
+    IncompleteCopyError,
+    InputError,
+    NotFoundError,
+    ProtocolError,
+    ReplicatorError,
+)
+from replicator.graph.filters import GraphFilter, is_docker_attestation
+from replicator.oci import mediatype as mt
+from replicator.oci.descriptor import Descriptor
+from replicator.oci.digest import descriptor_for
+from replicator.oci.manifest import Manifest, build_index, parse_manifest
+from replicator.targets.base import BlobOpener, Target, UploadProgress
+
+_log = structlog.get_logger("replicator.engine")
+T = TypeVar("T")
+
+NodeKey = tuple[str, str, str]  # (location, repository, digest) at the source
+DestKey = tuple[str, str]  # (location, repository) of a destination
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A repository inside a target: where content is read from or written to."""
+
+    target: Target
+    location: str
+    repository: str
+
+    @property
+    def key(self) -> DestKey:
+        """``(location, repository)``."""
+        return (self.location, self.repository)
+
+    def __str__(self) -> str:
+        if self.location.startswith("ocidir://"):
+            return f"{self.location}{':' + self.repository if self.repository else ''}"
+        return f"{self.location}/{self.repository}"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a job writes: an endpoint and the tags to set there once complete.
+
+    ``digest`` is set when the user named the destination by digest: the copy
+    then fails unless the root copied has that digest.
+    """
+
+    endpoint: Endpoint
+    tags: tuple[str, ...] = ()
+    digest: str | None = None
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyJob:
+    """Copy the graph of ``reference`` (tag or digest) in ``source`` to every destination."""
+
+    source: Endpoint
+    reference: str
+    destinations: tuple[Destination, ...]
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """How a run copies.
+
+    ``probe_threshold``: blobs at least this large get a ``blob_exists`` probe at
+    a registry destination before being uploaded (one request to possibly save
+    many bytes); smaller ones are uploaded straight away when their manifest is
+    absent there — a POST+PUT costs one request less than HEAD+POST+PUT.  Local
+    stores (OCI layouts) are always probed: it costs no request.
+    """
+
+    filter: GraphFilter = field(default_factory=GraphFilter)
+    keep_going: bool = False
+    chunk_size: int | None = None
+    probe_threshold: int = 1024 * 1024
+    fanout_buffer: int = 8
+
+
+class _Cell:
+    """A one-shot result: set once (ok or with an error), awaited by many."""
+
+    __slots__ = ("claimed", "error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+        self.value: Any = None
+        self.claimed = False
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if not self.event.is_set():
+            self.value = value
+            self.error = error
+            self.event.set()
+
+    @property
+    def done(self) -> bool:
+        return self.event.is_set()
+
+    @property
+    def ok(self) -> bool:
+        return self.event.is_set() and self.error is None
+
+    async def wait(self) -> BaseException | None:
+        await self.event.wait()
+        return self.error
+
+
+class DependencyFailed(ReplicatorError):
+    """A node was not committed because something it depends on failed."""
+
+    exit_code = IncompleteCopyError.exit_code
+
+
+def _is_local(location: str) -> bool:
+    return location.startswith("ocidir://")
+
+
+class CopyEngine:
+    """Runs copy jobs with shared limits, ledger and deduplication (see module doc)."""
+
+    def __init__(
+        self,
+        options: CopyOptions | None = None,
+        *,
+        ledger: Ledger | None = None,
+        limits: Limits | None = None,
+        observer: CopyObserver | None = None,
+    ) -> None:
+        self.options = options or CopyOptions()
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.limits = limits or Limits()
+        self.observer: CopyObserver = observer or NullObserver()
+        self.report = CopyReport()
+        self._manifests: dict[NodeKey, _Cell] = {}
+        self._referrer_lists: dict[NodeKey, _Cell] = {}
+        self._committed: dict[tuple[str, str, str], _Cell] = {}
+        self._blobs: dict[tuple[str, str, str], _Cell] = {}
+        self._walks: dict[tuple[NodeKey, DestKey], _Cell] = {}
+        self._edges: dict[NodeKey, set[NodeKey]] = {}
+        self._synthetic: set[NodeKey] = set()
+        self._uploads_in_flight: dict[tuple[str, str], tuple[str, _Cell]] = {}
+        self._targets: dict[int, Target] = {}
+        self._cancel: anyio.CancelScope | None = None
+        self._current_tags: dict[tuple[str, str, str], str] = {}
+        self._first_root_error: ReplicatorError | None = None
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, jobs: Sequence[CopyJob]) -> CopyReport:
+        """Copy every job; return the report (never raises for copy failures).
+
+        Without ``keep_going`` the first failure stops the run; either way the
+        report says which jobs completed.  Use :func:`raise_for_report` to turn an
+        incomplete run into the documented error.
+        """
+        started = time.monotonic()
+        results = [
+            JobResult(source=j.display, destinations=[d.display for d in j.destinations])
+            for j in jobs
+        ]
+        self.report.jobs = results
+        for j in jobs:
+            self._targets[id(j.source.target)] = j.source.target
+            for d in j.destinations:
+                self._targets[id(d.endpoint.target)] = d.endpoint.target
+        deferred: list[tuple[CopyJob, JobResult, Manifest]] = []
+        async with anyio.create_task_group() as tg:
+            self._cancel = tg.cancel_scope
+            for job, result in zip(jobs, results, strict=True):
+                tg.start_soon(self._run_job, job, result, deferred)
+        for job, result, root in deferred:
+            await self._finish_job(job, result, root, final=True)
+        for result in results:
+            if result.status == "pending":
+                result.status = "failed"
+                result.error = result.error or "stopped before completion"
+        self.report.wall_time = round(time.monotonic() - started, 3)
+        self.report.limits = self.limits.snapshot()
+        self._collect_stats()
+        return self.report
+
+    def _collect_stats(self) -> None:
+        retries = 0
+        for target in self._targets.values():
+            stats = getattr(target, "stats", None)
+            if stats is None:
+                continue
+            counts = _stats_dict(stats)
+            if counts:
+                self.report.requests[target.display] = counts
+                retries += counts.get("retries", 0)
+        self.report.retries = retries
+
+    def _fail(self, message: str, error: BaseException | None = None) -> None:
+        if isinstance(error, DependencyFailed):
+            return
+        self.report.failures.append(message)
+        _log.error("copy_failed", reason=message)
+        if not self.options.keep_going and self._cancel is not None:
+            self._cancel.cancel()
+
+    def _warn(self, message: str) -> None:
+        if message not in self.report.warnings:
+            self.report.warnings.append(message)
+            self.observer.warning(message)
+
+    async def _limited(self, kind: Kind, location: str, fn: Callable[[], Awaitable[T]]) -> T:
+        return await self.limits.call(kind, location, fn)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def _run_job(
+        self,
+        job: CopyJob,
+        result: JobResult,
+        deferred: list[tuple[CopyJob, JobResult, Manifest]],
+    ) -> None:
+        src = job.source
+        try:
+            desc, raw = await self._limited(
+                "meta",
+                src.location,
+                lambda: src.target.fetch_manifest(src.repository, job.reference),
+            )
+            root = _parse(raw, desc.media_type, src)
+        except ReplicatorError as exc:
+            exc.side = exc.side or "source"
+            result.status = "failed"
+            result.error = str(exc)
+            if self._first_root_error is None:
+                self._first_root_error = exc
+            self._fail(f"{job.display}: {exc}", exc)
+            return
+        result.source_digest = root.digest
+        root_key: NodeKey = (src.location, src.repository, root.digest)
+        self._seed_manifest(root_key, root)
+        selected = await self._apply_platforms(job, result, root)
+        if selected is None:
+            return
+        root = selected
+        result.digest = root.digest
+        result.media_type = root.media_type
+        root_desc = _descriptor_of(root)
+        for d in job.destinations:
+            if d.digest is not None and d.digest != root.digest:
+                result.status = "failed"
+                result.error = f"{d.display}: names {d.digest} but the source is {root.digest}"
+                self._fail(result.error)
+                return
+        implied = await self._check_tags(job, root_desc)
+        dests = [d.endpoint for d in job.destinations]
+        await self._node(src, root_desc, dests, 0, None, None, implied, frozenset())
+        if not await self._finish_job(job, result, root, final=False):
+            deferred.append((job, result, root))
+
+    async def _apply_platforms(
+        self, job: CopyJob, result: JobResult, root: Manifest
+    ) -> Manifest | None:
+        """Apply ``--platform`` to a root index (see README: platform subsets)."""
+        flt = self.options.filter
+        if not flt.platforms or not root.is_index:
+            return root
+        src = job.source
+        children = root.children()
+        kept = flt.select_platforms(children)
+        platforms = ", ".join(str(p) for p in flt.platforms)
+        if not kept:
+            result.status = "failed"
+            result.error = f"{job.display}: no manifest for platform {platforms}"
+            self._fail(result.error, NotFoundError(result.error))
+            return None
+        if len(kept) == len(children):
+            return root
+        if flt.referrers:
+            self._warn(
+                f"referrers of index {root.digest[:19]} are not copied: "
+                "the platform filter copies a different root"
+            )
+        images = [c for c in kept if not is_docker_attestation(c)]
+        if len(images) == 1:
+            child = images[0]
+            try:
+                m = await self._manifest(src, child)
+            except ReplicatorError as exc:
+                exc.side = exc.side or "source"
+                result.status = "failed"
+                result.error = str(exc)
+                self._fail(f"{job.display}: {exc}", exc)
+                return None
+            result.note = (
+                f"platform {platforms}: copied manifest {child.digest} of index {root.digest}"
+            )
+            return m
+        raw = build_index(
+            kept,
+            annotations=dict(root.annotations) or None,
+            artifact_type=root.artifact_type if root.media_type == mt.OCI_INDEX else None,
+        )
+        new = parse_manifest(raw, mt.OCI_INDEX)
+        key: NodeKey = (src.location, src.repository, new.digest)
+        self._seed_manifest(key, new)
+        self._synthetic.add(key)
+        result.note = (
+            f"platform {platforms}: wrote new index {new.digest} listing {len(kept)} of "
+            f"{len(children)} manifests of {root.digest}"
+        )
+        self._warn(result.note)
+        return new
+
+    async def _check_tags(self, job: CopyJob, root: Descriptor) -> frozenset[DestKey]:
+        """Ask each destination where its tags point; a tag on the root proves it present."""
+        implied: set[DestKey] = set()
+
+        async def check(d: Destination) -> None:
+            ep = d.endpoint
+            for tag in d.tags:
+                known = await self.ledger.tagged(ep.location, ep.repository, tag)
+                if known is None:
+                    try:
+                        cur = await self._limited(
+                            "meta", ep.location, partial(ep.target.resolve, ep.repository, tag)
+                        )
+                        known = cur.digest
+                    except NotFoundError:
+                        continue
+                    except ReplicatorError as exc:
+                        _log.debug("tag_check_failed", destination=str(ep), error=str(exc))
+                        continue
+                if known == root.digest:
+                    implied.add(ep.key)
+                    self._current_tags[(ep.location, ep.repository, tag)] = known
+
+        async with anyio.create_task_group() as tg:
+            for d in job.destinations:
+                tg.start_soon(check, d)
+        return frozenset(implied)
+
+    async def _finish_job(
+        self, job: CopyJob, result: JobResult, root: Manifest, *, final: bool
+    ) -> bool:
+        """Tag every destination whose graph is complete; False when still pending."""
+        key: NodeKey = (job.source.location, job.source.repository, root.digest)
+        states = {
+            d.endpoint.key: self._closure_state(key, d.endpoint.key) for d in job.destinations
+        }
+        if not final and any(s is None for s in states.values()):
+            return False
+        missing = 0
+        for d in job.destinations:
+            state = states[d.endpoint.key]
+            if state is None or state > 0:
+                missing += state or 1
+                continue
+            try:
+                await self._set_tags(d, root)
+            except ReplicatorError as exc:
+                exc.side = exc.side or "destination"
+                missing += 1
+                self._fail(f"tag {d.display}: {exc}", exc)
+        result.missing = missing
+        if missing:
+            result.status = "failed"
+            result.error = result.error or f"{missing} selected node(s) missing at a destination"
+        else:
+            result.status = "copied"
+        return True
+
+    def _closure_state(self, root: NodeKey, dest: DestKey) -> int | None:
+        """Nodes under ``root`` not confirmed at ``dest`` (None while some are pending)."""
+        seen = {root}
+        stack = [root]
+        bad = 0
+        pending = False
+        while stack:
+            key = stack.pop()
+            commit = self._committed.get((dest[0], dest[1], key[2]))
+            walk = self._walks.get((key, dest))
+            for cell in (commit, walk):
+                if cell is None or not cell.done:
+                    pending = True
+                elif cell.error is not None:
+                    bad += 1
+            for nxt in self._edges.get(key, ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        if pending and not bad:
+            return None
+        return bad + (1 if pending else 0)
+
+    async def _set_tags(self, d: Destination, root: Manifest) -> None:
+        ep = d.endpoint
+        desc = _descriptor_of(root)
+        for tag in d.tags:
+            if self._current_tags.get((ep.location, ep.repository, tag)) == root.digest:
+                self.report.tags_unchanged += 1
+                continue
+            await self._limited(
+                "meta", ep.location, partial(ep.target.tag, ep.repository, desc, root.raw, tag)
+            )
+            await self.ledger.record(
+                Confirmation("tag", "tagged", ep.location, ep.repository, root.digest, tag=tag)
+            )
+            self.report.tags_set += 1
+
+    # ------------------------------------------------------------------ manifests
+
+    def _seed_manifest(self, key: NodeKey, m: Manifest) -> None:
+        cell = self._manifests.get(key)
+        if cell is None:
+            cell = self._manifests[key] = _Cell()
+        cell.set(m)
+
+    async def _manifest(self, src: Endpoint, desc: Descriptor) -> Manifest:
+        """The source manifest, fetched at most once per run."""
+        key: NodeKey = (src.location, src.repository, desc.digest)
+        cell = self._manifests.get(key)
+        if cell is None:
+            cell = self._manifests[key] = _Cell()
+            try:
+                got, raw = await self._limited(
+                    "meta", src.location, lambda: src.target.fetch_manifest(src.repository, desc)
+                )
+                cell.set(_parse(raw, got.media_type or desc.media_type, src))
+            except BaseException as exc:
+                cell.set(error=exc)
+                raise
+        error = await cell.wait()
+        if error is not None:
+            raise error
+        value: Manifest = cell.value
+        return value
+
+    def _commit_cell(self, dest: Endpoint, digest: str) -> _Cell:
+        key = (dest.location, dest.repository, digest)
+        cell = self._committed.get(key)
+        if cell is None:
+            cell = self._committed[key] = _Cell()
+        return cell
+
+    async def _node(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        dests: Sequence[Endpoint],
+        depth: int,
+        subject: Descriptor | None,
+        parent: NodeKey | None,
+        implied: frozenset[DestKey],
+        fresh: frozenset[DestKey],
+    ) -> None:
+        """Make ``desc`` and everything selected under it present at ``dests``.
+
+        ``implied``: destinations where a parent is present (so this node is);
+        ``fresh``: destinations where this referrer's subject was just pushed by
+        this run (so the referrer cannot be there yet: no existence probe).
+        """
+        key: NodeKey = (src.location, src.repository, desc.digest)
+        claimed = [d for d in dests if (key, d.key) not in self._walks]
+        if not claimed:
+            if parent is not None:
+                self._edges.setdefault(parent, set()).add(key)
+            return
+        walks = {d.key: self._walks.setdefault((key, d.key), _Cell()) for d in claimed}
+        try:
+            await self._node_claimed(
+                src, desc, key, claimed, depth, subject, parent, implied, fresh
+            )
+        except BaseException as exc:
+            for cell in walks.values():
+                cell.set(error=exc)
+            if not isinstance(exc, ReplicatorError):
+                raise
+            self._fail(f"{desc.digest}: {exc}", exc)
+        finally:
+            for cell in walks.values():
+                cell.set()
+
+    async def _node_claimed(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        key: NodeKey,
+        claimed: list[Endpoint],
+        depth: int,
+        subject: Descriptor | None,
+        parent: NodeKey | None,
+        implied: frozenset[DestKey],
+        fresh: frozenset[DestKey],
+    ) -> None:
+        responsible: list[Endpoint] = []
+        mine: list[tuple[Endpoint, _Cell]] = []
+        for d in claimed:
+            cell = self._commit_cell(d, desc.digest)
+            if not cell.claimed:
+                cell.claimed = True
+                mine.append((d, cell))
+        try:
+            for d, cell in mine:
+                if await self._present(d, desc, implied, fresh):
+                    cell.set("exists")
+                    self.report.manifests_skipped += 1
+                    self.observer.manifest_finished(desc, "exists", str(d))
+                else:
+                    responsible.append(d)
+        except BaseException as exc:
+            for _, cell in mine:
+                cell.set(error=exc)
+            raise
+        follow = self.options.filter.follows_referrers_at(depth) and key not in self._synthetic
+        need = bool(responsible) or (mt.is_index(desc.media_type) and follow)
+        manifest: Manifest | None = None
+        if need:
+            try:
+                manifest = await self._manifest(src, desc)
+            except BaseException as exc:
+                for d in responsible:
+                    self._commit_cell(d, desc.digest).set(error=exc)
+                raise
+            if subject is not None and (
+                manifest.subject is None or manifest.subject.digest != subject.digest
+            ):
+                self._warn(
+                    f"{desc.digest} is listed as a referrer of {subject.digest} but does not "
+                    "name it as its subject: skipped"
+                )
+                for d in responsible:
+                    self._commit_cell(d, desc.digest).set("skipped")
+                return
+        if parent is not None:
+            self._edges.setdefault(parent, set()).add(key)
+        self._edges.setdefault(key, set())
+        present_here = frozenset(d.key for d, cell in mine if cell.value == "exists")
+        async with anyio.create_task_group() as tg:
+            if follow:
+                tg.start_soon(
+                    self._walk_referrers,
+                    src,
+                    desc,
+                    key,
+                    claimed,
+                    depth,
+                    frozenset(d.key for d in responsible),
+                )
+            if manifest is not None:
+                for child in manifest.children():
+                    tg.start_soon(
+                        self._node, src, child, claimed, depth, None, key, present_here, frozenset()
+                    )
+                if responsible:
+                    for blob in manifest.blobs():
+                        tg.start_soon(self._blob, src, blob, responsible)
+                    for d in responsible:
+                        tg.start_soon(self._commit, src, desc, manifest, d, subject)
+
+    async def _present(
+        self,
+        d: Endpoint,
+        desc: Descriptor,
+        implied: frozenset[DestKey],
+        fresh: frozenset[DestKey],
+    ) -> bool:
+        if d.key in implied:
+            return True
+        if await self.ledger.lookup(d.location, d.repository, desc.digest) is not None:
+            return True
+        if d.key in fresh:
+            return False
+        exists = await self._limited(
+            "meta", d.location, lambda: d.target.manifest_exists(d.repository, desc)
+        )
+        if exists:
+            await self.ledger.record(
+                Confirmation(
+                    "manifest",
+                    "exists",
+                    d.location,
+                    d.repository,
+                    desc.digest,
+                    desc.size,
+                    media_type=desc.media_type,
+                )
+            )
+        return exists
+
+    async def _commit(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        manifest: Manifest,
+        d: Endpoint,
+        subject: Descriptor | None,
+    ) -> None:
+        """Push ``manifest`` to ``d`` once its blobs, children (and subject) are there."""
+        cell = self._commit_cell(d, desc.digest)
+        try:
+            waits = [self._blob_cell(d, b.digest) for b in manifest.blobs()]
+            waits += [self._commit_cell(d, c.digest) for c in manifest.children()]
+            if subject is not None:
+                waits.append(self._commit_cell(d, subject.digest))
+            for w in waits:
+                if await w.wait() is not None:
+                    raise DependencyFailed(f"{desc.digest}: a dependency failed at {d}")
+            push_desc = Descriptor(manifest.media_type, desc.digest, len(manifest.raw))
+            result = await self._limited(
+                "meta",
+                d.location,
+                lambda: d.target.push_manifest(d.repository, push_desc, manifest.raw),
+            )
+            await self.ledger.record(
+                Confirmation(
+                    "manifest",
+                    "pushed",
+                    d.location,
+                    d.repository,
+                    desc.digest,
+                    len(manifest.raw),
+                    media_type=manifest.media_type,
+                )
+            )
+            if result.referrers_updated and manifest.subject is not None:
+                self.report.referrer_indexes_updated += 1
+                await self.ledger.record(
+                    Confirmation(
+                        "referrers",
+                        "updated",
+                        d.location,
+                        d.repository,
+                        desc.digest,
+                        subject=manifest.subject.digest,
+                    )
+                )
+            self.report.manifests_pushed += 1
+            self.observer.manifest_finished(desc, "pushed", str(d))
+            cell.set("pushed")
+        except ReplicatorError as exc:
+            exc.side = exc.side or "destination"
+            cell.set(error=exc)
+            self._fail(f"manifest {desc.digest} to {d}: {exc}", exc)
+        except BaseException as exc:
+            cell.set(error=exc)
+            raise
+
+    # ------------------------------------------------------------------ referrers
+
+    async def _referrers(self, src: Endpoint, desc: Descriptor, key: NodeKey) -> list[Descriptor]:
+        cell = self._referrer_lists.get(key)
+        if cell is None:
+            cell = self._referrer_lists[key] = _Cell()
+            try:
+                found = await self._limited(
+                    "meta",
+                    src.location,
+                    lambda: src.target.referrers(
+                        src.repository, desc, self.options.filter.server_side_type
+                    ),
+                )
+                cell.set(found)
+            except BaseException as exc:
+                cell.set(error=exc)
+                raise
+        error = await cell.wait()
+        if error is not None:
+            raise error
+        value: list[Descriptor] = cell.value
+        return value
+
+    async def _walk_referrers(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        key: NodeKey,
+        dests: list[Endpoint],
+        depth: int,
+        fresh: frozenset[DestKey],
+    ) -> None:
+        try:
+            found = await self._referrers(src, desc, key)
+        except ReplicatorError as exc:
+            exc.side = exc.side or "source"
+            for d in dests:
+                self._walks[(key, d.key)].set(error=exc)
+            self._fail(f"referrers of {desc.digest}: {exc}", exc)
+            return
+        flt = self.options.filter
+        seen: set[str] = set()
+        async with anyio.create_task_group() as tg:
+            for r in found:
+                if r.digest == desc.digest:
+                    self._warn(f"{desc.digest} lists itself as its own referrer: skipped")
+                    continue
+                if r.digest in seen or not mt.is_manifest(r.media_type):
+                    continue
+                seen.add(r.digest)
+                self.report.referrers_found += 1
+                if not flt.accepts_referrer(r):
+                    self.report.referrers_filtered += 1
+                    continue
+                tg.start_soon(self._node, src, r, dests, depth + 1, desc, key, frozenset(), fresh)
+
+    # ------------------------------------------------------------------ blobs
+
+    def _blob_cell(self, d: Endpoint, digest: str) -> _Cell:
+        key = (d.location, d.repository, digest)
+        cell = self._blobs.get(key)
+        if cell is None:
+            cell = self._blobs[key] = _Cell()
+        return cell
+
+    async def _blob(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
+        """Make ``blob`` present at each destination, once per run, by the cheapest way."""
+        mine: list[Endpoint] = []
+        for d in dests:
+            cell = self._blob_cell(d, blob.digest)
+            if not cell.claimed:
+                cell.claimed = True
+                mine.append(d)
+        if not mine:
+            return
+        try:
+            todo: list[Endpoint] = []
+            for d in mine:
+                if await self.ledger.lookup(d.location, d.repository, blob.digest) is not None:
+                    self._blob_done(d, blob, "exists")
+                else:
+                    todo.append(d)
+            # One repository per location uploads; the others mount from it afterwards.
+            leaders: dict[str, Endpoint] = {}
+            followers: list[Endpoint] = []
+            for d in todo:
+                if await self._try_mount(src, blob, d):
+                    continue
+                if d.location in leaders:
+                    followers.append(d)
+                else:
+                    leaders[d.location] = d
+            uploads: list[Endpoint] = []
+            for d in leaders.values():
+                if not await self._probe(blob, d):
+                    uploads.append(d)
+            if uploads:
+                await self._upload(src, blob, uploads)
+            for d in followers:
+                if not await self._try_mount(src, blob, d):
+                    await self._upload(src, blob, [d])
+        except ReplicatorError as exc:
+            for d in mine:
+                self._blob_cell(d, blob.digest).set(error=exc)
+            self._fail(f"blob {blob.digest}: {exc}", exc)
+        except BaseException as exc:
+            for d in mine:
+                self._blob_cell(d, blob.digest).set(error=exc)
+            raise
+        finally:
+            for d in mine:
+                cell = self._blob_cell(d, blob.digest)
+                if not cell.done:
+                    cell.set(error=DependencyFailed(f"blob {blob.digest} did not reach {d}"))
+
+    def _blob_done(
+        self, d: Endpoint, blob: Descriptor, how: str, error: BaseException | None = None
+    ) -> None:
+        cell = self._blob_cell(d, blob.digest)
+        if error is not None:
+            cell.set(error=error)
+            return
+        cell.set(how)
+        if how == "exists":
+            self.report.blobs_skipped += 1
+        elif how == "mounted":
+            self.report.blobs_mounted += 1
+        else:
+            self.report.blobs_uploaded += 1
+        self.observer.blob_finished(blob, how, str(d))
+
+    async def _confirm_blob(self, d: Endpoint, blob: Descriptor, how: str) -> None:
+        await self.ledger.record(
+            Confirmation("blob", how, d.location, d.repository, blob.digest, blob.size)  # type: ignore[arg-type]
+        )
+        self._blob_done(d, blob, how)
+
+    async def _try_mount(self, src: Endpoint, blob: Descriptor, d: Endpoint) -> bool:
+        """Mount from a repository of the same location that holds the blob."""
+        inflight = self._uploads_in_flight.get((d.location, blob.digest))
+        if inflight is not None and inflight[0] != d.repository:
+            await inflight[1].wait()
+        candidates = [
+            r for r in await self.ledger.locate(d.location, blob.digest) if r != d.repository
+        ]
+        if src.location == d.location and src.repository != d.repository and src.target is d.target:
+            candidates.append(src.repository)
+        for repo in dict.fromkeys(candidates):
+            try:
+                mounted = await self._limited(
+                    "meta", d.location, partial(d.target.mount_blob, d.repository, blob, repo)
+                )
+            except ReplicatorError as exc:
+                _log.debug("mount_failed", destination=str(d), source=repo, error=str(exc))
+                continue
+            if mounted:
+                await self._confirm_blob(d, blob, "mounted")
+                return True
+        return False
+
+    async def _probe(self, blob: Descriptor, d: Endpoint) -> bool:
+        """HEAD the blob when it is cheap (local) or worth it (large)."""
+        if not (_is_local(d.location) or blob.size >= self.options.probe_threshold):
+            return False
+        exists = await self._limited(
+            "meta", d.location, lambda: d.target.blob_exists(d.repository, blob)
+        )
+        if exists:
+            await self._confirm_blob(d, blob, "exists")
+        return exists
+
+    async def _upload(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
+        """Stream the blob from the source to every destination, reading it once."""
+        marks: list[tuple[str, str]] = []
+        done = _Cell()
+        for d in dests:
+            k = (d.location, blob.digest)
+            if k not in self._uploads_in_flight:
+                self._uploads_in_flight[k] = (d.repository, done)
+                marks.append(k)
+        self.observer.blob_started(blob, len(dests))
+        locations = [src.location, *(d.location for d in dests)]
+        try:
+            async with self.limits.slot("blob", *locations):
+                if len(dests) == 1:
+                    await self._push_one(dests[0], blob, self._counting_opener(src, blob))
+                else:
+                    await self._fan_out(src, blob, dests)
+        finally:
+            done.set()
+            for k in marks:
+                self._uploads_in_flight.pop(k, None)
+
+    def _counting_opener(self, src: Endpoint, blob: Descriptor) -> BlobOpener:
+        async def stream(offset: int) -> AsyncIterator[bytes]:
+            async for chunk in src.target.fetch_blob(src.repository, blob, offset):
+                self.report.bytes_read += len(chunk)
+                self.observer.blob_advanced(blob, len(chunk))
+                yield chunk
+
+        return stream
+
+    async def _push_one(self, d: Endpoint, blob: Descriptor, opener: BlobOpener) -> None:
+        resume = await self.ledger.upload_progress(d.location, d.repository, blob.digest)
+
+        async def progress(p: UploadProgress) -> None:
+            await self.ledger.record_progress(d.location, p)
+
+        try:
+            res = await d.target.push_blob(
+                d.repository,
+                blob,
+                opener,
+                resume=resume,
+                on_progress=progress,
+                chunk_size=self.options.chunk_size,
+            )
+        except ReplicatorError as exc:
+            if exc.side is None:
+                exc.side = "destination"
+            self._blob_done(d, blob, "", error=exc)
+            self._fail(f"blob {blob.digest} to {d}: {exc}", exc)
+            return
+        self.report.bytes_sent += res.bytes_sent
+        how = res.how if res.how in ("exists", "mounted", "uploaded") else "uploaded"
+        await self._confirm_blob(d, blob, how)
+
+    async def _fan_out(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
+        tee = _Tee(self, src, blob, len(dests), self.options.fanout_buffer)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tee.pump)
+            for i, d in enumerate(dests):
+                tg.start_soon(self._push_teed, tee, i, d, blob)
+
+    async def _push_teed(self, tee: _Tee, i: int, d: Endpoint, blob: Descriptor) -> None:
+        try:
+            await self._push_one(d, blob, tee.opener(i))
+        finally:
+            tee.detach(i)
+
+
+class _Tee:
+    """One source read of a blob, delivered to several uploads through bounded buffers.
+
+    The first ``opener(0)`` of each consumer reads from the shared stream; any
+    other open (a retry, a resume at an offset) reads the source again on its
+    own.  A consumer that finishes or fails is detached, so a dead destination
+    never stalls the others.
+    """
+
+    def __init__(
+        self, engine: CopyEngine, src: Endpoint, blob: Descriptor, n: int, buffer: int
+    ) -> None:
+        self.engine = engine
+        self.src = src
+        self.blob = blob
+        self.channels = [anyio.create_memory_object_stream[bytes](buffer) for _ in range(n)]
+        self.fresh = [True] * n
+        self.detached: set[int] = set()
+        self.opened = anyio.Event()
+        self.error: BaseException | None = None
+
+    def opener(self, i: int) -> BlobOpener:
+        def open_(offset: int) -> AsyncIterator[bytes]:
+            if offset == 0 and self.fresh[i]:
+                self.fresh[i] = False
+                self.opened.set()
+                return self._drain(i)
+            return self.src.target.fetch_blob(self.src.repository, self.blob, offset)
+
+        return open_
+
+    async def _drain(self, i: int) -> AsyncIterator[bytes]:
+        receive = self.channels[i][1]
+        with receive:
+            async for chunk in receive:
+                yield chunk
+        if self.error is not None:
+            raise self.error
+
+    def detach(self, i: int) -> None:
+        self.detached.add(i)
+        self.fresh[i] = False
+        self.channels[i][1].close()
+        if len(self.detached) == len(self.channels):
+            self.opened.set()
+
+    async def pump(self) -> None:
+        await self.opened.wait()
+        live = {i: s for i, (s, _) in enumerate(self.channels) if i not in self.detached}
+        try:
+            if not live:
+                return
+            async for chunk in self.src.target.fetch_blob(self.src.repository, self.blob, 0):
+                self.engine.report.bytes_read += len(chunk)
+                self.engine.observer.blob_advanced(self.blob, len(chunk))
+                for i, sender in list(live.items()):
+                    try:
+                        await sender.send(chunk)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        live.pop(i)
+                if not live:
+                    return
+        except ReplicatorError as exc:
+            exc.side = exc.side or "source"
+            self.error = exc
+        finally:
+            for sender in live.values():
+                sender.close()
+            for sender, _ in self.channels:
+                sender.close()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _parse(raw: bytes, media_type: str | None, src: Endpoint) -> Manifest:
+    try:
+        return parse_manifest(raw, media_type)
+    except InputError as exc:
+        raise ProtocolError(f"{src}: {exc}", side="source") from exc
+
+
+def _descriptor_of(m: Manifest) -> Descriptor:
+    return descriptor_for(m.raw, m.media_type)
+
+
+def _stats_dict(stats: Any) -> dict[str, int]:
+    if hasattr(stats, "as_dict"):
+        raw = stats.as_dict()
+    elif hasattr(stats, "__dataclass_fields__"):
+        raw = {k: getattr(stats, k) for k in stats.__dataclass_fields__}
+    elif isinstance(stats, dict):
+        raw = stats
+    else:
+        raw = {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+    out: dict[str, int] = {}
+    for k, v in dict(raw).items():
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[str(k)] = v
+        elif isinstance(v, dict):
+            for k2, v2 in v.items():
+                if isinstance(v2, int):
+                    out[f"{k}.{k2}"] = v2
+    return out
+
+
+def raise_for_report(report: CopyReport, root_error: ReplicatorError | None = None) -> None:
+    """Raise the documented error unless every job completed.
+
+    A run whose only failures are roots that could not be read re-raises that
+    error (exit 3 for an unknown source, 4 for auth...); anything else is an
+    :class:`IncompleteCopyError` (exit 9) naming the first failure.
+    """
+    if report.ok:
+        return
+    failed = [j for j in report.jobs if j.status != "copied"]
+    if root_error is not None and all(j.source_digest is None for j in failed):
+        raise root_error
+    first = report.failures[0] if report.failures else (failed[0].error if failed else "unknown")
+    raise IncompleteCopyError(
+        f"copy incomplete: {len(failed)} of {len(report.jobs)} job(s) did not complete; "
+        f"first failure: {first}"
+    )
+
+
+def first_root_error(engine: CopyEngine) -> ReplicatorError | None:
+    """The first error met reading a job's root (for :func:`raise_for_report`)."""
+    return engine._first_root_error

@@ -1,0 +1,92 @@
+"""What the engine tells the outside world while it runs (progress, logs).
+
+The engine calls a :class:`CopyObserver` at each step; the CLI plugs in a rich
+live display on a terminal (``replicator.observe.progress``) or
+:class:`LogObserver`, which emits structlog events (CI logs).  Observers must be
+cheap and must never raise: they are called from the transfer path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+
+from replicator.oci.descriptor import Descriptor
+
+_log = structlog.get_logger("replicator.engine")
+
+
+def label_of(desc: Descriptor) -> str:
+    """How ORAS names a node in its progress lines: the title, else the media type."""
+    return desc.title or desc.media_type
+
+
+class CopyObserver(Protocol):
+    """Receives the engine's progress notifications."""
+
+    def blob_started(self, desc: Descriptor, destinations: int) -> None:
+        """A blob transfer (upload to ``destinations`` stores) begins."""
+        ...
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        """``nbytes`` more bytes of ``desc`` were read from the source."""
+        ...
+
+    def blob_finished(self, desc: Descriptor, how: str, destination: str) -> None:
+        """A blob reached ``destination``: ``exists``, ``mounted`` or ``uploaded``."""
+        ...
+
+    def manifest_finished(self, desc: Descriptor, how: str, destination: str) -> None:
+        """A manifest is present at ``destination``: ``exists`` or ``pushed``."""
+        ...
+
+    def warning(self, message: str) -> None:
+        """Something was skipped or looked wrong, but the copy goes on."""
+        ...
+
+
+class LogObserver:
+    """Emits one structlog event per finished node (readable in CI logs)."""
+
+    def blob_started(self, desc: Descriptor, destinations: int) -> None:
+        """Log ``Copying <digest> <title>``."""
+        _log.info(
+            "copying", digest=desc.short, name=label_of(desc), size=desc.size, to=destinations
+        )
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        """Nothing: per-chunk events would flood a log."""
+
+    def blob_finished(self, desc: Descriptor, how: str, destination: str) -> None:
+        """Log the blob's outcome."""
+        event = "copied" if how == "uploaded" else how
+        _log.info(event, digest=desc.short, name=label_of(desc), destination=destination)
+
+    def manifest_finished(self, desc: Descriptor, how: str, destination: str) -> None:
+        """Log the manifest's outcome."""
+        event = "copied" if how == "pushed" else how
+        _log.info(event, digest=desc.short, name=label_of(desc), destination=destination)
+
+    def warning(self, message: str) -> None:
+        """Log a warning event."""
+        _log.warning("skipped", reason=message)
+
+
+class NullObserver:
+    """Ignores everything (library use, tests)."""
+
+    def blob_started(self, desc: Descriptor, destinations: int) -> None:
+        """Ignore."""
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        """Ignore."""
+
+    def blob_finished(self, desc: Descriptor, how: str, destination: str) -> None:
+        """Ignore."""
+
+    def manifest_finished(self, desc: Descriptor, how: str, destination: str) -> None:
+        """Ignore."""
+
+    def warning(self, message: str) -> None:
+        """Ignore."""
