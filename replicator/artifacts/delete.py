@@ -59,11 +59,11 @@ async def delete_graph(
         try:
             await target.delete_manifest(repository, desc)
         except NotFoundError:
-            log.info("manifest already gone", repository=repository, digest=desc.digest)
+            log.debug("manifest already gone", repository=repository, digest=desc.digest)
         if on_event:
             on_event("Deleted", desc)
     await remove_leftover_fallback_tags(target, repository, order, on_event=on_event)
-    log.info("graph deleted", repository=repository, root=root.digest, manifests=len(order))
+    log.debug("graph deleted", repository=repository, root=root.digest, manifests=len(order))
     return order
 
 
@@ -90,7 +90,7 @@ async def remove_leftover_fallback_tags(
         except NotFoundError:
             continue
         removed.append(tag)
-        log.info("fallback referrers tag removed", repository=repository, tag=tag)
+        log.debug("fallback referrers tag removed", repository=repository, tag=tag)
         if on_event:
             on_event("Removed fallback tag", index)
     return removed

@@ -216,7 +216,7 @@ async def pull_artifact(
         raise InputError(f"cannot write into {outdir}: {exc.strerror or exc}") from None
     finally:
         await anyio.to_thread.run_sync(_remove_tree, staging)
-    log.info("artifact pulled", repository=repository, digest=desc.digest, layers=len(placed))
+    log.debug("artifact pulled", repository=repository, digest=desc.digest, layers=len(placed))
     return desc, placed
 
 

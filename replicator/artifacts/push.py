@@ -213,7 +213,7 @@ async def push_artifact(
             )
         await _upload(target, repository, [*layers, config_blob], concurrency, on_event)
     result = await target.push_manifest(repository, desc, raw, tuple(tags))
-    log.info(
+    log.debug(
         "artifact pushed",
         repository=repository,
         digest=desc.digest,
