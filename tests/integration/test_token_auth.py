@@ -1,23 +1,24 @@
 """Authentication against real registries: token auth (with a real token server) and Basic.
 
-Requests go through the registry transport with a real :class:`Authenticator`,
-exactly as the registry client sends them; the token server's ``/_log`` shows
+Requests go through the real registry client (:class:`RegistryTarget`) with a
+real :class:`Authenticator`; the token server's ``/_log`` shows
 which scopes each token request asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 
 from replicator.errors import AuthenticationError, DeniedError
-from replicator.oci.digest import digest_bytes
+from replicator.oci.descriptor import Descriptor
+from replicator.oci.digest import descriptor_for
 from replicator.targets.registry.auth import Authenticator
+from replicator.targets.registry.client import RegistryTarget
 from replicator.targets.registry.options import Credentials, RegistryOptions, RetryPolicy
-from replicator.targets.registry.transport import RequestSpec, Transport
 from tests.infra.registry import RegistryInstance
 
 T = TypeVar("T")
@@ -31,93 +32,38 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 class Client:
-    """The few registry calls these tests need, over the real transport."""
+    """A real :class:`RegistryTarget` plus the blob helpers these tests need."""
 
     def __init__(self, instance: RegistryInstance, credentials: Credentials | None) -> None:
         options = RegistryOptions(
             credentials=credentials, plain_http=True, retry=RetryPolicy(attempts=2)
         )
         self.auth = Authenticator(instance.host, credentials)
-        self.transport = Transport(instance.host, options, self.auth)
+        self.target = RegistryTarget(instance.host, options, authenticator=self.auth)
 
     async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.transport.aclose()
-
-    def _spec(self, method: str, path: str, **kwargs: Any) -> RequestSpec:
-        query = kwargs.pop("query", None)
-        return RequestSpec(
-            method=method,
-            url=self.transport.url(path, query),
-            what=kwargs.pop("what", path),
-            **kwargs,
-        )
+        await self.target.aclose()
 
     async def ping(self) -> None:
-        await self.transport.request(
-            self._spec("GET", "/v2/", kind="ping", scopes=(), repository=None, ok={200})
-        )
+        await self.target.ping()
 
-    async def push_blob(self, repo: str, data: bytes) -> str:
-        digest = digest_bytes(data)
-        scopes = (f"repository:{repo}:pull,push",)
-        start = await self.transport.request(
-            self._spec(
-                "POST",
-                f"/v2/{repo}/blobs/uploads/",
-                kind="blob_upload_start",
-                scopes=scopes,
-                repository=repo,
-                ok={202},
-            )
-        )
-        location = self.transport.resolve(start.url, start.headers["Location"])
-        url = location.update_query({"digest": digest})
-        await self.transport.request(
-            RequestSpec(
-                method="PUT",
-                url=url,
-                kind="blob_put",
-                scopes=scopes,
-                repository=repo,
-                what="blob",
-                ok={201},
-                data=data,
-                headers={"Content-Type": "application/octet-stream"},
-            )
-        )
-        return digest
+    async def push_blob(self, repo: str, data: bytes) -> Descriptor:
+        desc = descriptor_for(data, "application/octet-stream")
 
-    async def pull_blob(self, repo: str, digest: str) -> bytes:
-        reply = await self.transport.request(
-            self._spec(
-                "GET",
-                f"/v2/{repo}/blobs/{digest}",
-                kind="blob_get",
-                scopes=(f"repository:{repo}:pull",),
-                repository=repo,
-                ok={200},
-                follow_redirects=True,
-            ),
-            max_body=1024 * 1024,
-        )
-        return reply.body
+        async def opener(offset: int) -> AsyncIterator[bytes]:
+            yield data[offset:]
 
-    async def mount(self, repo: str, source: str, digest: str) -> int:
-        reply = await self.transport.request(
-            self._spec(
-                "POST",
-                f"/v2/{repo}/blobs/uploads/",
-                query={"mount": digest, "from": source},
-                kind="blob_mount",
-                scopes=(f"repository:{source}:pull", f"repository:{repo}:pull,push"),
-                repository=repo,
-                ok={201, 202},
-            )
-        )
-        return reply.status
+        await self.target.push_blob(repo, desc, opener)
+        return desc
+
+    async def pull_blob(self, repo: str, desc: Descriptor) -> bytes:
+        return b"".join([chunk async for chunk in self.target.fetch_blob(repo, desc)])
+
+    async def mount(self, repo: str, source: str, desc: Descriptor) -> bool:
+        return await self.target.mount_blob(repo, desc, source)
 
 
 def token_requests_for(instance: RegistryInstance, *repos: str) -> list[dict[str, Any]]:
@@ -134,12 +80,12 @@ def test_reader_pulls_what_admin_pushed(registry_token: RegistryInstance, unique
 
     async def scenario() -> bytes:
         async with Client(registry_token, registry_token.credentials("admin")) as admin:
-            digest = await admin.push_blob(unique_repo, data)
+            desc = await admin.push_blob(unique_repo, data)
         async with Client(registry_token, registry_token.credentials("reader")) as reader:
-            first = await reader.pull_blob(unique_repo, digest)
-            assert await reader.pull_blob(unique_repo, digest) == first
+            first = await reader.pull_blob(unique_repo, desc)
+            assert await reader.pull_blob(unique_repo, desc) == first
             # One token for the pull scope, reused for the second request.
-            assert reader.transport.stats.token == 1
+            assert reader.target.stats.token == 1
             return first
 
     assert run(scenario) == data
@@ -179,11 +125,11 @@ def test_mount_gets_both_scopes_in_one_token_request(
 
     async def scenario() -> None:
         async with Client(registry_token, registry_token.credentials("admin")) as admin:
-            digest = await admin.push_blob(source, data)
+            desc = await admin.push_blob(source, data)
         limited = registry_token.credentials("limited")
         async with Client(registry_token, limited) as client:
-            assert await client.mount(target, source, digest) == 201
-            assert await client.pull_blob(target, digest) == data
+            assert await client.mount(target, source, desc) is True
+            assert await client.pull_blob(target, desc) == data
 
     run(scenario)
     entries = [e for e in token_requests_for(registry_token, target) if e["user"] == "limited"]
@@ -224,9 +170,9 @@ def test_basic_auth_push_and_pull(registry_basic: RegistryInstance, unique_repo:
 
     async def scenario() -> bytes:
         async with Client(registry_basic, registry_basic.credentials()) as client:
-            digest = await client.push_blob(unique_repo, data)
+            desc = await client.push_blob(unique_repo, data)
             assert client.auth.scheme == "basic"
-            return await client.pull_blob(unique_repo, digest)
+            return await client.pull_blob(unique_repo, desc)
 
     assert run(scenario) == data
 
@@ -254,3 +200,19 @@ def test_basic_registry_without_credentials_asks_to_log_in(
 
     with pytest.raises(AuthenticationError, match="replicator login"):
         run(scenario)
+
+
+def test_concurrent_requests_share_one_token_request(
+    registry_token: RegistryInstance, unique_repo: str
+) -> None:
+    data = b"fetched eight times at once"
+
+    async def scenario() -> list[bytes]:
+        async with Client(registry_token, registry_token.credentials("admin")) as admin:
+            desc = await admin.push_blob(unique_repo, data)
+        async with Client(registry_token, registry_token.credentials("reader")) as reader:
+            results = await asyncio.gather(*(reader.pull_blob(unique_repo, desc) for _ in range(8)))
+            assert reader.target.stats.token == 1
+            return list(results)
+
+    assert run(scenario) == [data] * 8
