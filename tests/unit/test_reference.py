@@ -345,7 +345,12 @@ def any_valid_refs(draw: st.DrawFn) -> str:
             _host.map(lambda h: h.upper() + "/"),
         )
     )
-    text = host + draw(_repository)
+    repository = draw(_repository)
+    if not host and "/" in repository and "." in repository.split("/")[0]:
+        # Without a host, a first component with a dot would itself be read as a host.
+        first, rest = repository.split("/", 1)
+        repository = first.replace(".", "_") + "/" + rest
+    text = host + repository
     if draw(st.booleans()):
         text += ":" + draw(_tag)
     if draw(st.booleans()):
