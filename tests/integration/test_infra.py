@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
+import os
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from multidict import CIMultiDict
 
+from tests.infra.proxy import FaultProxy
 from tests.infra.registry import RegistryInstance
 
 
@@ -220,20 +226,20 @@ def _request(
     path: str,
     data: bytes | None = None,
     headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, CIMultiDict[str], bytes]:
     req = urllib.request.Request(
         inst.url + path, data=data, method=method, headers=dict(headers or {})
     )
     try:
         with urllib.request.urlopen(req, timeout=30, context=inst.ssl_context()) as resp:
-            return resp.status, dict(resp.headers.items()), resp.read()
+            return resp.status, CIMultiDict(resp.headers.items()), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
+        return exc.code, CIMultiDict(exc.headers.items()), exc.read()
 
 
 def _push_manifest(
     inst: RegistryInstance, repo: str, ref: str, doc: dict[str, Any]
-) -> tuple[str, int, dict[str, str]]:
+) -> tuple[str, int, CIMultiDict[str]]:
     raw = json.dumps(doc).encode()
     status, headers, _ = _request(
         inst, "PUT", f"/v2/{repo}/manifests/{ref}", raw, {"Content-Type": OCI_MANIFEST}
@@ -328,3 +334,138 @@ def test_shim_rewrites_upload_locations_to_itself(
     assert status == 202
     location = headers["Location"]
     assert location.startswith(registry_referrers.url + "/") or location.startswith("/v2/")
+
+
+def _blob_path(repo: str, data: bytes) -> str:
+    return f"/v2/{repo}/blobs/sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def test_fault_proxy_counts_requests_and_bytes_both_ways(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    data = os.urandom(1024 * 1024 + 17)
+    assert _upload_blob(proxy.instance, unique_repo, data) == 201
+    for _ in range(2):
+        status, _, body = _request(proxy.instance, "GET", _blob_path(unique_repo, data))
+        assert status == 200 and body == data
+    stats = proxy.stats()
+    assert stats.requests("POST", "upload") == 1
+    assert stats.requests("PUT", "upload") == 1
+    assert stats.bytes_up("PUT", "upload") == len(data)
+    assert stats.bytes_down("GET", "blob") == 2 * len(data)
+    assert stats.duplicates("GET", "blob") == {_blob_path(unique_repo, data): 2}
+    assert stats.by_kind[("GET", "blob")].statuses[200] == 2
+    proxy.reset()
+    assert proxy.stats().requests() == 0
+
+
+def test_fault_proxy_cuts_a_body_and_the_next_request_succeeds(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    data = os.urandom(300_000)
+    assert _upload_blob(registry_open, unique_repo, data) == 201
+    rule = proxy.cut("GET", r"/blobs/sha256:", 1000)
+    with pytest.raises(http.client.IncompleteRead) as info:
+        _request(proxy.instance, "GET", _blob_path(unique_repo, data))
+    assert info.value.partial == data[:1000]
+    assert rule.fired == 1
+    # Resume with a range request, then a whole GET: both pass (times=1).
+    status, _, body = _request(
+        proxy.instance, "GET", _blob_path(unique_repo, data), headers={"Range": "bytes=1000-"}
+    )
+    assert status == 206 and body == data[1000:]
+    status, _, body = _request(proxy.instance, "GET", _blob_path(unique_repo, data))
+    assert status == 200 and body == data
+    assert proxy.stats().requests("GET", "blob") == 3
+
+
+def test_fault_proxy_flips_a_byte(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    data = os.urandom(200_000)
+    assert _upload_blob(registry_open, unique_repo, data) == 201
+    proxy.flip("GET", r"/blobs/", 150_001)
+    status, _, body = _request(proxy.instance, "GET", _blob_path(unique_repo, data))
+    assert status == 200 and len(body) == len(data) and body != data
+    assert [i for i in range(len(data)) if body[i] != data[i]] == [150_001]
+    assert body[150_001] == data[150_001] ^ 0xFF
+
+
+def test_fault_proxy_throttles_the_nth_request_with_retry_after(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    proxy.status("GET", r"/tags/list", 429, retry_after=2, nth=2, times=2)
+    path = f"/v2/{unique_repo}/tags/list"
+    statuses = []
+    for _ in range(4):
+        status, headers, body = _request(proxy.instance, "GET", path)
+        statuses.append((status, headers.get("Retry-After")))
+        if status == 429:
+            assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    # The repository does not exist, so the registry itself answers 404.
+    assert statuses == [(404, None), (429, "2"), (429, "2"), (404, None)]
+    assert proxy.stats().by_kind[("GET", "tags")].statuses == {404: 2, 429: 2}
+
+
+def test_fault_proxy_can_lose_the_answer_of_a_request_that_succeeded(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    assert _upload_blob(registry_open, unique_repo, EMPTY_CONFIG) == 201
+    proxy.status("PUT", r"/manifests/", 503, forward=True)
+    digest, status, _ = _push_manifest(proxy.instance, unique_repo, "v1", _image(note="lost"))
+    assert status == 503
+    status, headers, _ = _request(
+        registry_open, "HEAD", f"/v2/{unique_repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}
+    )
+    assert status == 200 and headers["Docker-Content-Digest"] == digest
+
+
+def test_fault_proxy_drops_an_upload_midway(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    data = os.urandom(500_000)
+    proxy.cut_request("PUT", r"/blobs/uploads/", 64 * 1024)
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        _upload_blob(proxy.instance, unique_repo, data)
+    status, _, _ = _request(registry_open, "HEAD", _blob_path(unique_repo, data))
+    assert status == 404
+    assert _upload_blob(proxy.instance, unique_repo, data) == 201
+
+
+def test_fault_proxy_delays(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    proxy = fault_proxy(registry_open)
+    proxy.delay("GET", r"^/v2/$", 0.4)
+    start = time.monotonic()
+    status, _, _ = _request(proxy.instance, "GET", "/v2/")
+    assert status == 200
+    assert time.monotonic() - start >= 0.4
+
+
+def test_fault_proxy_fronts_the_token_server_and_a_tls_registry(
+    registry_token: RegistryInstance,
+    registry_tls: RegistryInstance,
+    fault_proxy: Callable[..., FaultProxy],
+    unique_repo: str,
+) -> None:
+    proxy = fault_proxy(registry_token)
+    status, headers, _ = _request(proxy.instance, "GET", "/v2/")
+    assert status == 401
+    assert f'realm="{proxy.url}/token"' in headers["Www-Authenticate"]
+    token = proxy.token([f"repository:{unique_repo}:pull,push"], user="admin")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert _upload_blob(proxy.instance, unique_repo, b"via proxy", auth) == 201
+    assert proxy.stats().requests("GET", "token") == 1
+
+    tls_proxy = fault_proxy(registry_tls)
+    assert tls_proxy.options().plain_http is True
+    status, _, _ = _request(tls_proxy.instance, "GET", "/v2/")
+    assert status == 200
+    assert _upload_blob(tls_proxy.instance, unique_repo, b"via tls proxy") == 201
