@@ -77,15 +77,24 @@ def token_requests_for(instance: RegistryInstance, *repos: str) -> list[dict[str
 
 def test_reader_pulls_what_admin_pushed(registry_token: RegistryInstance, unique_repo: str) -> None:
     data = b"pulled by a reader"
+    other = unique_repo + "-other"
 
     async def scenario() -> bytes:
         async with Client(registry_token, registry_token.credentials("admin")) as admin:
             desc = await admin.push_blob(unique_repo, data)
+            other_desc = await admin.push_blob(other, b"other")
         async with Client(registry_token, registry_token.credentials("reader")) as reader:
             first = await reader.pull_blob(unique_repo, desc)
+            assert reader.target.stats.blob_get == 2  # the 401, then with a token
             assert await reader.pull_blob(unique_repo, desc) == first
             # One token for the pull scope, reused for the second request.
             assert reader.target.stats.token == 1
+            assert reader.target.stats.blob_get == 3
+            # Another repository: the realm is known, its token is fetched before
+            # the request, so no 401 round trip either.
+            assert await reader.pull_blob(other, other_desc) == b"other"
+            assert reader.target.stats.token == 2
+            assert reader.target.stats.blob_get == 4
             return first
 
     assert run(scenario) == data
@@ -172,7 +181,10 @@ def test_basic_auth_push_and_pull(registry_basic: RegistryInstance, unique_repo:
         async with Client(registry_basic, registry_basic.credentials()) as client:
             desc = await client.push_blob(unique_repo, data)
             assert client.auth.scheme == "basic"
-            return await client.pull_blob(unique_repo, desc)
+            # Basic goes out up front now: one GET, no 401 round trip.
+            pulled = await client.pull_blob(unique_repo, desc)
+            assert client.target.stats.blob_get == 1
+            return pulled
 
     assert run(scenario) == data
 
