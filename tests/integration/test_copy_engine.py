@@ -1,0 +1,144 @@
+"""The copy engine against real registries: exact graphs, least work, tags last."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from replicator.engine.copier import CopyEngine, CopyJob, CopyOptions, Destination, Endpoint
+from replicator.engine.report import CopyReport
+from replicator.errors import NotFoundError
+from replicator.graph.filters import GraphFilter
+from replicator.oci.descriptor import Platform
+from replicator.targets.registry.client import RegistryTarget
+from tests.infra.registry import RegistryInstance
+from tests.integration.graphs import (
+    SBOM_TYPE,
+    SIGNATURE_TYPE,
+    GraphBuilder,
+    assert_same_graph,
+    build_world,
+)
+
+T = TypeVar("T")
+
+
+def run(fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(fn())  # type: ignore[arg-type]
+
+
+def target(reg: Any) -> RegistryTarget:
+    return RegistryTarget(reg.host, reg.options())
+
+
+def job(
+    src: RegistryTarget,
+    src_repo: str,
+    ref: str,
+    *dests: tuple[RegistryTarget, str, tuple[str, ...]],
+) -> CopyJob:
+    return CopyJob(
+        source=Endpoint(src, src.display, src_repo),
+        reference=ref,
+        destinations=tuple(
+            Destination(Endpoint(t, t.display, repo), tags, display=f"{t.display}/{repo}")
+            for t, repo, tags in dests
+        ),
+        display=f"{src.display}/{src_repo}:{ref}",
+    )
+
+
+async def copy(jobs: list[CopyJob], **opts: Any) -> CopyReport:
+    flt = opts.pop("flt", GraphFilter())
+    return await CopyEngine(CopyOptions(filter=flt, **opts)).run(jobs)
+
+
+def test_signed_image_copies_exactly_and_second_run_moves_nothing(
+    registry_open: RegistryInstance, registry_referrers: RegistryInstance, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as src, target(registry_referrers) as dst:
+            g = GraphBuilder(src, unique_repo)
+            signed = await g.signed_image("app", tags=["v1"])
+            first = await copy([job(src, unique_repo, "v1", (dst, unique_repo, ("v1",)))])
+            assert first.ok, first.failures
+            assert first.manifests_pushed == 4
+            assert first.blobs_uploaded >= 4
+            assert first.tags_set == 1
+            snap = await assert_same_graph(src, unique_repo, "v1", dst, unique_repo, "v1")
+            assert snap.referrers[signed.image.digest] == {
+                signed.signature.digest,
+                signed.sbom.digest,
+            }
+            assert snap.referrers[signed.sbom.digest] == {signed.sbom_signature.digest}
+            sent_before = dst.stats.bytes_sent
+            second = await copy([job(src, unique_repo, "v1", (dst, unique_repo, ("v1",)))])
+            assert second.ok
+            assert second.blobs_uploaded == 0 and second.bytes_sent == 0
+            assert second.manifests_pushed == 0 and second.tags_set == 0
+            assert dst.stats.bytes_sent == sent_before
+
+    run(main)
+
+
+def test_missing_source_tag_is_not_found(registry_open: RegistryInstance, unique_repo: Any) -> None:
+    async def main() -> CopyReport:
+        async with target(registry_open) as src:
+            return await copy([job(src, unique_repo, "nope", (src, unique_repo + "-dst", ("x",)))])
+
+    report = run(main)
+    assert not report.ok
+    assert report.jobs[0].status == "failed"
+    assert "nope" in (report.jobs[0].error or "") or report.failures
+
+
+def test_platform_filter_single_platform_becomes_root(
+    registry_open: RegistryInstance, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            g = GraphBuilder(reg, unique_repo)
+            index, images = await g.multiarch("mp", tags=["v1"])
+            dst_repo = unique_repo + "-amd"
+            report = await copy(
+                [job(reg, unique_repo, "v1", (reg, dst_repo, ("v1",)))],
+                flt=GraphFilter(platforms=(Platform.parse("linux/amd64"),)),
+            )
+            assert report.ok, report.failures
+            assert report.jobs[0].digest == images[0].digest
+            got = await reg.resolve(dst_repo, "v1")
+            assert got.digest == images[0].digest
+            try:
+                await reg.resolve(dst_repo, index.digest)
+                raise AssertionError("the index must not be copied")
+            except NotFoundError:
+                pass
+
+    run(main)
+
+
+def test_world_copy_request_budget(
+    registry_open: RegistryInstance, registry_referrers: RegistryInstance, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as src, target(registry_referrers) as dst:
+            world = await build_world(src, unique_repo, repositories=3, tags=2)
+            jobs = [job(src, repo, tag, (dst, repo, (tag,))) for repo, tag, _ in world.roots]
+            before = dict(dst.stats.as_dict())
+            report = await copy(jobs)
+            assert report.ok, report.failures
+            after = dst.stats.as_dict()
+            blob_requests = sum(
+                after[k] - before[k]
+                for k in ("blob_head", "blob_upload_start", "blob_patch", "blob_put", "blob_mount")
+            )
+            per_blob = blob_requests / report.new_blobs
+            print(
+                f"new blobs {report.new_blobs}, blob requests {blob_requests}, per blob {per_blob:.2f}"
+            )
+            assert per_blob <= 2.1
+            for repo, tag, _ in world.roots:
+                await assert_same_graph(src, repo, tag, dst, repo, tag)
+
+    run(main)
