@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gzip
 import hashlib
 import io
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -598,6 +600,85 @@ async def test_concurrent_pushes_keep_every_entry(layout: Path) -> None:
     assert set(names) == expected
     assert len(await one.referrers("", subject)) == 20
     assert leftovers(layout) == []
+
+
+async def _prepared(target: OCILayoutTarget, n: int) -> list[tuple[Descriptor, bytes]]:
+    store = Store(target)
+    config = await store.blob(mediatype.EMPTY_JSON, mediatype.OCI_EMPTY)
+    out = []
+    for i in range(n):
+        raw = manifest_bytes(config, [], artifact_type="x/y", annotations={"i": str(i)})
+        desc = descriptor_for(raw, mediatype.OCI_MANIFEST)
+        await target.push_blob("", desc, opener_for(raw))  # stored, not yet listed
+        out.append((desc, raw))
+    return out
+
+
+async def test_concurrent_index_updates_are_group_committed(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    manifests = await _prepared(target, 40)
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.gather(
+            *(target.push_manifest("r", d, raw, (f"t{i}",)) for i, (d, raw) in enumerate(manifests))
+        )
+    writes = [e for e in logs if e["event"] == "oci_layout_index_written"]
+    assert sum(e["updates"] for e in writes) == 40
+    assert len(writes) < 40
+    assert await target.tags("r") == sorted(f"t{i}" for i in range(40))
+
+
+async def test_cancelled_writers_do_not_lose_the_others_updates(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    manifests = await _prepared(target, 30)
+    tasks = [
+        asyncio.create_task(target.push_manifest("", d, raw, (f"t{i}",)))
+        for i, (d, raw) in enumerate(manifests)
+    ]
+    cancelled = set(range(0, 30, 4))
+    for delay in (0.0, 0.001, 0.002, 0.005):
+        await asyncio.sleep(delay)
+        for i in cancelled:
+            tasks[i].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    done = {i for i, r in enumerate(results) if not isinstance(r, BaseException)}
+    assert done >= set(range(30)) - cancelled
+    tags = set(await OCILayoutTarget(layout).tags(""))
+    assert tags >= {f"t{i}" for i in done}
+    assert leftovers(layout) == []
+
+
+async def test_a_flusher_cancelled_mid_commit_hands_the_batch_on(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    manifests = await _prepared(target, 3)
+    holder = os.open(layout / "oci-layout", os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another "process" holds the layout
+    released = threading.Event()
+    try:
+        async with target._index_lock:  # queue all three behind one lock holder
+            tasks = [
+                asyncio.create_task(target.push_manifest("", d, raw, (f"t{i}",)))
+                for i, (d, raw) in enumerate(manifests)
+            ]
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # task 0 now commits all three, blocked on the flock
+        tasks[0].cancel()
+
+        def release() -> None:
+            os.close(holder)
+            released.set()
+
+        threading.Timer(0.05, release).start()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+    finally:
+        if not released.wait(5):
+            os.close(holder)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert not isinstance(results[1], BaseException)
+    assert not isinstance(results[2], BaseException)
+    assert {"t1", "t2"} <= set(await OCILayoutTarget(layout).tags(""))
 
 
 # ---------------------------------------------------------------- delete
