@@ -54,6 +54,16 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _ERROR_BODY_CAP = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
+#: What Go's TLS servers (distribution among them) answer to a plain HTTP request.
+_HTTPS_ONLY_MARK = "HTTP request to an HTTPS server"
+
+
+def _https_only_error(host: str) -> ConnectionFailedError:
+    """A plain-HTTP request reached a TLS port: no retry can help, say what will."""
+    return ConnectionFailedError(
+        f"{host} speaks HTTPS, not plain HTTP: reach it over TLS with --ca-file "
+        "(loopback hosts default to plain HTTP)"
+    )
 
 
 class AuthProvider(Protocol):
@@ -322,6 +332,10 @@ class Transport:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if failure.error is not None:
                     raise _as_replicator_error(failure.error, self.host) from None
+                if isinstance(exc, aiohttp.ClientResponseError) and _HTTPS_ONLY_MARK in str(
+                    exc.message
+                ):
+                    raise _https_only_error(self.host) from None
                 err = connection_error(self.host, exc)
                 if self._may_retry_connection(spec, exc, attempt):
                     await self._backoff(spec, attempt, None, reason=type(exc).__name__)
@@ -365,6 +379,9 @@ class Transport:
                     401, b"", registry=self.host, repository=spec.repository, what=spec.what
                 )
             body = await read_capped(resp, _ERROR_BODY_CAP, strict=False, host=self.host, spec=spec)
+            if status == 400 and _HTTPS_ONLY_MARK.encode() in body:
+                resp.release()
+                raise _https_only_error(self.host)
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             resp.release()
             if self._may_retry_status(spec, status, attempt, retry_after):
