@@ -132,16 +132,24 @@ class CliContext:
     def registry_options(self, host: str) -> RegistryOptions:
         """Connection settings for ``host`` from the global flags (cached per host).
 
-        ``--plain-http`` forces http://; without it loopback hosts use plain
-        HTTP and every other host HTTPS.  ``--insecure`` skips TLS certificate
-        verification; ``--ca-file`` adds a CA bundle to verify against.
+        ``--plain-http`` forces http:// everywhere.  ``--ca-file`` names the CA
+        bundle to verify against and, since a CA only means something for TLS,
+        forces https:// everywhere, loopback hosts included.  Otherwise loopback
+        hosts use plain HTTP and every other host HTTPS.  ``--insecure`` skips
+        TLS certificate verification and leaves the choice of scheme alone (so
+        ``--insecure`` with a local plain-HTTP registry keeps working).
         """
         cached = self._options.get(host)
         if cached is not None:
             return cached
+        plain_http: bool | None = None
+        if self.plain_http:
+            plain_http = True
+        elif self.ca_file is not None:
+            plain_http = False
         options = RegistryOptions(
             credentials=self.credentials(host),
-            plain_http=True if self.plain_http else None,
+            plain_http=plain_http,
             insecure=self.insecure,
             ca_file=self.ca_file,
         )

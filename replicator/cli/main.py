@@ -140,7 +140,7 @@ def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
         "--insecure",
         action="store_true",
         default=default(False),
-        help="do not verify registry TLS certificates",
+        help="do not verify registry TLS certificates (http/https choice unchanged)",
     )
     group.add_argument(
         "--plain-http",
@@ -152,7 +152,8 @@ def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
         "--ca-file",
         metavar="PATH",
         default=default(None),
-        help="PEM bundle of CA certificates to verify registry TLS against",
+        help="PEM bundle of CA certificates to verify registry TLS against; implies HTTPS, "
+        "also for loopback hosts",
     )
 
 
@@ -187,7 +188,7 @@ def _import_command(name: str) -> ModuleType | None:
 
 def iter_command_modules() -> Iterator[ModuleType]:
     """The command modules of :data:`COMMANDS` that exist, in order."""
-    for name in COMMANDS:
+    for name in dict.fromkeys(COMMANDS):
         module = _import_command(name)
         if module is not None:
             yield module
