@@ -447,6 +447,19 @@ async def test_retag_replaces_the_old_entry(target: OCILayoutTarget, layout: Pat
     assert [e["digest"] for e in entries if e["annotations"][REF_NAME] == "v1"] == [second.digest]
 
 
+async def test_a_referrer_that_loses_its_tag_stays_listed(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    image, _ = await store.image("", ("v1",), b"image")
+    sig, _ = await store.image("", ("sig",), b"sig", subject=image, artifact_type=SIG)
+    other, other_raw = await store.image("", (), b"other")
+    await target.tag("", other, other_raw, "sig")
+    assert (await target.resolve("", "sig")).digest == other.digest
+    assert [d.digest for d in await target.referrers("", image)] == [sig.digest]
+    assert sig.digest in {e["digest"] for e in index_json(layout)["manifests"]}
+
+
 async def test_untagged_push_is_listed_until_tagged(target: OCILayoutTarget, layout: Path) -> None:
     store = Store(target)
     desc, raw = await store.image("", (), b"alone")
