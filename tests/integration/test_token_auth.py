@@ -8,6 +8,9 @@ which scopes each token request asked for.
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,7 +22,7 @@ from replicator.oci.digest import descriptor_for
 from replicator.targets.registry.auth import Authenticator
 from replicator.targets.registry.client import RegistryTarget
 from replicator.targets.registry.options import Credentials, RegistryOptions, RetryPolicy
-from tests.infra.registry import RegistryInstance
+from tests.infra.registry import TOKEN_SERVICE, RegistryInstance
 
 T = TypeVar("T")
 
@@ -228,3 +231,56 @@ def test_concurrent_requests_share_one_token_request(
             return list(results)
 
     assert run(scenario) == [data] * 8
+
+
+def _refresh_token_for(instance: RegistryInstance, user: str) -> str:
+    """A refresh token from the token server's OAuth2 password grant."""
+    assert instance.token_url is not None
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "password",
+            "username": user,
+            "password": instance.users[user],
+            "service": TOKEN_SERVICE,
+            "client_id": "test",
+            "access_type": "offline",
+        }
+    ).encode()
+    with urllib.request.urlopen(f"{instance.token_url}/token", data=form, timeout=30) as resp:
+        token: str = json.loads(resp.read())["refresh_token"]
+    return token
+
+
+def test_identity_token_pulls_through_the_oauth2_refresh_grant(
+    registry_token: RegistryInstance, unique_repo: str
+) -> None:
+    data = b"pulled with an identity token"
+    identity = _refresh_token_for(registry_token, "reader")
+
+    async def scenario() -> bytes:
+        async with Client(registry_token, registry_token.credentials("admin")) as admin:
+            desc = await admin.push_blob(unique_repo, data)
+        async with Client(registry_token, Credentials(identity_token=identity)) as client:
+            return await client.pull_blob(unique_repo, desc)
+
+    assert run(scenario) == data
+    entries = [e for e in token_requests_for(registry_token, unique_repo) if e["user"] == "reader"]
+    assert entries
+    assert all(
+        e["method"] == "POST"
+        and e["grant_type"] == "refresh_token"
+        and e["client_id"] == "replicator"
+        for e in entries
+    )
+
+
+def test_unknown_identity_token_is_an_authentication_error(
+    registry_token: RegistryInstance, unique_repo: str
+) -> None:
+    async def scenario() -> None:
+        async with Client(registry_token, Credentials(identity_token="no-such-refresh")) as c:
+            await c.ping()
+
+    with pytest.raises(AuthenticationError, match="authentication failed") as info:
+        run(scenario)
+    assert "no-such-refresh" not in str(info.value)
