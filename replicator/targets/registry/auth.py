@@ -42,6 +42,7 @@ from replicator.errors import (
     ProtocolError,
     RateLimitedError,
     ServerError,
+    TLSError,
 )
 from replicator.targets.registry.options import Credentials
 
@@ -151,8 +152,6 @@ def _try_token68(text: str, pos: int) -> tuple[str, int] | None:
         stop += 1
     after = _skip_ws(text, stop)
     if after < len(text) and text[after] != ",":
-        return None
-    if stop == end and end < len(text) and text[_skip_ws(text, end)] == "=":
         return None
     return text[pos:stop], after
 
@@ -605,8 +604,6 @@ class Authenticator:
                 body = await response.content.read(MAX_TOKEN_RESPONSE + 1)
                 status = response.status
         except aiohttp.ClientSSLError as exc:
-            from replicator.errors import TLSError
-
             raise TLSError(
                 f"{self.host}: TLS verification of token server {where} failed: "
                 f"{type(exc).__name__}"

@@ -204,15 +204,15 @@ def _tls_reason(exc: BaseException) -> str:
     for _ in range(5):
         if cause is None:
             break
-        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
-            return _clean(cause.verify_message)
         if isinstance(cause, aiohttp.ClientConnectorCertificateError):
-            inner = cause.certificate_error
-            if isinstance(inner, ssl.SSLCertVerificationError) and inner.verify_message:
-                return _clean(inner.verify_message)
-            return _clean(getattr(inner, "reason", None) or type(inner).__name__)
-        if isinstance(cause, ssl.SSLError) and cause.reason:
-            return _clean(str(cause.reason).lower().replace("_", " "))
+            cause = cause.certificate_error
+            continue
+        message = getattr(cause, "verify_message", None)
+        if isinstance(message, str) and message:
+            return _clean(message)
+        reason = getattr(cause, "reason", None)
+        if isinstance(cause, ssl.SSLError) and isinstance(reason, str) and reason:
+            return _clean(reason.lower().replace("_", " "))
         cause = cause.__cause__ or cause.__context__
     return "handshake failed"
 

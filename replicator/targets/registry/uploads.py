@@ -214,7 +214,8 @@ class Uploader:
                     method="DELETE",
                     url=location,
                     kind="blob_upload_cancel",
-                    scopes=push_scopes(repo) if repo else [],
+                    # distribution asks the "delete" action for every DELETE.
+                    scopes=[f"repository:{repo}:delete"] if repo else [],
                     repository=repo,
                     what="blob upload",
                     ok=range(200, 300),

@@ -1,0 +1,92 @@
+"""Pure helpers of the registry target: upload ranges, locations, Link headers, indexes."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from yarl import URL
+
+from replicator.oci.mediatype import OCI_INDEX, OCI_MANIFEST
+from replicator.targets.registry.referrers import index_entries, parse_next_link
+from replicator.targets.registry.transport import RequestStats
+from replicator.targets.registry.uploads import parse_range, repository_of_location, with_query
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_range_header_forms() -> None:
+    assert parse_range("0-99") == 100
+    assert parse_range("bytes=0-1023") == 1024
+    assert parse_range("0-0") == 0
+    assert parse_range(None) is None
+    assert parse_range("5-10") is None
+    assert parse_range("garbage") is None
+    assert parse_range("0-") is None
+
+
+@given(st.integers(min_value=1, max_value=2**40))
+def test_range_round_trips_any_acknowledged_size(size: int) -> None:
+    if size == 1:
+        return  # "0-0" is ambiguous; distribution uses it for empty uploads
+    assert parse_range(f"0-{size - 1}") == size
+
+
+def test_digest_is_appended_to_a_location_with_a_query() -> None:
+    loc = URL("http://h/v2/a/blobs/uploads/u?_state=AbC%2Bx%3D%3D&x=1", encoded=True)
+    out = with_query(loc, "digest", DIGEST)
+    assert str(out) == f"http://h/v2/a/blobs/uploads/u?_state=AbC%2Bx%3D%3D&x=1&digest={DIGEST}"
+
+
+def test_digest_is_appended_to_a_location_without_a_query() -> None:
+    out = with_query(URL("http://h/v2/a/blobs/uploads/u"), "digest", DIGEST)
+    assert str(out) == f"http://h/v2/a/blobs/uploads/u?digest={DIGEST}"
+
+
+def test_repository_is_read_from_an_upload_location() -> None:
+    assert repository_of_location(URL("http://h/v2/t/deep/app/blobs/uploads/abc?x=1")) == (
+        "t/deep/app"
+    )
+    assert repository_of_location(URL("http://elsewhere/upload/abc")) is None
+
+
+def test_next_link_is_found_among_several() -> None:
+    assert parse_next_link(['</v2/a/tags/list?n=10&last=b>; rel="next"']) == (
+        "/v2/a/tags/list?n=10&last=b"
+    )
+    assert (
+        parse_next_link(['<http://x/prev>; rel="prev", <http://x/next?a=1,2>; rel=next'])
+        == "http://x/next?a=1,2"
+    )
+    assert parse_next_link(['<http://x/p>; rel="prev"']) is None
+    assert parse_next_link([]) is None
+    assert parse_next_link(["nonsense"]) is None
+
+
+def test_index_entries_keep_valid_descriptors_only() -> None:
+    good = {"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 10, "artifactType": "sbom/x"}
+    raw = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [good, {"bad": 1}, 7]}
+    ).encode()
+    entries = index_entries(raw)
+    assert entries is not None
+    assert [e.digest for e in entries] == [DIGEST]
+    assert entries[0].artifact_type == "sbom/x"
+
+
+def test_things_that_are_not_an_index() -> None:
+    assert index_entries(b"nope") is None
+    assert index_entries(b"[]") is None
+    assert index_entries(json.dumps({"mediaType": OCI_MANIFEST, "manifests": []}).encode()) is None
+    assert index_entries(json.dumps({"mediaType": OCI_INDEX}).encode()) is None
+
+
+def test_stats_count_known_kinds_only() -> None:
+    stats = RequestStats()
+    stats.add("blob_get")
+    stats.add("bytes_sent", 10)
+    stats.add("no_such_kind")
+    assert stats.blob_get == 1
+    assert stats.as_dict()["bytes_sent"] == 10
+    assert "no_such_kind" not in stats.as_dict()
