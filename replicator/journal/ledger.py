@@ -1,0 +1,116 @@
+"""A durable :class:`~replicator.engine.ledger.Ledger` on top of the SQLite journal.
+
+The engine records every destination confirmation through the ledger seam.
+:class:`JournalLedger` keeps them in memory for fast lookups (the engine asks
+before every piece of work) and queues each one to the journal, so a killed run
+resumes with everything its destinations had acknowledged:
+
+* confirmations of the run being resumed (same run key, not finished) answer
+  ``lookup`` and ``tagged`` — that work is not asked for again;
+* the cross-run blob cache answers ``locate`` (mount candidates) and, for blobs,
+  ``lookup``: a blob some earlier run saw in that very repository is assumed
+  present.  When a destination later refuses a manifest because such a blob is
+  unknown, the engine calls :meth:`forget` and copies it again (repair);
+* chunked uploads in flight answer ``upload_progress`` (a hint: the target
+  asks the destination for the confirmed offset before continuing).
+"""
+
+from __future__ import annotations
+
+from replicator.engine.ledger import Confirmation
+from replicator.journal.store import BLOB, MANIFEST, REFERRERS, TAG, Journal, UploadState
+from replicator.targets.base import UploadProgress
+
+_KIND = {"blob": BLOB, "manifest": MANIFEST, "referrers": REFERRERS, "tag": TAG}
+
+
+class JournalLedger:
+    """Ledger for one run, backed by :class:`~replicator.journal.store.Journal`."""
+
+    def __init__(self, journal: Journal, run_id: str) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self._content: dict[tuple[str, str, str], Confirmation] = {}
+        self._tags: dict[tuple[str, str, str], str] = {}
+        self._uploads: dict[tuple[str, str, str], UploadProgress] = {}
+        #: How many confirmations were loaded from the journal at start.
+        self.resumed_entries = 0
+        for location, repository, digest, kind, detail in journal.confirmations(run_id):
+            self.resumed_entries += 1
+            if kind == TAG:
+                self._tags[(location, repository, detail)] = digest
+            elif kind in (BLOB, MANIFEST):
+                self._content[(location, repository, digest)] = Confirmation(
+                    kind="blob" if kind == BLOB else "manifest",
+                    how="exists",
+                    location=location,
+                    repository=repository,
+                    digest=digest,
+                )
+        for up in journal.uploads(run_id):
+            self._uploads[(up.location, up.repository, up.digest)] = UploadProgress(
+                repository=up.repository, digest=up.digest, location=up.upload_url, offset=up.offset
+            )
+
+    async def record(self, confirmation: Confirmation) -> None:
+        """Remember ``confirmation`` in memory and queue it to the journal."""
+        c = confirmation
+        if c.kind == "tag" and c.tag is not None:
+            self._tags[(c.location, c.repository, c.tag)] = c.digest
+            self.journal.confirm(self.run_id, c.location, c.repository, c.digest, TAG, c.tag)
+            return
+        if c.kind == "referrers":
+            self.journal.confirm(
+                self.run_id, c.location, c.repository, c.digest, REFERRERS, c.subject or ""
+            )
+            return
+        self._content.setdefault((c.location, c.repository, c.digest), c)
+        self.journal.confirm(self.run_id, c.location, c.repository, c.digest, _KIND[c.kind])
+        if c.kind == "blob":
+            self._uploads.pop((c.location, c.repository, c.digest), None)
+
+    async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
+        """This run's confirmation, or a blob the cross-run cache places in that repository."""
+        hit = self._content.get((location, repository, digest))
+        if hit is not None:
+            return hit
+        if repository in self.journal.mount_candidates(location, digest):
+            return Confirmation(
+                kind="blob", how="exists", location=location, repository=repository, digest=digest
+            )
+        return None
+
+    async def locate(self, location: str, digest: str) -> list[str]:
+        """Repositories of ``location`` that hold ``digest``: this run's first, then the cache."""
+        repos = [r for (loc, r, d) in self._content if loc == location and d == digest]
+        for repo in self.journal.mount_candidates(location, digest):
+            if repo not in repos:
+                repos.append(repo)
+        return repos
+
+    async def tagged(self, location: str, repository: str, tag: str) -> str | None:
+        """Digest this run confirmed for the tag, if any."""
+        return self._tags.get((location, repository, tag))
+
+    async def record_progress(self, location: str, progress: UploadProgress) -> None:
+        """Queue the acknowledged offset of a chunked upload."""
+        self._uploads[(location, progress.repository, progress.digest)] = progress
+        self.journal.record_upload(
+            self.run_id,
+            UploadState(
+                location, progress.repository, progress.digest, progress.location, progress.offset
+            ),
+        )
+
+    async def upload_progress(
+        self, location: str, repository: str, digest: str
+    ) -> UploadProgress | None:
+        """The upload session a previous attempt of this run left, if any."""
+        return self._uploads.get((location, repository, digest))
+
+    async def forget(self, location: str, repository: str, digest: str) -> None:
+        """The destination lost ``digest``: drop it from memory and from the journal."""
+        self._content.pop((location, repository, digest), None)
+        self._uploads.pop((location, repository, digest), None)
+        self.journal.forget(location, repository, digest)
+        self.journal.drop_upload(self.run_id, location, repository, digest)
