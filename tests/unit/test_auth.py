@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
@@ -564,3 +567,49 @@ def test_repr_and_secrets_registered() -> None:
     assert "pw-abcdef-123" not in repr(auth)
     assert "pw-abcdef-123" not in redact_text("password is pw-abcdef-123")
     assert "idt-98765" not in redact_text("token idt-98765 here")
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """Process logging at DEBUG into a buffer (JSON lines); restored afterwards."""
+    from replicator.observe.logging import configure_logging
+
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging(debug=True, fmt="json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_debug_logs_name_the_flow_but_hold_no_secret(debug_log: io.StringIO) -> None:
+    server = TokenServer()
+    wrong = Credentials(username="alice", password="Wrong-pw-in-log-test")
+
+    async def scenario() -> None:
+        async with token_server(server) as session:
+            good = Authenticator("reg.test", ALICE)
+            await good.on_challenge(session, bearer(server), ["repository:a:pull"])
+            with pytest.raises(AuthenticationError):
+                await Authenticator("reg.test", wrong).on_challenge(session, bearer(server), [])
+
+    run(scenario)
+    text = debug_log.getvalue()
+    events = [json.loads(line)["event"] for line in text.splitlines()]
+    assert "auth.token_request" in events
+    assert "auth.token_issued" in events
+    for secret in (
+        "s3cret-pw",
+        "Wrong-pw-in-log-test",
+        "tok-1",
+        base64.b64encode(b"alice:s3cret-pw").decode(),
+    ):
+        assert str(secret) not in text
+    # Nothing even needed masking: the events never carry a secret.
+    assert "***" not in text
