@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import importlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, TextIO
 
@@ -36,6 +38,7 @@ from replicator.errors import (
     EXIT_OK,
     EXIT_REGISTRY,
     EXIT_USAGE,
+    Interrupted,
     ReplicatorError,
 )
 from replicator.observe.logging import configure_logging, redact_text
@@ -287,9 +290,39 @@ def _backend_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-async def _run_handler(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:
+@contextmanager
+def _cancel_on_sigterm(scope: anyio.CancelScope) -> Iterator[list[bool]]:
+    """Cancel ``scope`` when SIGTERM arrives; yields a flag list that says whether it did.
+
+    The command sees an ordinary cancellation, so its cleanup (journal flush,
+    upload bookkeeping) runs as for Ctrl-C.  Without a usable event-loop signal
+    API (not the main thread, Windows) SIGTERM keeps its default action.
+    """
+    fired: list[bool] = []
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm() -> None:
+        fired.append(True)
+        scope.cancel()
+
     try:
-        result = await handler(args, ctx)
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield fired
+        return
+    try:
+        yield fired
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_handler(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:
+    result: int | None = None
+    try:
+        with anyio.CancelScope() as scope, _cancel_on_sigterm(scope) as terminated:
+            result = await handler(args, ctx)
+        if terminated and scope.cancelled_caught:
+            raise Interrupted("stopped by SIGTERM; rerun to resume")
     finally:
         with anyio.CancelScope(shield=True):
             await ctx.aclose()

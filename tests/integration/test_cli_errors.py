@@ -8,6 +8,11 @@ no traceback; ``--debug`` adds the traceback.  The commands run are the hidden
 from __future__ import annotations
 
 import importlib.util
+import select
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,13 +20,20 @@ import trustme
 
 from replicator.errors import (
     EXIT_AUTH,
+    EXIT_INTERRUPTED,
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
 )
 from tests.infra.registry import RegistryInstance
-from tests.integration.cli_helpers import CliResult, push_tiny_image, run_cli
+from tests.integration.cli_helpers import (
+    REPLICATOR,
+    CliResult,
+    isolated_env,
+    push_tiny_image,
+    run_cli,
+)
 
 _COMMANDS: list[tuple[str, ...]] = [("resolve",)]
 if importlib.util.find_spec("replicator.cli.cmd_manifest") is not None:
@@ -210,3 +222,44 @@ def test_version_and_help(tmp_path: Path) -> None:
     assert helped.code == 0
     assert "exit codes:" in helped.stdout
     assert "--plain-http" in helped.stdout
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "message"),
+    [
+        (signal.SIGINT, 130, "Error: interrupted"),
+        (signal.SIGTERM, EXIT_INTERRUPTED, "Error: stopped by SIGTERM; rerun to resume"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_signals_stop_a_command_with_one_line(
+    signum: int, code: int, message: str, tmp_path: Path
+) -> None:
+    """A command stuck waiting for a registry stops cleanly on Ctrl-C and on SIGTERM."""
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [REPLICATOR, "resolve", f"{host}/x:1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=isolated_env(tmp_path),
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # wait until the request is in flight
+                ready, _, _ = select.select([silent], [], [], 0.1)
+                if ready:
+                    break
+            time.sleep(0.3)
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == code, err
+    assert out == ""
+    assert err.strip().splitlines() == [message]
