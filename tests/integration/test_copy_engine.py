@@ -14,8 +14,6 @@ from replicator.oci.descriptor import Platform
 from replicator.targets.registry.client import RegistryTarget
 from tests.infra.registry import RegistryInstance
 from tests.integration.graphs import (
-    SBOM_TYPE,
-    SIGNATURE_TYPE,
     GraphBuilder,
     assert_same_graph,
     build_world,
