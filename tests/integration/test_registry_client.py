@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import json
 import random
+import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -34,8 +37,9 @@ from replicator.oci.manifest import EMPTY_CONFIG, build_image_manifest
 from replicator.oci.reference import referrers_tag
 from replicator.targets.base import BlobPushResult, Target, UploadProgress
 from replicator.targets.registry.client import RegistryTarget
-from replicator.targets.registry.options import RegistryOptions, RetryPolicy
-from tests.infra.registry import RegistryInstance
+from replicator.targets.registry.options import Credentials, RegistryOptions, RetryPolicy
+from tests.infra.process import ManagedProcess, free_port
+from tests.infra.registry import RegistryInstance, registry_binary
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -656,8 +660,6 @@ def test_refused_connection_is_a_connection_error() -> None:
 
 def test_wrong_password_is_an_authentication_error(registry_basic: RegistryInstance) -> None:
     async def scenario() -> None:
-        from replicator.targets.registry.options import Credentials
-
         options = registry_basic.options()
         bad = RegistryOptions(
             credentials=Credentials(username=registry_basic.username, password="wrong-secret"),
@@ -669,3 +671,100 @@ def test_wrong_password_is_an_authentication_error(registry_basic: RegistryInsta
         assert "wrong-secret" not in str(info.value)
 
     run(scenario)
+
+
+# -- redirects ------------------------------------------------------------------------------
+
+
+class _ObjectStore:
+    """A static file server standing in for object storage; records request headers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.seen: list[dict[str, str]] = []
+        store = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                store.seen.append({k.lower(): v for k, v in self.headers.items()})
+                path = (store.root / self.path.split("?", 1)[0].lstrip("/")).resolve()
+                if not path.is_file() or store.root.resolve() not in path.parents:
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def redirecting_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A real docker-registry whose blob GETs redirect (307) to another origin.
+
+    distribution's ``redirect`` storage middleware sends clients to
+    ``<baseurl><storage path>``; the "object store" serves the registry's own
+    storage directory under ``localhost`` (a different origin than 127.0.0.1).
+    """
+    work = tmp_path_factory.mktemp("redirecting")
+    data = work / "data"
+    data.mkdir()
+    store = _ObjectStore(data)
+    port = free_port()
+    config = {
+        "version": "0.1",
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(data)}},
+        "middleware": {
+            "storage": [
+                {"name": "redirect", "options": {"baseurl": f"http://localhost:{store.port}/"}}
+            ]
+        },
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "s" * 16},
+    }
+    (work / "config.yml").write_text(json.dumps(config))
+    proc = ManagedProcess(
+        "docker-registry (redirect)",
+        [registry_binary(), "serve", str(work / "config.yml")],
+        log_path=work / "registry.log",
+        ready_url=f"http://127.0.0.1:{port}/v2/",
+    )
+    proc.start()
+    try:
+        yield f"127.0.0.1:{port}", store
+    finally:
+        proc.stop()
+        store.stop()
+
+
+def test_blob_redirect_is_followed_without_the_registry_authorization(
+    redirecting_registry: tuple[str, Any], unique_repo: str
+) -> None:
+    host, store = redirecting_registry
+    data = random.Random(11).randbytes(200_000)
+    secret = "registry-only-token-value"
+
+    async def scenario() -> None:
+        # A preset bearer token is sent on every registry request (the open
+        # registry ignores it); it must not travel to the object store.
+        options = RegistryOptions(credentials=Credentials(registry_token=secret), plain_http=True)
+        async with RegistryTarget(host, options) as target:
+            desc = await push_bytes(target, unique_repo, data, mt.OCI_LAYER)
+            assert await read_all(target, unique_repo, desc) == data
+            assert target.stats.blob_get == 2  # the registry, then the object store
+
+    run(scenario)
+    assert store.seen, "the blob GET was not redirected"
+    assert all("authorization" not in headers for headers in store.seen)

@@ -327,3 +327,25 @@ def test_token_registry_through_a_proxy(
 
     run(scenario)
     assert proxy.stats().requests(kind="token") >= 1
+
+
+def test_stalled_download_is_detected_and_resumed(
+    registry_open: RegistryInstance, fault_proxy: ProxyFactory, unique_repo: str
+) -> None:
+    data = random.Random(12).randbytes(2 * MiB)
+    desc = _seed_blob(registry_open, unique_repo, data)
+    proxy = fault_proxy(registry_open)
+    # After 700 KB the body stops flowing for 5 s; the read time-out (0.5 s) notices.
+    proxy.delay("GET", r"/blobs/sha256:", 5.0, after_bytes=700_000)
+
+    async def scenario() -> float:
+        async with target_for(proxy, retry=FAST_RETRY, read_timeout=0.5) as target:
+            started = time.monotonic()
+            got = b"".join([c async for c in target.fetch_blob(unique_repo, desc)])
+            assert got == data
+            assert target.stats.blob_get == 2
+            return time.monotonic() - started
+
+    assert run(scenario) < 4
+    statuses = [r.status for r in proxy.stats().log if r.kind == "blob" and r.method == "GET"]
+    assert statuses[-1] == 206
