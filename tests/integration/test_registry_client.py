@@ -284,26 +284,44 @@ def test_interrupted_chunked_upload_resumes_from_the_acknowledged_offset(
             with pytest.raises(NotFoundError):
                 await again.upload_status(gone.location)
 
-        # A session left behind by a "killed" run (no cancel) continues where it stopped.
+        # A run interrupted (task cancelled) leaves its session open; the next run
+        # continues it from the offset the registry acknowledged.
+        recorded: list[UploadProgress] = []
+        parked = asyncio.Event()
+
+        async def park_after_two(p: UploadProgress) -> None:
+            recorded.append(p)
+            if len(recorded) == 2:
+                parked.set()
+                await asyncio.sleep(3600)
+
+        async with target_for(registry_variant) as interrupted:
+            task = asyncio.create_task(
+                interrupted.push_blob(
+                    unique_repo, desc, opener, chunk_size=64 * 1024, on_progress=park_after_two
+                )
+            )
+            await parked.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        saved_progress = recorded[-1]
+        assert saved_progress.offset == 2 * 64 * 1024
+
         leftover: list[UploadProgress] = []
 
-        async def stop_silently(p: UploadProgress) -> None:
+        async def note(p: UploadProgress) -> None:
             leftover.append(p)
 
         async with target_for(registry_variant) as second:
-            location, _ = await second._uploads.start(unique_repo)
-            part = b"".join([p async for p in opener(0)])[: 2 * 64 * 1024]
-            reply = await second._uploads._patch(unique_repo, desc, location, 0, part)
-            location = second._transport.resolve(reply.url, reply.headers["Location"])
-            confirmed = await second.upload_status(str(location))
-            assert confirmed == len(part)
-            progress = UploadProgress(unique_repo, desc.digest, str(location), confirmed)
+            confirmed = await second.upload_status(saved_progress.location)
+            assert confirmed == saved_progress.offset
             result = await second.push_blob(
                 unique_repo,
                 desc,
                 opener,
-                resume=progress,
-                on_progress=stop_silently,
+                resume=saved_progress,
+                on_progress=note,
                 chunk_size=64 * 1024,
             )
             assert result.bytes_sent == desc.size - confirmed

@@ -15,7 +15,8 @@ Guarantees:
   against the descriptor before the upload is closed, so nothing is committed
   under a digest whose content did not verify; a resumed upload relies on the
   registry's own check at the closing ``PUT``.
-* A failed upload is cancelled (``DELETE``, errors ignored).
+* A failed upload is cancelled (``DELETE``, errors ignored); an interrupted
+  chunked upload (task cancelled) is left open so that it can be resumed.
 """
 
 from __future__ import annotations
@@ -530,7 +531,9 @@ class Uploader:
                 verifier.verify()
             await self._close(repository, desc, location)
             return sent
-        except _SessionGone:
+        except (_SessionGone, asyncio.CancelledError, KeyboardInterrupt):
+            # Interrupted, not failed: the session stays open so that a later run
+            # can resume it from the progress its journal recorded.
             raise
         except BaseException:
             await asyncio.shield(self.cancel(location, repository))
