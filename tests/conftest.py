@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +40,7 @@ REGISTRY_FIXTURES = frozenset(
         "registry_referrers",
         "registry_variant",
         "registries",
+        "registry_factory",
     }
 )
 
@@ -117,6 +117,31 @@ def registry_variant(request: pytest.FixtureRequest, registries: _Registries) ->
     """Each of the five variants in turn."""
     variant: Variant = request.param
     return registries.get(variant)
+
+
+@pytest.fixture
+def registry_factory(tmp_path: Path) -> Iterator[Callable[..., RunningRegistry]]:
+    """Factory for private registries: ``registry_factory("open") -> RunningRegistry``.
+
+    For tests that need an empty registry of their own or that stop, kill or
+    restart it (``.stop()``, ``.start()``, ``.restart()``, ``.kill()``); the
+    client side is ``.instance``.  Everything is stopped when the test ends.
+    """
+    made: list[RunningRegistry] = []
+
+    def make(variant: Variant = "open") -> RunningRegistry:
+        try:
+            running = start_registry(variant, tmp_path / f"{variant}-{len(made)}")
+        except Exception as exc:
+            pytest.fail(f"could not start a {variant} registry: {exc}", pytrace=False)
+        made.append(running)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in made:
+            running.stop()
 
 
 @pytest.fixture
@@ -197,11 +222,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which docker-registry the integration tests use."""
-    path = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     try:
+        path = registry_binary()
         out = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout.strip()
-    except OSError:
-        return "docker-registry: MISSING (integration tests will fail; run scripts/setup.sh)"
+    except (OSError, subprocess.SubprocessError, RegistryBinaryMissing) as exc:
+        return f"docker-registry: MISSING ({exc}); integration tests will fail"
     return f"docker-registry: {out}"

@@ -50,10 +50,13 @@ def make_session(ca_file: str | None = None) -> aiohttp.ClientSession:
 
 
 def request_headers(request: web.Request) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop ones, marked as forwarded over HTTP."""
+    """The client's headers minus hop-by-hop ones, marked as forwarded over HTTP.
+
+    ``Expect`` is dropped too: the front server already answered ``100 Continue``.
+    """
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if name.lower() not in HOP_BY_HOP:
+        if name.lower() not in HOP_BY_HOP and name.lower() != "expect":
             headers.add(name, value)
     headers["X-Forwarded-Proto"] = "http"
     return headers

@@ -162,6 +162,15 @@ class ManagedProcess:
         """True while the child runs."""
         return self.proc is not None and self.proc.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL the child and reap it (a crash rather than a clean stop)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        with _live_lock:
+            _live.discard(self)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the child, kill it if it does not exit in ``timeout`` seconds."""
         proc = self.proc

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 import secrets
 import shutil
 import ssl
@@ -47,6 +48,8 @@ Variant = Literal["open", "basic", "token", "tls", "referrers"]
 VARIANTS: tuple[Variant, ...] = ("open", "basic", "token", "tls", "referrers")
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
+#: Environment variable naming another docker-registry binary.
+BINARY_ENV = "REPLICATOR_TEST_REGISTRY"
 TOKEN_SERVICE = "replicator-test-registry"
 TOKEN_ISSUER = "replicator-test-token-server"
 
@@ -180,13 +183,40 @@ class RunningRegistry:
     workdir: Path
 
     def stop(self) -> None:
-        """Stop every process of this variant (front ones first)."""
+        """Stop every process of this variant (front ones first).  Storage is kept."""
         for proc in reversed(self.processes):
             proc.stop()
 
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the stopped processes again, same ports, config and storage."""
+        for proc in self.processes:
+            if not proc.alive():
+                proc.start(timeout=timeout)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop and start again (a registry outage that ends); content survives,
+        the shim's referrers memory does not."""
+        self.stop()
+        self.start(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL every process of this variant (a crash, not a clean stop)."""
+        for proc in reversed(self.processes):
+            proc.kill()
+
 
 def registry_binary() -> str:
-    """Path of docker-registry, or raise RegistryBinaryMissing."""
+    """Path of docker-registry, or raise RegistryBinaryMissing.
+
+    ``$REPLICATOR_TEST_REGISTRY`` overrides the path (it must then exist).
+    """
+    override = os.environ.get(BINARY_ENV)
+    if override:
+        if not (Path(override).is_file() and os.access(override, os.X_OK)):
+            raise RegistryBinaryMissing(
+                f"${BINARY_ENV} names {override!r}, which is not an executable file"
+            )
+        return override
     found = shutil.which("docker-registry") or (
         REGISTRY_BINARY if Path(REGISTRY_BINARY).exists() else None
     )

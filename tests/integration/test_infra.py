@@ -8,20 +8,26 @@ import http.client
 import json
 import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import anyio
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict
 
+from tests.infra.process import child_env
 from tests.infra.proxy import FaultProxy
-from tests.infra.registry import RegistryInstance
+from tests.infra.registry import RegistryInstance, RunningRegistry
 
 
 def _upload_blob(
@@ -469,3 +475,68 @@ def test_fault_proxy_fronts_the_token_server_and_a_tls_registry(
     status, _, _ = _request(tls_proxy.instance, "GET", "/v2/")
     assert status == 200
     assert _upload_blob(tls_proxy.instance, unique_repo, b"via tls proxy") == 201
+
+
+def test_registry_factory_gives_a_private_registry_that_survives_a_restart(
+    registry_factory: Callable[..., RunningRegistry], unique_repo: str
+) -> None:
+    running = registry_factory("open")
+    inst = running.instance
+    data = b"survives restarts"
+    assert _upload_blob(inst, unique_repo, data) == 201
+    running.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{inst.url}/v2/", timeout=5)
+    running.start()
+    status, _, body = _request(inst, "GET", _blob_path(unique_repo, data))
+    assert status == 200 and body == data
+    running.kill()
+    assert not any(p.alive() for p in running.processes)
+
+
+def test_a_missing_registry_binary_fails_integration_tests_loudly(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")
+    (tmp_path / "test_needs_registry.py").write_text(
+        "def test_needs(registry_open):\n    assert registry_open.host\n"
+    )
+    env = child_env()
+    env["REPLICATOR_TEST_REGISTRY"] = str(tmp_path / "no-such-registry")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    # pytest.fail in set-up is reported as an error: loud, never a skip.
+    assert "1 error" in result.stdout or "1 failed" in result.stdout
+    assert "skipped" not in result.stdout
+    assert "REPLICATOR_TEST_REGISTRY" in result.stdout
+
+
+@pytest.mark.anyio
+async def test_fault_proxy_serves_async_clients_in_the_test_loop(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
+) -> None:
+    proxy = fault_proxy(registry_open)
+    proxy.status("GET", r"^/v2/$", 503, retry_after="1")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{proxy.url}/v2/") as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        async with session.get(f"{proxy.url}/v2/") as resp:
+            assert resp.status == 200
+
+        # Concurrent requests through the proxy from this loop.
+        async def tags() -> int:
+            async with session.get(f"{proxy.url}/v2/{unique_repo}/tags/list") as r:
+                await r.read()
+                return r.status
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(tags)
+    assert proxy.stats().requests("GET", "tags") == 8
+    assert proxy.stats().requests("GET", "ping") == 2
