@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 from typing import Any
 
@@ -185,3 +186,49 @@ def test_short_digest_and_table() -> None:
     assert format_table(["TAG", "DIGEST"], [["v1", "sha256:1"], ["latest", "x"]]) == (
         "TAG     DIGEST\nv1      sha256:1\nlatest  x"
     )
+
+
+def test_factory_picks_backend_by_scheme(tmp_path: Any) -> None:
+    from replicator.oci.reference import parse_reference
+    from replicator.targets.factory import open_target
+    from replicator.targets.ocilayout import OCILayoutTarget
+    from replicator.targets.registry.client import RegistryTarget
+    from replicator.targets.registry.options import RegistryOptions
+
+    asked: list[str] = []
+
+    def options_for(host: str) -> RegistryOptions:
+        asked.append(host)
+        return RegistryOptions()
+
+    async def scenario() -> None:
+        layout = open_target(
+            parse_reference(f"ocidir://{tmp_path}/out:v1"), options_for=options_for, create=True
+        )
+        registry = open_target(parse_reference("127.0.0.1:5999/a/b:v1"), options_for=options_for)
+        try:
+            assert isinstance(layout, OCILayoutTarget)
+            assert isinstance(registry, RegistryTarget)
+            assert asked == ["127.0.0.1:5999"]
+        finally:
+            await layout.aclose()
+            await registry.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_context_shares_one_target_per_location_and_closes_them(tmp_path: Any) -> None:
+    from replicator.oci.reference import parse_reference
+
+    async def scenario() -> None:
+        ctx = CliContext.from_args(_ns(), out=io.StringIO())
+        a = ctx.open_target(parse_reference("127.0.0.1:5999/a:v1"))
+        b = ctx.open_target(parse_reference("127.0.0.1:5999/b/c@sha256:" + "0" * 64))
+        c = ctx.open_target(parse_reference(f"ocidir://{tmp_path}/lay:v1"), create=True)
+        assert a is b
+        assert c is not a
+        await ctx.aclose()
+        assert ctx.open_target(parse_reference("127.0.0.1:5999/a:v1")) is not a
+        await ctx.aclose()
+
+    asyncio.run(scenario())
