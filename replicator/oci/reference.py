@@ -41,12 +41,13 @@ OCIDIR_SCHEME = "ocidir://"
 MAX_REPOSITORY_LENGTH = 255
 MAX_TAG_LENGTH = 128
 
-#: A tag, as the distribution spec defines it.
-TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-#: One path component of a repository name.
-PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-#: A repository name: path components separated by ``/`` (length checked apart).
-REPOSITORY_RE = re.compile(rf"{PATH_COMPONENT_RE.pattern}(?:/{PATH_COMPONENT_RE.pattern})*")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+#: A tag, as the distribution spec defines it (anchored: match, search and fullmatch agree).
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+#: One path component of a repository name (anchored).
+PATH_COMPONENT_RE = re.compile(rf"^{_COMPONENT}\Z")
+#: A repository name: path components separated by ``/`` (anchored; length checked apart).
+REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
 
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_NAME = rf"{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*"

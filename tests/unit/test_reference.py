@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from replicator.errors import ReferenceError
 from replicator.oci.reference import (
     DOCKER_HUB_REGISTRY,
+    REPOSITORY_RE,
+    TAG_RE,
     Reference,
     is_referrers_tag,
     normalise_host,
@@ -456,3 +458,10 @@ def test_arbitrary_text_never_raises_anything_else(text: str) -> None:
         return
     assert isinstance(ref, Reference)
     assert parse_reference(str(ref)) == ref
+
+
+def test_exported_patterns_are_anchored() -> None:
+    assert TAG_RE.match("v1") and not TAG_RE.match("v1!") and not TAG_RE.match("v1\n")
+    assert not TAG_RE.search("bad tag")
+    assert REPOSITORY_RE.match("a/b-c/d__e") and not REPOSITORY_RE.match("a//b")
+    assert not REPOSITORY_RE.match("a/B")
