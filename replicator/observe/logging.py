@@ -26,12 +26,14 @@ protecting anything.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -63,26 +65,58 @@ _SECRET_PARAM_NAMES = (
     r"(?:access_token|refresh_token|id_token|identity_token|identitytoken|token|password|passwd)"
 )
 
+
+def _looks_like_basic_credential(value: str) -> bool:
+    """True when ``value`` is base64 of ``user:password`` (what a Basic header carries)."""
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b":" in decoded
+
+
+def _looks_like_bearer_token(value: str) -> bool:
+    """True for token-shaped words: long, or holding digits or token punctuation."""
+    return len(value) >= 16 or any(c.isdigit() or c in "._-~+/=" for c in value)
+
+
+def _mask_scheme_credential(match: re.Match[str]) -> str:
+    scheme, space, value = match.group(1), match.group(2), match.group(3)
+    if scheme.lower() == "basic":
+        secret = _looks_like_basic_credential(value)
+    else:
+        secret = _looks_like_bearer_token(value)
+    return f"{scheme}{space}{MASK}" if secret else match.group(0)
+
+
 # Order matters: the header pattern swallows the whole value, so a later
 # ``Bearer`` pattern never sees half of it.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+_PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # Authorization / Proxy-Authorization header values, up to end of line or a quote.
     (
         re.compile(r"((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n,}]+", re.IGNORECASE),
         rf"\1{MASK}",
     ),
-    # Bearer / Basic credentials (but not challenge parameters such as `Bearer realm=`).
+    # Bearer / Basic credentials (but not challenge parameters such as `Bearer realm=`,
+    # nor prose such as "Basic authentication": see _mask_scheme_credential).
     (
         re.compile(
-            rf"\b(Bearer|Basic)\s+(?!(?:realm|scope|service|error|charset)\s*=){_TOKEN_CHARS}",
+            rf"\b(Bearer|Basic)(\s+)(?!(?:realm|scope|service|error|charset)\s*=)({_TOKEN_CHARS})",
             re.IGNORECASE,
         ),
-        rf"\1 {MASK}",
+        _mask_scheme_credential,
     ),
     # JWTs: header.payload.signature, each base64url; header and payload start with `{"`.
     (re.compile(r"eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), MASK),
-    # URL user-info: scheme://user:password@ or scheme://token@
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@:]*(?::[^/\s@]*)?@"), rf"\1{MASK}@"),
+    # URL user-info: scheme://user:password@ or scheme://token@ (but not the digest of
+    # a reference such as ocidir://out:v1@sha256:...).
+    (
+        re.compile(
+            r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@:]*(?::[^/\s@]*)?@"
+            r"(?![a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})"
+        ),
+        rf"\1{MASK}@",
+    ),
     # Query string / form parameters.
     (
         re.compile(rf"((?:^|[?&;\s])(?:{_SECRET_PARAM_NAMES})=)[^&\s#'\";,]*", re.IGNORECASE),

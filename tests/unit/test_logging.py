@@ -97,8 +97,19 @@ def test_challenge_parameters_stay_readable() -> None:
     assert redact_text('Basic realm="Registry Realm"') == 'Basic realm="Registry Realm"'
 
 
-def test_ordinary_text_is_unchanged() -> None:
-    text = "copied sha256:0123456789abcdef to 127.0.0.1:5000/library/alpine:3.19 (12 blobs)"
+@pytest.mark.parametrize(
+    "text",
+    [
+        "copied sha256:0123456789abcdef to 127.0.0.1:5000/library/alpine:3.19 (12 blobs)",
+        "the registry requires Basic authentication",
+        "Bearer token expired, asking for a fresh one",
+        'Basic realm="Registry Realm"',
+        "wrote ocidir://out:v1@sha256:" + "ab" * 32,
+        "read ocidir://layout@sha512:" + "cd" * 64,
+        "token server http://127.0.0.1:5001/token?service=registry&scope=repository:a:pull",
+    ],
+)
+def test_ordinary_text_is_unchanged(text: str) -> None:
     assert redact_text(text) == text
 
 
