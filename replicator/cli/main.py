@@ -336,6 +336,15 @@ def run_command(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> 
     )
 
 
+def _help_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser whose help fits a command line that named no runnable command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    return parser
+
+
 def _silence_stdout() -> None:
     """After a broken pipe, point stdout at /dev/null so the final flush is quiet."""
     try:
@@ -356,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help(sys.stderr)
+        _help_parser(parser, getattr(args, "command", None)).print_help(sys.stderr)
         return EXIT_USAGE
     debug = bool(args.debug)
     configure_logging(debug=debug, fmt=args.log_format)
