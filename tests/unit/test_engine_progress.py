@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
+from replicator.observe.progress import RichProgress
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
-from replicator.observe.progress import RichProgress
 
 
 def test_progress_prints_oras_like_lines_and_drops_finished_bars() -> None:
