@@ -5,7 +5,7 @@ shim) runs as its own process on a free loopback port.  This module guarantees:
 
 * the child's output goes to a log file (never to the test's terminal), and the
   tail of that log is part of every start-up failure message;
-* the child dies with the test process (``PR_SET_PDEATHSIG`` on Linux, plus an
+* the child dies with the test process (``setpriv --pdeathsig`` on Linux, plus an
   ``atexit`` hook), so no server outlives a crashed or interrupted test run;
 * :meth:`ManagedProcess.stop` terminates, waits, then kills if needed.
 """
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
-import signal
+import shutil
 import socket
 import ssl
 import subprocess
@@ -31,7 +30,6 @@ from pathlib import Path
 #: The repository root (``tests/infra/process.py`` → two levels up).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-_PR_SET_PDEATHSIG = 1
 _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
@@ -57,14 +55,17 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel for SIGTERM when
-    # the parent goes away.  Best effort; the atexit hook covers the rest.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    """Prefix argv so the child gets SIGTERM when this process dies.
+
+    Uses util-linux ``setpriv --pdeathsig`` (no ``preexec_fn``, which is unsafe
+    with threads).  The signal follows the *thread* that started the child, so
+    it is only requested from the main thread; the ``atexit`` hook covers the rest.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [setpriv, "--pdeathsig", "SIGTERM", "--", *argv]
 
 
 class ManagedProcess:
@@ -107,13 +108,12 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv,
+                _with_parent_death_signal(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=str(self.cwd) if self.cwd else None,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         with _live_lock:
             _live.add(self)

@@ -540,3 +540,37 @@ async def test_fault_proxy_serves_async_clients_in_the_test_loop(
                 tg.start_soon(tags)
     assert proxy.stats().requests("GET", "tags") == 8
     assert proxy.stats().requests("GET", "ping") == 2
+
+
+def test_registries_die_with_a_killed_test_process(tmp_path: Path) -> None:
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from tests.infra.registry import start_registry\n"
+        "running = start_registry('open', Path(sys.argv[1]))\n"
+        "print(running.processes[0].pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "reg")],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == -9, result.stderr
+    pid = int(result.stdout.strip())
+    deadline = time.monotonic() + 20
+    while _process_running(pid):
+        assert time.monotonic() < deadline, "the registry outlived its test process"
+        time.sleep(0.1)
+
+
+def _process_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
