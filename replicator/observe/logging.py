@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import re
 import sys
 import threading
@@ -321,7 +322,7 @@ def configure_logging(
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     renderer: Processor
     if console:
-        colors = _isatty(out)
+        colors = _isatty(out) and not os.environ.get("NO_COLOR")
         renderer = structlog.dev.ConsoleRenderer(
             colors=colors, exception_formatter=structlog.dev.plain_traceback
         )
