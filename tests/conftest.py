@@ -123,15 +123,17 @@ def registry_variant(request: pytest.FixtureRequest, registries: _Registries) ->
 def registry_factory(tmp_path: Path) -> Iterator[Callable[..., RunningRegistry]]:
     """Factory for private registries: ``registry_factory("open") -> RunningRegistry``.
 
+    ``registry_factory("token", token_ttl=3)`` makes short-lived tokens.
+
     For tests that need an empty registry of their own or that stop, kill or
     restart it (``.stop()``, ``.start()``, ``.restart()``, ``.kill()``); the
     client side is ``.instance``.  Everything is stopped when the test ends.
     """
     made: list[RunningRegistry] = []
 
-    def make(variant: Variant = "open") -> RunningRegistry:
+    def make(variant: Variant = "open", **kwargs: Any) -> RunningRegistry:
         try:
-            running = start_registry(variant, tmp_path / f"{variant}-{len(made)}")
+            running = start_registry(variant, tmp_path / f"{variant}-{len(made)}", **kwargs)
         except Exception as exc:
             pytest.fail(f"could not start a {variant} registry: {exc}", pytrace=False)
         made.append(running)

@@ -507,7 +507,7 @@ def start_referrers(workdir: Path) -> RunningRegistry:
     return RunningRegistry(inst, [*inner.processes, shim], workdir)
 
 
-STARTERS: dict[Variant, Callable[[Path], RunningRegistry]] = {
+STARTERS: dict[Variant, Callable[..., RunningRegistry]] = {
     "open": start_open,
     "basic": start_basic,
     "token": start_token,
@@ -516,6 +516,9 @@ STARTERS: dict[Variant, Callable[[Path], RunningRegistry]] = {
 }
 
 
-def start_registry(variant: Variant, workdir: Path) -> RunningRegistry:
-    """Start ``variant`` with everything under ``workdir``; raise StartupError on failure."""
-    return STARTERS[variant](workdir)
+def start_registry(variant: Variant, workdir: Path, **kwargs: Any) -> RunningRegistry:
+    """Start ``variant`` with everything under ``workdir``; raise StartupError on failure.
+
+    ``kwargs`` go to the variant's starter (``token_ttl`` for ``token``).
+    """
+    return STARTERS[variant](workdir, **kwargs)

@@ -14,7 +14,9 @@ rewritten to the shim) and adds what a registry with the API does:
   An unknown subject gets an empty index, never 404.
 * a successful manifest ``PUT`` whose body has a ``subject`` is answered with
   ``OCI-Subject: <subject digest>``;
-* a successful manifest ``DELETE`` by digest forgets that manifest as a referrer.
+* a successful manifest ``DELETE`` by digest forgets that manifest as a referrer;
+* ``PUT /_shim/config?page_size=N`` makes referrers answers paginated, N per
+  page, with ``Link: <...?last=<digest>>; rel="next"`` (0, the default: one page).
 
 The shim knows only what went through it; that is enough for tests.
 """
@@ -27,6 +29,7 @@ import json
 import logging
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -108,6 +111,8 @@ class Shim:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.store = ReferrersStore()
+        #: Referrers per page; 0 = everything in one answer.
+        self.page_size = 0
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -151,10 +156,38 @@ class Shim:
         if wanted:
             entries = [e for e in entries if e.get("artifactType") in wanted]
             headers["OCI-Filters-Applied"] = "artifactType"
+        if self.page_size > 0:
+            entries, link = self._page(request, repo, digest, entries)
+            if link:
+                headers["Link"] = link
         index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
         body = json.dumps(index).encode()
-        resp = web.Response(body=body, headers=headers, content_type=INDEX_MEDIA_TYPE)
-        return resp
+        return web.Response(body=body, headers=headers, content_type=INDEX_MEDIA_TYPE)
+
+    def _page(
+        self, request: web.Request, repo: str, digest: str, entries: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``entries`` after ``?last=<digest>`` and the Link to the next."""
+        last = request.query.get("last")
+        if last:
+            digests = [e["digest"] for e in entries]
+            start = digests.index(last) + 1 if last in digests else len(entries)
+            entries = entries[start:]
+        page, rest = entries[: self.page_size], entries[self.page_size :]
+        if not rest:
+            return page, None
+        query = [("last", page[-1]["digest"])]
+        query += [("artifactType", t) for t in request.query.getall("artifactType", [])]
+        url = f"/v2/{repo}/referrers/{digest}?{urlencode(query)}"
+        return page, f'<{url}>; rel="next"'
+
+    async def configure(self, request: web.Request) -> web.Response:
+        """``PUT /_shim/config?page_size=N``: paginate referrers answers (0 = never)."""
+        try:
+            self.page_size = max(0, int(request.query.get("page_size", "0")))
+        except ValueError:
+            return web.Response(status=400, text="page_size must be an integer")
+        return web.json_response({"page_size": self.page_size})
 
     async def put_manifest(self, request: web.Request, repo: str) -> web.StreamResponse:
         """Forward a manifest PUT; on success record its subject and say OCI-Subject."""
@@ -221,6 +254,7 @@ def build_app(upstream: str) -> web.Application:
         await shim.close()
 
     app.on_cleanup.append(on_cleanup)
+    app.router.add_put("/_shim/config", shim.configure)
     app.router.add_route("*", "/{tail:.*}", shim.handle)
     return app
 
@@ -241,6 +275,15 @@ def main(argv: list[str] | None = None) -> None:
         access_log=None,
         shutdown_timeout=1.0,
     )
+
+
+def set_referrers_page_size(url: str, page_size: int) -> None:
+    """Make the shim at ``url`` paginate referrers answers (0 = one page); blocking."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/_shim/config?page_size={page_size}", method="PUT")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        resp.read()
 
 
 if __name__ == "__main__":

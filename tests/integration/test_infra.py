@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 from tests.infra.process import child_env
 from tests.infra.proxy import FaultProxy
 from tests.infra.registry import RegistryInstance, RunningRegistry
+from tests.infra.shim import set_referrers_page_size
 
 
 def _upload_blob(
@@ -574,3 +575,45 @@ def _process_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_shim_can_paginate_referrers_with_link_headers(
+    registry_factory: Callable[..., RunningRegistry], unique_repo: str
+) -> None:
+    inst = registry_factory("referrers").instance
+    set_referrers_page_size(inst.url, 2)
+    assert _upload_blob(inst, unique_repo, EMPTY_CONFIG) == 201
+    subject_digest, _, _ = _push_manifest(inst, unique_repo, "v1", _image(note="subject"))
+    subject = {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": 0}
+    pushed = [
+        _push_manifest(inst, unique_repo, f"r{i}", _image(subject, f"type/{i % 2}", f"r{i}"))[0]
+        for i in range(5)
+    ]
+
+    def follow(path: str) -> tuple[list[str], int]:
+        seen: list[str] = []
+        pages = 0
+        next_path: str | None = path
+        while next_path:
+            status, headers, body = _request(inst, "GET", next_path)
+            assert status == 200
+            pages += 1
+            seen += [m["digest"] for m in json.loads(body)["manifests"]]
+            link = headers.get("Link")
+            next_path = link.split(">", 1)[0].lstrip("<") if link else None
+        return seen, pages
+
+    assert follow(f"/v2/{unique_repo}/referrers/{subject_digest}") == (pushed, 3)
+    assert follow(f"/v2/{unique_repo}/referrers/{subject_digest}?artifactType=type/0") == (
+        pushed[0::2],
+        2,
+    )
+
+
+def test_token_lifetime_can_be_shortened(
+    registry_factory: Callable[..., RunningRegistry], unique_repo: str
+) -> None:
+    inst = registry_factory("token", token_ttl=3).instance
+    token = inst.token([f"repository:{unique_repo}:pull"], user="reader")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 3
