@@ -43,7 +43,7 @@ import structlog
 
 from replicator.engine.events import CopyObserver, NullObserver
 from replicator.engine.ledger import Confirmation, Ledger, MemoryLedger
-from replicator.engine.limits import Kind, Limits
+from replicator.engine.limits import Kind, Limits, Signal
 from replicator.engine.report import CopyReport, JobResult
 from replicator.errors import (
     IncompleteCopyError,
@@ -192,6 +192,7 @@ class CopyEngine:
         self._synthetic: set[NodeKey] = set()
         self._uploads_in_flight: dict[tuple[str, str], tuple[str, _Cell]] = {}
         self._targets: dict[int, Target] = {}
+        self._signals: dict[str, Signal] = {}
         self._cancel: anyio.CancelScope | None = None
         self._current_tags: dict[tuple[str, str, str], str] = {}
         self._first_root_error: ReplicatorError | None = None
@@ -212,9 +213,11 @@ class CopyEngine:
         ]
         self.report.jobs = results
         for j in jobs:
-            self._targets[id(j.source.target)] = j.source.target
-            for d in j.destinations:
-                self._targets[id(d.endpoint.target)] = d.endpoint.target
+            for e in (j.source, *(d.endpoint for d in j.destinations)):
+                self._targets[id(e.target)] = e.target
+                signal = _retry_signal(e.target)
+                if signal is not None:
+                    self._signals[e.location] = signal
         deferred: list[tuple[CopyJob, JobResult, Manifest]] = []
         async with anyio.create_task_group() as tg:
             self._cancel = tg.cancel_scope
@@ -257,7 +260,7 @@ class CopyEngine:
             self.observer.warning(message)
 
     async def _limited(self, kind: Kind, location: str, fn: Callable[[], Awaitable[T]]) -> T:
-        return await self.limits.call(kind, location, fn)
+        return await self.limits.call(kind, location, fn, self._signals.get(location))
 
     # ------------------------------------------------------------------ jobs
 
@@ -839,7 +842,7 @@ class CopyEngine:
         candidates = [
             r for r in await self.ledger.locate(d.location, blob.digest) if r != d.repository
         ]
-        if src.location == d.location and src.repository != d.repository and src.target is d.target:
+        if src.location == d.location and src.repository != d.repository:
             candidates.append(src.repository)
         for repo in dict.fromkeys(candidates):
             try:
@@ -877,7 +880,8 @@ class CopyEngine:
         self.observer.blob_started(blob, len(dests))
         locations = [src.location, *(d.location for d in dests)]
         try:
-            async with self.limits.slot("blob", *locations):
+            signals = {loc: self._signals[loc] for loc in locations if loc in self._signals}
+            async with self.limits.slot("blob", *locations, signals=signals):
                 if len(dests) == 1:
                     await self._push_one(dests[0], blob, self._counting_opener(src, blob))
                 else:
@@ -1019,6 +1023,19 @@ def _parse(raw: bytes, media_type: str | None, src: Endpoint) -> Manifest:
 
 def _descriptor_of(m: Manifest) -> Descriptor:
     return descriptor_for(m.raw, m.media_type)
+
+
+def _retry_signal(target: Target) -> Signal | None:
+    """A counter of the target's retried requests (429/503/5xx/network), if it keeps one."""
+    stats = getattr(target, "stats", None)
+    if stats is None or not isinstance(getattr(stats, "retries", None), int):
+        return None
+
+    def signal() -> int:
+        value: int = stats.retries
+        return value
+
+    return signal
 
 
 def _stats_dict(stats: Any) -> dict[str, int]:

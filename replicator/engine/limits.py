@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -31,6 +31,8 @@ from replicator.errors import RateLimitedError, ServerError
 
 Kind = Literal["meta", "blob"]
 T = TypeVar("T")
+#: A monotonic counter of retried / throttled answers of one location.
+Signal = Callable[[], int]
 
 #: HTTP statuses that mean "the server is overloaded", triggering a decrease.
 CONGESTION_STATUSES = frozenset({429, 503})
@@ -150,12 +152,18 @@ class Limits:
         return lim
 
     @contextlib.asynccontextmanager
-    async def slot(self, kind: Kind, *locations: str) -> AsyncIterator[None]:
+    async def slot(
+        self, kind: Kind, *locations: str, signals: Mapping[str, Signal] | None = None
+    ) -> AsyncIterator[None]:
         """Hold the global slot and one slot of ``kind`` at every location given.
 
         Locations are acquired in sorted order (deadlock-free when several
         transfers each need a source and destinations).  Success or congestion
-        is reported to each limiter when the block exits.
+        is reported to each limiter when the block exits.  ``signals`` maps a
+        location to a counter of slow-down answers it gave (e.g. a target's
+        retry count): when it grew while the slot was held, the location is
+        treated as congested even though the request finally succeeded (the
+        target's own retries hide 429/503 answers from the caller).
         """
         order = sorted(set(locations))
         limiters = [self.limiter(loc, kind) for loc in order]
@@ -164,6 +172,7 @@ class Limits:
             try:
                 for lim in limiters:
                     granted.append((lim, await lim.acquire()))
+                before = {loc: sig() for loc, sig in (signals or {}).items()}
                 try:
                     yield
                 except BaseException as exc:
@@ -174,15 +183,25 @@ class Limits:
                             lim.on_congestion(started)
                     raise
                 else:
-                    for lim, _ in granted:
-                        lim.on_success()
+                    for (lim, started), loc in zip(granted, order, strict=True):
+                        sig = (signals or {}).get(loc)
+                        if sig is not None and sig() > before[loc]:
+                            lim.on_congestion(started)
+                        else:
+                            lim.on_success()
             finally:
                 for lim, _ in granted:
                     lim.release()
 
-    async def call(self, kind: Kind, location: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn()`` while holding a ``kind`` slot at ``location``."""
-        async with self.slot(kind, location):
+    async def call(
+        self,
+        kind: Kind,
+        location: str,
+        fn: Callable[[], Awaitable[T]],
+        signal: Signal | None = None,
+    ) -> T:
+        """Run ``fn()`` while holding a ``kind`` slot at ``location`` (see :meth:`slot`)."""
+        async with self.slot(kind, location, signals={location: signal} if signal else None):
             return await fn()
 
     def snapshot(self) -> dict[str, int]:

@@ -140,3 +140,21 @@ def test_world_copy_request_budget(
                 await assert_same_graph(src, repo, tag, dst, repo, tag)
 
     run(main)
+
+
+def test_throttling_registry_gets_fewer_concurrent_uploads_and_the_copy_completes(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as src:
+            await GraphBuilder(src, unique_repo).signed_image("thr", tags=["v1"])
+        proxy = fault_proxy(registry_open)
+        proxy.status("POST", r"/blobs/uploads/", 429, retry_after=0, times=3)
+        async with target(registry_open) as src, target(proxy) as dst:
+            report = await copy([job(src, unique_repo, "v1", (dst, unique_repo + "-t", ("v1",)))])
+            assert report.ok, report.failures
+            assert report.retries >= 3
+            assert report.limits[f"{dst.display}/blob"] < 8
+            await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-t", "v1")
+
+    run(main)

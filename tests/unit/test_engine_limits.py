@@ -110,3 +110,26 @@ def test_cancelled_waiter_does_not_leak_a_slot() -> None:
         return lim.in_flight
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_hidden_retries_count_as_congestion_even_when_the_call_succeeds() -> None:
+    limits = Limits(LimitSettings(concurrency=64, meta_per_location=8, blob_per_location=8))
+    retries = 0
+
+    async def scenario() -> None:
+        nonlocal retries
+
+        async def throttled_then_ok() -> int:
+            nonlocal retries
+            retries += 1  # the target retried a 429 internally
+            return 1
+
+        async def ok() -> int:
+            return 2
+
+        assert await limits.call("meta", "r:1", throttled_then_ok, lambda: retries) == 1
+        assert limits.limiter("r:1", "meta").limit == 4
+        assert await limits.call("meta", "r:1", ok, lambda: retries) == 2
+
+    asyncio.run(scenario())
+    assert limits.limiter("r:1", "meta").limit == 4  # 4 + 1/4 rounds down
