@@ -50,11 +50,26 @@ apt_install() {
   export DEBIAN_FRONTEND=noninteractive
   if [ "$APT_UPDATED" -eq 0 ]; then
     log "apt-get update"
-    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get update -qq -o DPkg::Lock::Timeout=300
     APT_UPDATED=1
   fi
+  # Keep the packages' maintainer scripts from starting system services (the
+  # Debian docker-registry package would start one on port 5000): nothing uses
+  # them, and in a container without an init system starting them can fail.
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 755 "$policy"
+    made_policy=1
+  fi
   log "apt-get install -y $*"
-  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  local rc=0
+  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
+    -o DPkg::Lock::Timeout=300 "$@" >/dev/null || rc=$?
+  if [ "$made_policy" -eq 1 ]; then
+    "${SUDO[@]}" rm -f "$policy"
+  fi
+  return "$rc"
 }
 
 # --- system packages ---------------------------------------------------------
@@ -68,8 +83,6 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
-# The Debian package may have started a system service on port 5000; nothing
-# here uses it (tests start their own registries), so it is left alone.
 
 # --- Python virtual environment ----------------------------------------------
 python_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; }
