@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -25,10 +26,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict
 
+from tests.infra.forward import rewrite_location
 from tests.infra.process import child_env
-from tests.infra.proxy import FaultProxy
+from tests.infra.proxy import FaultProxy, FaultRule, classify
 from tests.infra.registry import RegistryInstance, RunningRegistry
-from tests.infra.shim import set_referrers_page_size
+from tests.infra.shim import referrer_descriptor, set_referrers_page_size
+from tests.infra.token_server import Rule, grant, parse_scope
 
 
 def _upload_blob(
@@ -617,3 +620,79 @@ def test_token_lifetime_can_be_shortened(
     token = inst.token([f"repository:{unique_repo}:pull"], user="reader")
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 3
+
+
+# -- pure pieces of the infrastructure ----------------------------------------
+
+
+def test_token_grant_is_the_intersection_of_asked_and_allowed() -> None:
+    rules = [
+        Rule("repository", "lim/*", frozenset({"pull", "push"})),
+        Rule("repository", "shared/*", frozenset({"pull"})),
+        Rule("registry", "catalog", frozenset({"*"})),
+    ]
+    assert grant(
+        rules,
+        [
+            "repository:lim/a/b:pull,push,delete",
+            "repository:shared/x:pull,push",
+            "repository:other:pull",
+            "registry:catalog:*",
+            "repository:lim/a/b:pull",
+            "garbage",
+        ],
+    ) == [
+        {"type": "repository", "name": "lim/a/b", "actions": ["pull", "push"]},
+        {"type": "repository", "name": "shared/x", "actions": ["pull"]},
+        {"type": "registry", "name": "catalog", "actions": ["*"]},
+    ]
+    assert parse_scope("repository:host:5000/x:pull") == ("repository", "host:5000/x", ["pull"])
+    assert parse_scope("repository(plugin):x:pull") == ("repository", "x", ["pull"])
+    assert parse_scope("nocolon") is None
+
+
+def test_shim_descriptor_uses_artifact_type_or_config_media_type() -> None:
+    subject = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 1}
+    raw = json.dumps(_image(subject, None, "n")).encode()
+    found = referrer_descriptor(raw, None)
+    assert found is not None
+    digest, desc = found
+    assert digest == subject["digest"]
+    assert desc == {
+        "mediaType": OCI_MANIFEST,
+        "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+        "size": len(raw),
+        "artifactType": "application/vnd.oci.empty.v1+json",
+        "annotations": {"note": "n"},
+    }
+    assert referrer_descriptor(json.dumps(_image()).encode(), None) is None
+    assert referrer_descriptor(b"not json", None) is None
+
+
+def test_proxy_classifies_requests_and_counts_rule_matches() -> None:
+    assert classify("/v2/") == "ping"
+    assert classify("/v2/_catalog") == "catalog"
+    assert classify("/token") == "token"
+    assert classify("/v2/a/b/blobs/uploads/") == "upload"
+    assert classify("/v2/a/b/blobs/uploads/0b1c") == "upload"
+    assert classify("/v2/a/blobs/sha256:00") == "blob"
+    assert classify("/v2/a/manifests/v1") == "manifest"
+    assert classify("/v2/a/referrers/sha256:00") == "referrers"
+    assert classify("/v2/a/tags/list") == "tags"
+    assert classify("/elsewhere") == "other"
+    rule = FaultRule("status", "GET", re.compile("/x"), nth=2, times=2)
+    assert [rule.take() for _ in range(5)] == [False, True, True, False, False]
+    assert (rule.matched, rule.fired) == (5, 2)
+    always = FaultRule("status", None, re.compile("/x"), times=None)
+    assert all(always.take() for _ in range(10))
+    assert always.matches("PUT", "/v2/x") and not always.matches("PUT", "/v2/y")
+
+
+def test_location_rewrite_points_upstream_urls_at_the_front() -> None:
+    up, front = "https://127.0.0.1:5000", "http://127.0.0.1:6000"
+    assert (
+        rewrite_location("https://127.0.0.1:5000/v2/a/blobs/uploads/u?_state=s", up, front)
+        == "http://127.0.0.1:6000/v2/a/blobs/uploads/u?_state=s"
+    )
+    assert rewrite_location("/v2/a/blobs/uploads/u", up, front) == "/v2/a/blobs/uploads/u"
+    assert rewrite_location("https://s3.example/x", up, front) == "https://s3.example/x"
