@@ -696,3 +696,41 @@ def test_location_rewrite_points_upstream_urls_at_the_front() -> None:
     )
     assert rewrite_location("/v2/a/blobs/uploads/u", up, front) == "/v2/a/blobs/uploads/u"
     assert rewrite_location("https://s3.example/x", up, front) == "https://s3.example/x"
+
+
+def test_chunked_upload_streams_through_the_shim_and_the_proxy(
+    registry_referrers: RegistryInstance,
+    fault_proxy: Callable[..., FaultProxy],
+    unique_repo: str,
+) -> None:
+    proxy = fault_proxy(registry_referrers)
+    inst = proxy.instance
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    chunk = 1024 * 1024 + 1
+    status, headers, _ = _request(inst, "POST", f"/v2/{unique_repo}/blobs/uploads/")
+    assert status == 202
+    location = headers["Location"]
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        path = location.removeprefix(inst.url)
+        status, headers, _ = _request(
+            inst,
+            "PATCH",
+            path,
+            piece,
+            {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{start + len(piece) - 1}",
+            },
+        )
+        assert status == 202
+        assert headers["Range"] == f"0-{start + len(piece) - 1}"
+        location = headers["Location"]
+        assert location.startswith(inst.url + "/") or location.startswith("/")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = location.removeprefix(inst.url)
+    status, headers, _ = _request(inst, "PUT", f"{path}&digest={digest}")
+    assert status == 201 and headers["Docker-Content-Digest"] == digest
+    assert proxy.stats().bytes_up("PATCH", "upload") == len(data)
+    status, _, body = _request(inst, "GET", f"/v2/{unique_repo}/blobs/{digest}")
+    assert status == 200 and body == data
