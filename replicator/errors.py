@@ -82,7 +82,7 @@ class UsageError(ReplicatorError):
     exit_code = EXIT_USAGE
 
 
-class ReferenceError(UsageError):  # noqa: A001 - the domain name is the clearest one
+class ReferenceError(UsageError):  # shadows the builtin on purpose: the clearest name
     """A reference (``host/repo:tag@digest`` or ``ocidir://...``) is malformed."""
 
 

@@ -89,11 +89,15 @@ class Target(Protocol):
         """Descriptor (media type, digest, size) of a manifest named by tag or digest."""
         ...
 
-    async def fetch_manifest(self, repository: str, reference: str | Descriptor) -> tuple[Descriptor, bytes]:
+    async def fetch_manifest(
+        self, repository: str, reference: str | Descriptor
+    ) -> tuple[Descriptor, bytes]:
         """The manifest's descriptor and its exact, verified bytes."""
         ...
 
-    def fetch_blob(self, repository: str, desc: Descriptor, offset: int = 0) -> AsyncIterator[bytes]:
+    def fetch_blob(
+        self, repository: str, desc: Descriptor, offset: int = 0
+    ) -> AsyncIterator[bytes]:
         """Stream a blob from ``offset``; verified against ``desc`` when read from 0."""
         ...
 
