@@ -349,3 +349,24 @@ def test_stalled_download_is_detected_and_resumed(
     assert run(scenario) < 4
     statuses = [r.status for r in proxy.stats().log if r.kind == "blob" and r.method == "GET"]
     assert statuses[-1] == 206
+
+
+@pytest.mark.parametrize("size", [1000, 6 * MiB])
+def test_closing_put_whose_answer_is_lost_counts_as_done(
+    registry_open: RegistryInstance, fault_proxy: ProxyFactory, unique_repo: str, size: int
+) -> None:
+    blob = Pattern(size, seed=13)
+    desc = blob.descriptor()
+    proxy = fault_proxy(registry_open)
+    # The registry stores the blob, the client sees 502; the retried PUT then
+    # meets a closed session (404) and the target checks what landed.
+    proxy.status("PUT", r"/blobs/uploads/", 502, forward=True)
+
+    async def scenario() -> None:
+        async with target_for(proxy, retry=FAST_RETRY) as target:
+            result = await target.push_blob(unique_repo, desc, blob.opener())
+            assert result.how == "uploaded"
+            assert await target.blob_exists(unique_repo, desc)
+
+    run(scenario)
+    assert proxy.stats().requests("HEAD", "blob") >= 2

@@ -292,7 +292,16 @@ class Uploader:
         return BlobPushResult("uploaded", sent)
 
     async def _close(self, repository: str, desc: Descriptor, location: URL) -> None:
-        reply = await self.transport.request(
+        try:
+            reply = await self._send_close(repository, desc, location)
+        except NotFoundError:
+            if await self._landed(repository, desc):
+                return
+            raise
+        self._check_confirmed(reply, repository, desc)
+
+    async def _send_close(self, repository: str, desc: Descriptor, location: URL) -> Reply:
+        return await self.transport.request(
             RequestSpec(
                 method="PUT",
                 url=with_query(location, "digest", desc.digest),
@@ -305,7 +314,26 @@ class Uploader:
                 data=b"",
             )
         )
-        self._check_confirmed(reply, repository, desc)
+
+    async def _landed(self, repository: str, desc: Descriptor) -> bool:
+        """After a closing PUT failed: did an earlier attempt (answer lost) store the blob?"""
+        try:
+            await self.transport.request(
+                RequestSpec(
+                    method="HEAD",
+                    url=self.transport.url(f"/v2/{repository}/blobs/{desc.digest}"),
+                    kind="blob_head",
+                    scopes=push_scopes(repository),
+                    repository=repository,
+                    what=f"blob {desc.digest}",
+                    ok=(200,),
+                    follow_redirects=True,
+                )
+            )
+        except ReplicatorError:
+            return False
+        log.info("registry.upload.answer_lost", host=self._host, digest=desc.digest)
+        return True
 
     def _check_confirmed(self, reply: Reply, repository: str, desc: Descriptor) -> None:
         confirmed = reply.headers.get("Docker-Content-Digest")
@@ -347,6 +375,12 @@ class Uploader:
                 )
             )
             self._check_confirmed(reply, repository, desc)
+        except NotFoundError:
+            # A retried PUT after a lost answer finds its session closed.
+            if await self._landed(repository, desc):
+                return len(data)
+            await asyncio.shield(self.cancel(location, repository))
+            raise
         except BaseException:
             await asyncio.shield(self.cancel(location, repository))
             raise
@@ -382,6 +416,8 @@ class Uploader:
                 return desc.size
             except _RETRYABLE_UPLOAD_ERRORS as exc:
                 await asyncio.shield(self.cancel(location, repository))
+                if await self._landed(repository, desc):
+                    return desc.size
                 if attempt >= attempts:
                     raise
                 await self._pause(attempt, repository, exc)
