@@ -50,6 +50,7 @@ from replicator.errors import (
     InputError,
     NotFoundError,
     ProtocolError,
+    RegistryError,
     ReplicatorError,
 )
 from replicator.graph.filters import GraphFilter, is_docker_attestation
@@ -57,7 +58,7 @@ from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import descriptor_for
 from replicator.oci.manifest import Manifest, build_index, parse_manifest
-from replicator.targets.base import BlobOpener, Target, UploadProgress
+from replicator.targets.base import BlobOpener, PushResult, Target, UploadProgress
 
 _log = structlog.get_logger("replicator.engine")
 T = TypeVar("T")
@@ -657,11 +658,20 @@ class CopyEngine:
                 if await w.wait() is not None:
                     raise DependencyFailed(f"{desc.digest}: a dependency failed at {d}")
             push_desc = Descriptor(manifest.media_type, desc.digest, len(manifest.raw))
-            result = await self._limited(
-                "meta",
-                d.location,
-                lambda: d.target.push_manifest(d.repository, push_desc, manifest.raw),
-            )
+
+            async def push() -> PushResult:
+                return await self._limited(
+                    "meta",
+                    d.location,
+                    lambda: d.target.push_manifest(d.repository, push_desc, manifest.raw),
+                )
+
+            try:
+                result = await push()
+            except RegistryError as exc:
+                if exc.code != "MANIFEST_BLOB_UNKNOWN" or not await self._repair(src, manifest, d):
+                    raise
+                result = await push()
             await self.ledger.record(
                 Confirmation(
                     "manifest",
@@ -695,6 +705,30 @@ class CopyEngine:
         except BaseException as exc:
             cell.set(error=exc)
             raise
+
+    async def _repair(self, src: Endpoint, manifest: Manifest, d: Endpoint) -> bool:
+        """After MANIFEST_BLOB_UNKNOWN: re-send blobs a stale ledger claimed were there.
+
+        A durable ledger can remember blobs the destination has since lost
+        (garbage collection, a wiped registry).  Each blob of the manifest is
+        checked; missing ones are forgotten by the ledger and uploaded again.
+        Returns True when something was repaired (the push is worth retrying).
+        """
+        repaired = False
+        forget = getattr(self.ledger, "forget", None)
+        for blob in manifest.blobs():
+            exists = await self._limited(
+                "meta", d.location, partial(d.target.blob_exists, d.repository, blob)
+            )
+            if exists:
+                continue
+            self._warn(f"{d} lost blob {blob.digest}; sending it again")
+            if forget is not None:
+                await forget(d.location, d.repository, blob.digest)
+            async with self.limits.slot("blob", src.location, d.location):
+                if await self._push_one(d, blob, self._counting_opener(src, blob)):
+                    repaired = True
+        return repaired
 
     # ------------------------------------------------------------------ referrers
 
@@ -900,8 +934,9 @@ class CopyEngine:
 
         return stream
 
-    async def _push_one(self, d: Endpoint, blob: Descriptor, opener: BlobOpener) -> None:
+    async def _push_one(self, d: Endpoint, blob: Descriptor, opener: BlobOpener) -> bool:
         resume = await self.ledger.upload_progress(d.location, d.repository, blob.digest)
+        chunk = self.options.chunk_size
 
         async def progress(p: UploadProgress) -> None:
             await self.ledger.record_progress(d.location, p)
@@ -913,17 +948,18 @@ class CopyEngine:
                 opener,
                 resume=resume,
                 on_progress=progress,
-                chunk_size=self.options.chunk_size,
+                chunk_size=chunk if chunk and blob.size > chunk else None,
             )
         except ReplicatorError as exc:
             if exc.side is None:
                 exc.side = "destination"
             self._blob_done(d, blob, "", error=exc)
             self._fail(f"blob {blob.digest} to {d}: {exc}", exc)
-            return
+            return False
         self.report.bytes_sent += res.bytes_sent
         how = res.how if res.how in ("exists", "mounted", "uploaded") else "uploaded"
         await self._confirm_blob(d, blob, how)
+        return True
 
     async def _fan_out(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
         tee = _Tee(self, src, blob, len(dests), self.options.fanout_buffer)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from replicator.engine.copier import CopyEngine, CopyJob, CopyOptions, Destination, Endpoint
+from replicator.engine.ledger import Confirmation, MemoryLedger
 from replicator.engine.report import CopyReport
 from replicator.errors import NotFoundError
 from replicator.graph.filters import GraphFilter
@@ -156,5 +158,54 @@ def test_throttling_registry_gets_fewer_concurrent_uploads_and_the_copy_complete
             assert report.retries >= 3
             assert report.limits[f"{dst.display}/blob"] < 8
             await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-t", "v1")
+
+    run(main)
+
+
+def test_stale_ledger_entry_is_repaired_when_the_registry_reports_a_missing_blob(
+    registry_open: RegistryInstance, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            img = await GraphBuilder(reg, unique_repo).image("stale", tags=["v1"])
+            _, raw = await reg.fetch_manifest(unique_repo, img)
+            layer = json.loads(raw)["layers"][0]
+            ledger = MemoryLedger()
+            dst_repo = unique_repo + "-s"
+            # a journal from an earlier run claims the layer is already at the destination
+            await ledger.record(
+                Confirmation(
+                    "blob", "uploaded", reg.display, dst_repo, layer["digest"], layer["size"]
+                )
+            )
+            engine = CopyEngine(CopyOptions(), ledger=ledger)
+            report = await engine.run([job(reg, unique_repo, "v1", (reg, dst_repo, ("v1",)))])
+            assert report.ok, report.failures
+            assert any("lost blob" in w for w in report.warnings)
+            await assert_same_graph(reg, unique_repo, "v1", reg, dst_repo, "v1")
+
+    run(main)
+
+
+def test_chunk_size_chunks_only_blobs_larger_than_it(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as src:
+            await GraphBuilder(src, unique_repo).image(
+                "big", tags=["v1"], layers=1, layer_size=300 * 1024
+            )
+        proxy = fault_proxy(registry_open)
+        async with target(registry_open) as src, target(proxy) as dst:
+            report = await copy(
+                [job(src, unique_repo, "v1", (dst, unique_repo + "-c", ("v1",)))],
+                chunk_size=64 * 1024,
+            )
+            assert report.ok, report.failures
+            assert report.blobs_uploaded == 2
+            stats = proxy.stats()
+            assert stats.requests("PATCH", "upload") == 5  # ceil(300 KiB / 64 KiB)
+            assert stats.bytes_up("PATCH", "upload") == 300 * 1024
+            await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-c", "v1")
 
     run(main)
