@@ -226,7 +226,8 @@ async def handle_get_token(request: web.Request) -> web.Response:
     """GET /token: Basic or anonymous."""
     server: TokenServer = request.app["server"]
     service = request.query.get("service", "")
-    scopes = request.query.getall("scope", [])
+    # Several scope parameters, each possibly holding space-separated scopes.
+    scopes = [s for value in request.query.getall("scope", []) for s in value.split()]
     offline = request.query.get("offline_token", "").lower() == "true"
     entry: dict[str, Any] = {
         "method": "GET",
