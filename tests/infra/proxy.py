@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import re
 import threading
 from collections import Counter
@@ -111,6 +112,10 @@ class FaultRule:
     matched: int = 0
     fired: int = 0
 
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            self.method = self.method.upper()
+
     def matches(self, method: str, target: str) -> bool:
         """True when the rule applies to this method and path (with query)."""
         return (self.method is None or self.method == method) and bool(self.path.search(target))
@@ -131,7 +136,8 @@ class KindStats:
     """Counts for one (method, kind): requests, body bytes each way, statuses."""
 
     requests: int = 0
-    #: Request-body bytes the proxy read from the client (what the registry got).
+    #: Request-body bytes the proxy read from clients: what the registry received,
+    #: except for requests a ``status``/``cut_request`` fault answered itself.
     bytes_up: int = 0
     #: Response-body bytes the proxy wrote to the client.
     bytes_down: int = 0
@@ -484,7 +490,7 @@ class FaultProxy:
                 key: KindStats(s.requests, s.bytes_up, s.bytes_down, Counter(s.statuses))
                 for key, s in self._by_kind.items()
             }
-            return ProxyStats(by_kind, list(self._log))
+            return ProxyStats(by_kind, [copy.copy(r) for r in self._log])
 
     def reset(self) -> None:
         """Zero every counter and forget the request log (rules stay)."""
