@@ -168,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="append",
         default=[],
         metavar="OS/ARCH[/VARIANT]",
-        help="copy only these platforms of an index (repeatable)",
+        help="copy only these platforms of an index root (repeatable): with one, that manifest becomes the root (digest kept); with several, a new index of them is written (new digest, printed)",
     )
     p.add_argument("--report", metavar="FILE", help="write a JSON summary to FILE")
     p.add_argument(

@@ -134,9 +134,11 @@ def test_world_copy_request_budget(
                 for k in ("blob_head", "blob_upload_start", "blob_patch", "blob_put", "blob_mount")
             )
             per_blob = blob_requests / report.new_blobs
-            print(
-                f"new blobs {report.new_blobs}, blob requests {blob_requests}, per blob {per_blob:.2f}"
-            )
+            dst_delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            print(f"new blobs {report.new_blobs} ({report.blobs_mounted} mounted)")
+            print(f"blob requests {blob_requests}, per new blob {per_blob:.2f}")
+            print(f"destination requests {dst_delta}")
+            print(f"source requests {report.requests.get(src.display)}")
             assert per_blob <= 2.1
             for repo, tag, _ in world.roots:
                 await assert_same_graph(src, repo, tag, dst, repo, tag)
