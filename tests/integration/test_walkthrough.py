@@ -241,7 +241,7 @@ def test_supply_chain_graph_walkthrough(
     assert len(found["manifests"]) == 1
     assert found["manifests"][0]["digest"] == sbom
     assert found["manifests"][0]["artifactType"] == "sbom/example"
-    out = cli(workdir, "attach", f"{registry.host}/{repo}@{sbom}",
+    out = cli(workdir, "attach", f"{image}@{sbom}",
               "--artifact-type", "signature/example", "./sbom-signature.json:application/json")  # fmt: skip
     sbom_signature = digest_line(out)
 
@@ -301,3 +301,65 @@ def test_supply_chain_graph_walkthrough(
         )
         assert proc.returncode in (0, 3), proc.stderr
         assert proc.stdout == ""
+
+
+def _run_on_tty(cwd: Path, args: list[str], answer: bytes) -> tuple[int, str]:
+    """Run the CLI with stdin/stdout on a pseudo-terminal, type ``answer``; (rc, output)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [REPLICATOR, *args], cwd=cwd, stdin=slave, stdout=slave, stderr=subprocess.PIPE
+        )
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while b"[y/N]" not in seen:
+            chunk = os.read(master, 4096)
+            assert chunk, seen
+            seen += chunk
+        os.write(master, answer)
+        stderr = proc.communicate(timeout=60)[1]
+        try:
+            while chunk := os.read(master, 4096):
+                seen += chunk
+        except OSError:  # EIO once the child closed the terminal
+            pass
+        return proc.returncode, seen.decode() + stderr.decode()
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+
+
+def test_manifest_delete_asks_on_a_tty_and_refuses_without_one(
+    registry_open: RegistryInstance, unique_repo: str, workdir: Path
+) -> None:
+    ref = f"{registry_open.host}/{unique_repo}:tmp"
+    digest = digest_line(cli(workdir, "push", ref, "./readme.md"))
+
+    # No terminal: refuse with a usage error, delete nothing.
+    proc = subprocess.run(
+        [REPLICATOR, "manifest", "delete", ref],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "-f/--force" in proc.stderr
+    assert present(registry_open, unique_repo, [digest]) == [digest]
+
+    question = (
+        f'Are you sure you want to delete the manifest "{digest}" and all its referrers? [y/N]'
+    )
+    rc, output = _run_on_tty(workdir, ["manifest", "delete", ref], b"n\n")
+    assert rc == 2 and question in output and "cancelled" in output
+    assert present(registry_open, unique_repo, [digest]) == [digest]
+
+    rc, output = _run_on_tty(workdir, ["manifest", "delete", ref], b"y\n")
+    assert rc == 0, output
+    assert f"Deleted [registry] {ref}" in output
+    assert present(registry_open, unique_repo, [digest]) == []
