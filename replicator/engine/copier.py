@@ -512,7 +512,7 @@ class CopyEngine:
         this run (so the referrer cannot be there yet: no existence probe).
         """
         key: NodeKey = (src.location, src.repository, desc.digest)
-        claimed = [d for d in dests if (key, d.key) not in self._walks]
+        claimed = list({d.key: d for d in dests if (key, d.key) not in self._walks}.values())
         if not claimed:
             if parent is not None:
                 self._edges.setdefault(parent, set()).add(key)

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from replicator.engine.copier import CopyEngine, CopyJob, CopyOptions, Destination, Endpoint
 from replicator.engine.ledger import MemoryLedger
+from replicator.engine.limits import Limits, LimitSettings
 from replicator.graph.filters import GraphFilter
 from replicator.oci import mediatype as mt
 from replicator.oci.reference import referrers_tag
@@ -149,6 +150,27 @@ def test_referrer_filters_and_disabled_referrers(tmp_path: Path) -> None:
         )
         assert report.ok and report.manifests_pushed == 1
         for t in (src, only_sboms, bare):
+            await t.aclose()
+
+    run(main)
+
+
+def test_concurrency_of_one_still_completes_a_fan_out(tmp_path: Path) -> None:
+    async def main() -> None:
+        src = layout(tmp_path / "src")
+        dsts = [layout(tmp_path / f"d{i}") for i in range(2)]
+        await GraphBuilder(src, "").signed_image("one", tags=["v1"])
+        limits = Limits(LimitSettings(concurrency=1, meta_per_location=1, blob_per_location=1))
+        report = await asyncio.wait_for(
+            CopyEngine(CopyOptions(), limits=limits).run(
+                [CopyJob(ep(src), "v1", tuple(dest(d, "", "v1") for d in (*dsts, dsts[0])))]
+            ),
+            30,
+        )
+        assert report.ok, report.failures
+        for d in dsts:
+            await assert_same_graph(src, "", "v1", d, "", "v1")
+        for t in (src, *dsts):
             await t.aclose()
 
     run(main)
