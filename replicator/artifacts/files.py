@@ -11,7 +11,9 @@ the same layer digest (and a registry dedups it): entries are sorted by path,
 modification times are zero, owners are ``0:0`` without names, permission bits
 are kept, and the gzip header carries neither a file name nor a time.  ORAS
 keeps modification times instead; both unpack the same way.  Regular files,
-directories and symbolic links are packed; other file types are refused.
+directories and symbolic links are packed; other file types are refused.  A
+symbolic link is stored as it is, like ORAS does: one pointing outside the
+directory is refused again by ``pull`` (see :mod:`replicator.artifacts.extract`).
 """
 
 from __future__ import annotations

@@ -206,6 +206,12 @@ def test_push_fetch_pull_delete_single_and_multi_file(
     for name in ("readme.md", "details/readme-details.md", "details/readme-more-details.md"):
         assert (download / name).read_bytes() == (SEED / name).read_bytes()
 
+    # The registry catalog lists the repository (under its namespace).
+    namespace = unique_repo.split("/", 1)[0]
+    listed = cli(workdir, "repo", "ls", f"{registry.host}/{namespace}").splitlines()
+    assert f"{unique_repo}/samples/artifact" in listed
+    assert all(name.startswith(namespace + "/") for name in listed)
+
     # Delete it.
     out = cli(workdir, "manifest", "delete", "-f", ref)
     assert f"Deleted [registry] {ref}" in out.splitlines()
