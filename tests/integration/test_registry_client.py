@@ -196,6 +196,16 @@ def test_source_not_matching_the_descriptor_is_not_committed(
                         unique_repo, lie, bytes_opener(data), chunk_size=chunk_size
                     )
                 assert not await target.blob_exists(unique_repo, lie)
+            # Streamed monolithic (above the in-memory size) and chunked: the last
+            # piece is held back until the digest checked, so nothing is committed.
+            big = Pattern(5 * MiB, seed=21)
+            big_lie = Descriptor(mt.OCI_LAYER, digest_bytes(b"other"), big.size)
+            for chunk_size in (None, MiB):
+                with pytest.raises(IntegrityError):
+                    await target.push_blob(
+                        unique_repo, big_lie, big.opener(), chunk_size=chunk_size
+                    )
+                assert not await target.blob_exists(unique_repo, big_lie)
             # Content longer than declared is refused too.
             short = Descriptor(mt.OCI_LAYER, digest_bytes(data), len(data) - 1)
             with pytest.raises(IntegrityError):

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
+from replicator.errors import IntegrityError
+from replicator.oci.digest import DigestVerifier, digest_bytes
 from replicator.oci.mediatype import OCI_INDEX, OCI_MANIFEST
 from replicator.targets.registry.referrers import index_entries, parse_next_link
 from replicator.targets.registry.transport import RequestStats
-from replicator.targets.registry.uploads import parse_range, repository_of_location, with_query
+from replicator.targets.registry.uploads import (
+    _ChunkReader,
+    _verified,
+    parse_range,
+    repository_of_location,
+    with_query,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -90,3 +100,42 @@ def test_stats_count_known_kinds_only() -> None:
     assert stats.blob_get == 1
     assert stats.as_dict()["bytes_sent"] == 10
     assert "no_such_kind" not in stats.as_dict()
+
+
+def _stream(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    return gen()
+
+
+def test_chunk_reader_cuts_exact_sizes_across_pieces() -> None:
+    async def scenario() -> list[bytes]:
+        reader = _ChunkReader(_stream([b"abc", b"", b"defgh", b"ij"]))
+        out = [await reader.read(4), await reader.read(4), await reader.read(4)]
+        assert await reader.at_end()
+        await reader.aclose()
+        return out
+
+    assert asyncio.run(scenario()) == [b"abcd", b"efgh", b"ij"]
+
+
+def test_verified_stream_holds_back_the_last_piece_until_checked() -> None:
+    data = [b"one", b"two", b"three"]
+    good = digest_bytes(b"".join(data))
+
+    async def collect(digest: str, size: int) -> list[bytes]:
+        got: list[bytes] = []
+        try:
+            async for piece in _verified(_stream(data), DigestVerifier(digest, size)):
+                got.append(piece)
+        except IntegrityError:
+            return got
+        return [*got, b"<complete>"]
+
+    assert asyncio.run(collect(good, 11)) == [*data, b"<complete>"]
+    # Wrong digest: everything but the last piece went out, then the error.
+    assert asyncio.run(collect(digest_bytes(b"x"), 11)) == data[:2]
+    # Longer than declared: stopped as soon as the size is exceeded.
+    assert asyncio.run(collect(good, 5)) == []

@@ -406,7 +406,7 @@ class Transport:
             async for chunk in source:
                 self.stats.add("bytes_sent", len(chunk))
                 yield chunk
-        except BaseException as exc:
+        except Exception as exc:  # not GeneratorExit/CancelledError: those are ours
             failure.error = exc
             raise
         finally:
