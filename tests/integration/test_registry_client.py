@@ -17,6 +17,7 @@ import random
 import threading
 import time
 import tracemalloc
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -796,3 +797,35 @@ def test_blob_redirect_is_followed_without_the_registry_authorization(
     run(scenario)
     assert store.seen, "the blob GET was not redirected"
     assert all("authorization" not in headers for headers in store.seen)
+
+
+def test_referrers_api_pages_are_followed(
+    registry_referrers: RegistryInstance, unique_repo: str
+) -> None:
+    def page_size(n: int) -> None:
+        req = urllib.request.Request(
+            f"{registry_referrers.url}/_shim/config?page_size={n}", method="PUT"
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+
+    async def scenario() -> None:
+        async with target_for(registry_referrers) as target:
+            image = await _push_image(target, unique_repo, "v1")
+            made = [
+                await _attach(target, unique_repo, image, f"kind/{i % 2}", f"r{i}")
+                for i in range(5)
+            ]
+            page_size(2)
+            try:
+                before = target.stats.referrers
+                found = await target.referrers(unique_repo, image)
+                pages = target.stats.referrers - before
+                odd = await target.referrers(unique_repo, image, "kind/1")
+            finally:
+                page_size(0)
+            assert sorted(d.digest for d in found) == sorted(d.digest for d in made)
+            assert pages == 3
+            assert sorted(d.digest for d in odd) == sorted(d.digest for d in made[1::2])
+
+    run(scenario)
