@@ -190,6 +190,7 @@ class CopyEngine:
         self._blobs: dict[tuple[str, str, str], _Cell] = {}
         self._walks: dict[tuple[NodeKey, DestKey], _Cell] = {}
         self._edges: dict[NodeKey, set[NodeKey]] = {}
+        self._referrer_errors: dict[NodeKey, ReplicatorError] = {}
         self._synthetic: set[NodeKey] = set()
         self._uploads_in_flight: dict[tuple[str, str], tuple[str, _Cell]] = {}
         self._targets: dict[int, Target] = {}
@@ -431,6 +432,12 @@ class CopyEngine:
             key = stack.pop()
             commit = self._committed.get((dest[0], dest[1], key[2]))
             walk = self._walks.get((key, dest))
+            if key in self._referrer_errors:
+                bad += 1
+            if walk is None and key != root:
+                # claimed with the edge in one step, so only an unclaimed bogus referrer
+                # entry has an edge and no walk: it is not part of the graph.
+                continue
             for cell in (commit, walk):
                 if cell is None or not cell.done:
                     pending = True
@@ -512,10 +519,15 @@ class CopyEngine:
         this run (so the referrer cannot be there yet: no existence probe).
         """
         key: NodeKey = (src.location, src.repository, desc.digest)
+        if subject is not None and not await self._genuine_referrer(src, desc, subject, parent):
+            return
+        # The edge first: whatever happens below, the closure check of every
+        # root above sees this node (and its failure, if it fails).
+        if parent is not None:
+            self._edges.setdefault(parent, set()).add(key)
+        self._edges.setdefault(key, set())
         claimed = list({d.key: d for d in dests if (key, d.key) not in self._walks}.values())
         if not claimed:
-            if parent is not None:
-                self._edges.setdefault(parent, set()).add(key)
             return
         walks = {d.key: self._walks.setdefault((key, d.key), _Cell()) for d in claimed}
         try:
@@ -573,19 +585,6 @@ class CopyEngine:
                 for d in responsible:
                     self._commit_cell(d, desc.digest).set(error=exc)
                 raise
-            if subject is not None and (
-                manifest.subject is None or manifest.subject.digest != subject.digest
-            ):
-                self._warn(
-                    f"{desc.digest} is listed as a referrer of {subject.digest} but does not "
-                    "name it as its subject: skipped"
-                )
-                for d in responsible:
-                    self._commit_cell(d, desc.digest).set("skipped")
-                return
-        if parent is not None:
-            self._edges.setdefault(parent, set()).add(key)
-        self._edges.setdefault(key, set())
         present_here = frozenset(d.key for d, cell in mine if cell.value == "exists")
         async with anyio.create_task_group() as tg:
             if follow:
@@ -608,6 +607,32 @@ class CopyEngine:
                         tg.start_soon(self._blob, src, blob, responsible)
                     for d in responsible:
                         tg.start_soon(self._commit, src, desc, manifest, d, subject)
+
+    async def _genuine_referrer(
+        self, src: Endpoint, desc: Descriptor, subject: Descriptor, parent: NodeKey | None
+    ) -> bool:
+        """True when the listed referrer's manifest names ``subject`` as its subject.
+
+        A fallback tag can list anything (stale, hostile, a cycle); the manifest's
+        own ``subject`` field is the truth.  Checked before the node is claimed, so
+        a bogus listing never blocks the genuine one.  A referrer that cannot be
+        read is a failure recorded against its subject's graph.
+        """
+        try:
+            manifest = await self._manifest(src, desc)
+        except ReplicatorError as exc:
+            exc.side = exc.side or "source"
+            if parent is not None:
+                self._referrer_errors.setdefault(parent, exc)
+            self._fail(f"referrer {desc.digest} of {subject.digest}: {exc}", exc)
+            return False
+        if manifest.subject is None or manifest.subject.digest != subject.digest:
+            self._warn(
+                f"{desc.digest} is listed as a referrer of {subject.digest} but does not "
+                "name it as its subject: skipped"
+            )
+            return False
+        return True
 
     async def _present(
         self,

@@ -174,3 +174,27 @@ def test_concurrency_of_one_still_completes_a_fan_out(tmp_path: Path) -> None:
             await t.aclose()
 
     run(main)
+
+
+def test_referrer_listed_under_a_wrong_subject_is_still_copied_under_its_real_one(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        src = layout(tmp_path / "src")
+        dst = layout(tmp_path / "dst")
+        g = GraphBuilder(src, "")
+        _index, images = await g.multiarch("w", tags=["v1"], attestations=False)
+        x = await g.referrer(images[1], "application/vnd.example.sig")
+        bogus = json.dumps(
+            {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [x.to_json()]}
+        ).encode()
+        await g.manifest(bogus, mt.OCI_INDEX, tags=[referrers_tag(images[0].digest)])
+        report = await CopyEngine().run([CopyJob(ep(src), "v1", (dest(dst, "", "v1"),))])
+        assert report.ok, report.failures
+        assert any("does not name it" in w for w in report.warnings)
+        assert await dst.manifest_exists("", x)
+        assert [r.digest for r in await dst.referrers("", images[1])] == [x.digest]
+        await src.aclose()
+        await dst.aclose()
+
+    run(main)
