@@ -211,6 +211,22 @@ def _restore_times(path: str, mtime: float) -> None:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+def check_real_directory(base: str, relative_dir: str) -> None:
+    """Raise :class:`UnsafePathError` unless every existing part of ``base/relative_dir``
+    is a real directory (parts not there yet are fine: they will be created)."""
+    current = base
+    for part in [p for p in relative_dir.split("/") if p]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(
+                f"{_shown(current)} exists and is not a directory (or is a symbolic link)"
+            )
+
+
 def ensure_real_directory(base: str, relative_dir: str) -> str:
     """Create ``base/relative_dir`` (each part a real directory, never a symlink); return it.
 

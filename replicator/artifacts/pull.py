@@ -30,6 +30,7 @@ import anyio
 import structlog
 
 from replicator.artifacts.extract import (
+    check_real_directory,
     check_title,
     ensure_real_directory,
     extract_tar,
@@ -151,6 +152,10 @@ def _unpack(item: _Staged, staging: str, index: int) -> None:
 
 
 def _commit(outdir: str, staged: list[_Staged]) -> list[PulledLayer]:
+    for item in staged:  # every destination checked before the first rename
+        parent = item.title.rpartition("/")[0]
+        if parent:
+            check_real_directory(outdir, parent)
     placed: list[PulledLayer] = []
     for item in staged:
         parent, _, _ = item.title.rpartition("/")

@@ -13,7 +13,7 @@ from replicator.artifacts.discover import discover_referrers, render_tree
 from replicator.artifacts.files import parse_file_arg
 from replicator.artifacts.pull import pull_artifact
 from replicator.artifacts.push import ArtifactSpec, push_artifact
-from replicator.errors import InputError, NotFoundError
+from replicator.errors import InputError, NotFoundError, UnsafePathError
 from replicator.oci import mediatype
 from replicator.oci.manifest import parse_manifest
 from replicator.targets.ocilayout import OCILayoutTarget
@@ -123,3 +123,62 @@ def test_annotation_file_applies_per_title(tmp_path: Path, files: Path) -> None:
             await target.aclose()
 
     anyio.run(scenario)
+
+
+def test_pull_replaces_existing_paths_without_following_links(tmp_path: Path, files: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    out = tmp_path / "out"
+    (out / "details").mkdir(parents=True)
+    (out / "details" / "stale.md").write_text("old\n")
+    (out / "readme.md").symlink_to(victim)
+
+    async def scenario() -> None:
+        target = OCILayoutTarget(tmp_path / "layout", create=True)
+        try:
+            spec = ArtifactSpec(
+                files=[
+                    parse_file_arg(str(files / "readme.md")),
+                    parse_file_arg(str(files / "details")),
+                ],
+                artifact_type="readme/example",
+            )
+            await push_artifact(target, "", spec, tags=("v1",))
+            await pull_artifact(target, "", "v1", str(out))
+        finally:
+            await target.aclose()
+
+    anyio.run(scenario)
+    assert victim.read_text() == "untouched\n"
+    assert not (out / "readme.md").is_symlink()
+    assert (out / "readme.md").read_text() == "Readme Content\n"
+    assert sorted(p.name for p in (out / "details").iterdir()) == [
+        "readme-details.md",
+        "readme-more-details.md",
+    ]
+
+
+def test_pull_refuses_a_title_below_a_symlinked_directory(tmp_path: Path, files: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(outside)
+
+    async def scenario() -> None:
+        target = OCILayoutTarget(tmp_path / "layout", create=True)
+        try:
+            layer = parse_file_arg(str(files / "readme.md"))
+            spec = ArtifactSpec(
+                files=[layer, type(layer)(layer.path, "sub/readme.md", layer.media_type, False)],
+                artifact_type="readme/example",
+            )
+            await push_artifact(target, "", spec, tags=("v1",))
+            with pytest.raises(UnsafePathError, match="symbolic link"):
+                await pull_artifact(target, "", "v1", str(out))
+        finally:
+            await target.aclose()
+
+    anyio.run(scenario)
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["sub"]
