@@ -18,6 +18,7 @@ import pytest
 from replicator.errors import (
     IntegrityError,
     NotFoundError,
+    ProtocolError,
     RateLimitedError,
     ServerError,
 )
@@ -370,3 +371,30 @@ def test_closing_put_whose_answer_is_lost_counts_as_done(
 
     run(scenario)
     assert proxy.stats().requests("HEAD", "blob") >= 2
+
+
+def test_nonsense_answers_are_protocol_errors(
+    registry_open: RegistryInstance, fault_proxy: ProxyFactory, unique_repo: str
+) -> None:
+    _seed_blob(registry_open, unique_repo, b"repo exists")
+    proxy = fault_proxy(registry_open)
+    proxy.status("GET", r"/manifests/v1$", 200, body=b"<html>please log in</html>", times=None)
+    proxy.status("GET", r"/tags/list", 200, body=b'{"tags": "not a list"}', times=None)
+    proxy.status("GET", r"/referrers/", 200, body=b"[1,2,3]", times=None)
+    proxy.status("GET", r"/manifests/big$", 200, body=b" " * (4 * MiB + 1), times=None)
+
+    async def scenario() -> None:
+        async with target_for(proxy, retry=FAST_RETRY) as target:
+            with pytest.raises(ProtocolError) as info:
+                await target.fetch_manifest(unique_repo, "v1")
+            assert "not a manifest" in str(info.value)
+            with pytest.raises(ProtocolError):
+                await target.tags(unique_repo)
+            image = descriptor_for(b"{}", mt.OCI_MANIFEST)
+            with pytest.raises(ProtocolError):
+                await target.referrers(unique_repo, image)
+            with pytest.raises(ProtocolError) as info:
+                await target.fetch_manifest(unique_repo, "big")
+            assert "larger than" in str(info.value)
+
+    run(scenario)

@@ -37,7 +37,7 @@ from replicator.errors import (
 from replicator.oci.descriptor import Descriptor, validate_digest
 from replicator.oci.digest import DigestVerifier, digest_bytes, verify_bytes
 from replicator.oci.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
-from replicator.oci.mediatype import MANIFEST_ACCEPT
+from replicator.oci.mediatype import MANIFEST_ACCEPT, is_manifest
 from replicator.oci.reference import DOCKER_HUB_DISPLAY, DOCKER_HUB_REGISTRY
 from replicator.targets.base import BlobOpener, BlobPushResult, ProgressCallback, PushResult
 from replicator.targets.base import UploadProgress as UploadProgress
@@ -58,7 +58,6 @@ log = structlog.get_logger("replicator.registry")
 #: Bytes asked from the socket per read while streaming a blob.
 BLOB_READ_CHUNK = 256 * 1024
 _LIST_BODY_CAP = 32 * 1024 * 1024
-_GENERIC_TYPES = frozenset({"", "application/json", "application/octet-stream", "text/plain"})
 
 
 def _is_digest(reference: str) -> bool:
@@ -254,7 +253,7 @@ class RegistryTarget:
         digest = reference if _is_digest(reference) else header_digest
         if (
             digest is None
-            or media_type in _GENERIC_TYPES
+            or not is_manifest(media_type)
             or length is None
             or not length.isdigit()
             or (header_digest is not None and header_digest != digest)
@@ -310,24 +309,35 @@ class RegistryTarget:
             verify_bytes(raw, digest, expected.size if expected is not None else None)
         except IntegrityError as exc:
             raise IntegrityError(f"{self.host}/{repository}: {what}: {exc}") from None
-        media_type = self._manifest_media_type(reply.headers.get("Content-Type"), raw, expected)
+        media_type = self._manifest_media_type(
+            reply.headers.get("Content-Type"), raw, expected, repository, what
+        )
         if expected is not None:
             return expected, raw
         return Descriptor(media_type=media_type, digest=digest, size=len(raw)), raw
 
     def _manifest_media_type(
-        self, content_type: str | None, raw: bytes, expected: Descriptor | None
+        self,
+        content_type: str | None,
+        raw: bytes,
+        expected: Descriptor | None,
+        repository: str,
+        what: str,
     ) -> str:
+        """The manifest's media type: a known Content-Type, else what the bytes say."""
         media_type = _clean_type(content_type)
-        if media_type not in _GENERIC_TYPES:
+        if is_manifest(media_type):
             return media_type
         try:
             return parse_manifest(raw).media_type
         except InputError:
             if expected is not None:
                 return expected.media_type
+            shown = media_type[:60] or "none"
             raise protocol_error(
-                self.host, None, "manifest answer has no usable media type"
+                self.host,
+                repository,
+                f"{what}: the answer is not a manifest (Content-Type {shown})",
             ) from None
 
     async def manifest_exists(self, repository: str, desc: Descriptor) -> bool:
