@@ -829,3 +829,20 @@ def test_referrers_api_pages_are_followed(
             assert sorted(d.digest for d in odd) == sorted(d.digest for d in made[1::2])
 
     run(scenario)
+
+
+def test_range_ignored_by_the_server_is_handled_by_skipping(
+    redirecting_registry: tuple[str, Any], unique_repo: str
+) -> None:
+    # The stand-in object store ignores Range and answers 200 with the whole blob.
+    host, store = redirecting_registry
+    data = random.Random(12).randbytes(300_000)
+
+    async def scenario() -> None:
+        async with RegistryTarget(host, RegistryOptions(plain_http=True)) as target:
+            desc = await push_bytes(target, unique_repo, data, mt.OCI_LAYER)
+            tail = b"".join([c async for c in target.fetch_blob(unique_repo, desc, 123_456)])
+            assert tail == data[123_456:]
+
+    run(scenario)
+    assert any("range" in headers for headers in store.seen)
