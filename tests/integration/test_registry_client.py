@@ -846,3 +846,23 @@ def test_range_ignored_by_the_server_is_handled_by_skipping(
 
     run(scenario)
     assert any("range" in headers for headers in store.seen)
+
+
+def test_blob_whose_size_differs_from_the_descriptor_is_an_integrity_error(
+    registry_open: RegistryInstance, unique_repo: str
+) -> None:
+    data = random.Random(13).randbytes(5000)
+
+    async def scenario() -> None:
+        async with target_for(registry_open) as target:
+            desc = await push_bytes(target, unique_repo, data, mt.OCI_LAYER)
+            longer = Descriptor(desc.media_type, desc.digest, desc.size + 10)
+            with pytest.raises(IntegrityError) as info:
+                await read_all(target, unique_repo, longer)
+            assert "size mismatch" in str(info.value)
+            assert target.stats.blob_get == 1  # no pointless resumes
+            shorter = Descriptor(desc.media_type, desc.digest, desc.size - 10)
+            with pytest.raises(IntegrityError):
+                await read_all(target, unique_repo, shorter)
+
+    run(scenario)

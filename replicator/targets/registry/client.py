@@ -39,8 +39,13 @@ from replicator.oci.digest import DigestVerifier, digest_bytes, verify_bytes
 from replicator.oci.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
 from replicator.oci.mediatype import MANIFEST_ACCEPT, is_manifest
 from replicator.oci.reference import DOCKER_HUB_DISPLAY, DOCKER_HUB_REGISTRY
-from replicator.targets.base import BlobOpener, BlobPushResult, ProgressCallback, PushResult
-from replicator.targets.base import UploadProgress as UploadProgress
+from replicator.targets.base import (
+    BlobOpener,
+    BlobPushResult,
+    ProgressCallback,
+    PushResult,
+    UploadProgress,
+)
 from replicator.targets.registry.auth import Authenticator
 from replicator.targets.registry.errors import connection_error, protocol_error
 from replicator.targets.registry.options import RegistryOptions
@@ -508,6 +513,7 @@ class RegistryTarget:
         if offset == desc.size and offset > 0:
             return
         requested = False
+        last_status = 0
         while not requested or position < desc.size:
             requested = True
             headers = {"Range": f"bytes={position}-"} if position > 0 else {}
@@ -524,6 +530,7 @@ class RegistryTarget:
             )
             try:
                 async with self._transport.stream(spec) as resp:
+                    last_status = resp.status
                     skip = self._skip_for(resp, position, repository, desc)
                     async for chunk in resp.content.iter_chunked(BLOB_READ_CHUNK):
                         if skip:
@@ -560,6 +567,13 @@ class RegistryTarget:
                 await asyncio.sleep(min(policy.max_delay, policy.base_delay * failures))
                 continue
             if position < desc.size:
+                if last_status == 200:
+                    # The whole blob, as the server declares it, has arrived: it is short.
+                    raise IntegrityError(
+                        f"{self.host}/{repository}: blob {desc.digest}: size mismatch, "
+                        f"expected {desc.size} bytes, got {position}"
+                    )
+                # A 206 may carry a partial range: ask for the rest.
                 failures += 1
                 if failures >= policy.attempts:
                     raise ConnectionFailedError(
