@@ -389,6 +389,7 @@ class RegistryTarget:
                 ok=(200, 201, 202, 204),
                 headers={"Content-Type": media_type},
                 data=raw,
+                retry_500=True,  # the same bytes to the same name: safe to repeat
             )
         )
         stored = reply.headers.get("Docker-Content-Digest")
