@@ -608,6 +608,15 @@ class CopyEngine:
                     for d in responsible:
                         tg.start_soon(self._commit, src, desc, manifest, d, subject)
 
+    async def _source_has_referrers_api(self, src: Endpoint) -> bool:
+        probe = getattr(src.target, "referrers_api_supported", None)
+        if probe is None:
+            return False
+        try:
+            return bool(await probe(src.repository))
+        except ReplicatorError:
+            return False
+
     async def _genuine_referrer(
         self, src: Endpoint, desc: Descriptor, subject: Descriptor, parent: NodeKey | None
     ) -> bool:
@@ -616,8 +625,12 @@ class CopyEngine:
         A fallback tag can list anything (stale, hostile, a cycle); the manifest's
         own ``subject`` field is the truth.  Checked before the node is claimed, so
         a bogus listing never blocks the genuine one.  A referrer that cannot be
-        read is a failure recorded against its subject's graph.
+        read is a failure recorded against its subject's graph.  Skipped (no
+        request) when the source serves the referrers API: the registry then
+        derives the listing from the manifests' own ``subject`` fields.
         """
+        if await self._source_has_referrers_api(src):
+            return True
         try:
             manifest = await self._manifest(src, desc)
         except ReplicatorError as exc:

@@ -269,10 +269,18 @@ class GraphBuilder:
         return await self.index(members, artifact_type=artifact_type, subject=subject)
 
     async def signed_image(
-        self, name: str, *, tags: Sequence[str] = (), shared_layers: Sequence[bytes] = ()
+        self,
+        name: str,
+        *,
+        tags: Sequence[str] = (),
+        shared_layers: Sequence[bytes] = (),
+        layers: int = 2,
+        layer_size: int = 256,
     ) -> SignedImage:
         """The seed walkthrough's graph: image, signature, SBOM, SBOM signature."""
-        image = await self.image(name, tags=tags, shared_layers=shared_layers)
+        image = await self.image(
+            name, tags=tags, shared_layers=shared_layers, layers=layers, layer_size=layer_size
+        )
         signature = await self.referrer(image, SIGNATURE_TYPE)
         sbom = await self.referrer(
             image, SBOM_TYPE, _compact({"spdxVersion": "SPDX-2.3", "name": name})
@@ -338,7 +346,13 @@ async def build_world(
         builder = GraphBuilder(target, repo)
         for t in range(tags):
             tag = f"v{t}"
-            signed = await builder.signed_image(f"{repo}:{tag}", tags=[tag], shared_layers=[base])
+            signed = await builder.signed_image(
+                f"{repo}:{tag}",
+                tags=[tag],
+                shared_layers=[base],
+                layers=layers,
+                layer_size=layer_size,
+            )
             world.roots.append((repo, tag, signed))
     for repo, tag, _ in world.roots:
         snap = await snapshot_graph(target, repo, tag)
