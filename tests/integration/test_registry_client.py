@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import json
 import random
+import socket
 import threading
 import time
 import tracemalloc
@@ -29,6 +30,7 @@ from replicator.errors import (
     ConnectionFailedError,
     IntegrityError,
     NotFoundError,
+    ProtocolError,
     TLSError,
 )
 from replicator.oci import mediatype as mt
@@ -866,3 +868,51 @@ def test_blob_whose_size_differs_from_the_descriptor_is_an_integrity_error(
                 await read_all(target, unique_repo, shorter)
 
     run(scenario)
+
+
+def test_tls_spoken_to_a_plain_http_registry_says_so(registry_open: RegistryInstance) -> None:
+    async def scenario() -> None:
+        options = RegistryOptions(plain_http=False, retry=RetryPolicy(attempts=2))
+        async with RegistryTarget(registry_open.host, options) as target:
+            with pytest.raises(TLSError) as info:
+                await target.ping()
+        assert "does not speak TLS" in str(info.value)
+        assert "--plain-http" in str(info.value)
+
+    run(scenario)
+
+
+def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"GARBAGE ANSWER\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def scenario() -> None:
+        options = RegistryOptions(plain_http=True, retry=RetryPolicy(attempts=3))
+        async with RegistryTarget(f"127.0.0.1:{port}", options) as target:
+            with pytest.raises(ProtocolError) as info:
+                await target.resolve("app", "v1")
+            assert str(info.value) == f"127.0.0.1:{port}/app: the answer is not valid HTTP"
+
+    try:
+        run(scenario)
+    finally:
+        stop.set()
+        thread.join()
+        server.close()

@@ -38,6 +38,10 @@ from replicator.errors import (
 )
 
 _MAX_MESSAGE = 200
+#: OpenSSL reasons that mean "the peer answered, but not with TLS".
+_NOT_TLS_REASONS = frozenset(
+    {"wrong version number", "packet length too long", "http request", "record layer failure"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,11 @@ def connection_error(host: str, exc: BaseException) -> ConnectionFailedError:
     """
     if is_tls_failure(exc):
         reason = _tls_reason(exc)
+        if reason in _NOT_TLS_REASONS:
+            return TLSError(
+                f"TLS handshake with {host} failed: the server does not speak TLS "
+                f"({reason}); use --plain-http if it serves plain HTTP"
+            )
         return TLSError(
             f"TLS certificate of {host} did not verify: {reason}; use --ca-file or --insecure"
         )

@@ -336,6 +336,11 @@ class Transport:
                     exc.message
                 ):
                     raise _https_only_error(self.host) from None
+                if isinstance(exc, aiohttp.ClientResponseError):
+                    # aiohttp could not parse the answer as HTTP at all.
+                    raise protocol_error(
+                        self.host, spec.repository, "the answer is not valid HTTP"
+                    ) from None
                 err = connection_error(self.host, exc)
                 if self._may_retry_connection(spec, exc, attempt):
                     await self._backoff(spec, attempt, None, reason=type(exc).__name__)
