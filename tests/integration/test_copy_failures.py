@@ -91,3 +91,78 @@ def test_upload_failure_leaves_new_tag_absent_and_old_tag_unchanged(
                 await reg.resolve(dst_repo, "v2")
 
     asyncio.run(main())
+
+
+def test_fan_out_with_one_failing_destination_completes_and_tags_the_other(
+    registry_open: RegistryInstance,
+    registry_referrers: RegistryInstance,
+    fault_proxy: Any,
+    unique_repo: Any,
+) -> None:
+    async def main() -> None:
+        async with RegistryTarget(registry_open.host, registry_open.options()) as reg:
+            await GraphBuilder(reg, unique_repo).image(
+                "fan", tags=["v1"], layers=1, layer_size=200 * 1024
+            )
+        bad = fault_proxy(registry_open)
+        bad.status("PUT", r"/blobs/uploads/", 500, times=None)
+        async with (
+            RegistryTarget(registry_open.host, registry_open.options()) as src,
+            RegistryTarget(bad.host, registry_open.options(retry=FAST_RETRY)) as dst_bad,
+            RegistryTarget(registry_referrers.host, registry_referrers.options()) as dst_ok,
+        ):
+            job = CopyJob(
+                Endpoint(src, src.display, unique_repo),
+                "v1",
+                (
+                    Destination(Endpoint(dst_bad, dst_bad.display, unique_repo + "-bad"), ("v1",)),
+                    Destination(Endpoint(dst_ok, dst_ok.display, unique_repo + "-ok"), ("v1",)),
+                ),
+            )
+            report = await asyncio.wait_for(CopyEngine(CopyOptions(keep_going=True)).run([job]), 60)
+            assert not report.ok
+            assert report.tags_set == 1
+            assert (await dst_ok.resolve(unique_repo + "-ok", "v1")).digest == report.jobs[0].digest
+            with pytest.raises(NotFoundError):
+                await src.resolve(unique_repo + "-bad", "v1")
+
+    asyncio.run(main())
+
+
+def test_source_cut_mid_blob_during_fan_out_recovers(
+    registry_open: RegistryInstance,
+    registry_referrers: RegistryInstance,
+    fault_proxy: Any,
+    unique_repo: Any,
+) -> None:
+    async def main() -> None:
+        async with RegistryTarget(registry_open.host, registry_open.options()) as reg:
+            img = await GraphBuilder(reg, unique_repo).image(
+                "cut", tags=["v1"], layers=1, layer_size=600 * 1024
+            )
+            layer = _layer_of((await reg.fetch_manifest(unique_repo, img))[1])
+        src_proxy = fault_proxy(registry_open)
+        src_proxy.cut("GET", rf"/blobs/{layer}", 100 * 1024, times=1)
+        async with (
+            RegistryTarget(src_proxy.host, registry_open.options(retry=FAST_RETRY)) as src,
+            RegistryTarget(registry_open.host, registry_open.options()) as d1,
+            RegistryTarget(registry_referrers.host, registry_referrers.options()) as d2,
+        ):
+            job = CopyJob(
+                Endpoint(src, src.display, unique_repo),
+                "v1",
+                (
+                    Destination(Endpoint(d1, d1.display, unique_repo + "-1"), ("v1",)),
+                    Destination(Endpoint(d2, d2.display, unique_repo + "-2"), ("v1",)),
+                ),
+            )
+            report = await asyncio.wait_for(CopyEngine(CopyOptions()).run([job]), 60)
+            assert report.ok, report.failures
+            assert report.tags_set == 2
+            # the layer: one cut read, then one resumed (Range) read; nothing read twice more
+            layer_gets = src_proxy.stats().paths("GET", "blob")[f"/v2/{unique_repo}/blobs/{layer}"]
+            assert layer_gets == 2
+            for t, repo in ((d1, unique_repo + "-1"), (d2, unique_repo + "-2")):
+                assert (await t.resolve(repo, "v1")).digest == report.jobs[0].digest
+
+    asyncio.run(main())
