@@ -312,8 +312,15 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
         limits=Limits(settings),
         observer=observer,
     )
-    with display:
-        report = await engine.run(jobs)
+    try:
+        with display:
+            report = await engine.run(jobs)
+    except BaseException:
+        # Interrupted (SIGTERM/SIGINT) or a bug: still leave what is known behind.
+        if args.report:
+            with contextlib.suppress(Exception):
+                _write_report(args.report, engine.report)
+        raise
     _print_results(out, report)
     if args.report:
         _write_report(args.report, report)
