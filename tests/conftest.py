@@ -12,12 +12,14 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pluggy
 import pytest
 
+from tests.infra.process import log_tail
 from tests.infra.registry import (
     VARIANTS,
     RegistryBinaryMissing,
@@ -66,6 +68,14 @@ class _Registries:
             self._running[variant] = running
         return running.instance
 
+    def log_tails(self, lines: int = 25) -> list[tuple[str, str]]:
+        """(title, tail) of the log of every running registry, for failure reports."""
+        out = []
+        for variant, running in self._running.items():
+            for proc in running.processes:
+                out.append((f"{variant}: {proc.name} log", log_tail(proc.log_path, lines)))
+        return out
+
     def stop_all(self) -> None:
         for running in self._running.values():
             running.stop()
@@ -73,13 +83,17 @@ class _Registries:
 
 
 @pytest.fixture(scope="session")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Registries]:
+def registries(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[_Registries]:
     """The session's registry manager (use the per-variant fixtures instead)."""
     manager = _Registries(tmp_path_factory.mktemp("registries"))
+    pytestconfig.stash[_MANAGER_KEY] = manager
     try:
         yield manager
     finally:
         manager.stop_all()
+        del pytestconfig.stash[_MANAGER_KEY]
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +183,7 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
             proxy.stop()
 
 
+_MANAGER_KEY = pytest.StashKey["_Registries"]()
 _NAME_CLEAN = re.compile(r"[^a-z0-9]+")
 
 
@@ -210,6 +225,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names = set(getattr(item, "fixturenames", ()))
         if names & (REGISTRY_FIXTURES | {"fault_proxy"}):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    """Attach the registries' log tails to the report of a failed integration test."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not (set(getattr(item, "fixturenames", ())) & REGISTRY_FIXTURES):
+        return
+    manager = item.config.stash.get(_MANAGER_KEY, None)
+    if manager is not None:
+        for title, tail in manager.log_tails():
+            report.sections.append((title, tail))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
