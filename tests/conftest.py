@@ -56,6 +56,7 @@ class _Registries:
         self._failed: dict[str, str] = {}
 
     def get(self, variant: Variant) -> RegistryInstance:
+        """The running ``variant`` (started now if needed; restarted if it died)."""
         if variant in self._failed:
             pytest.fail(self._failed[variant], pytrace=False)
         running = self._running.get(variant)
@@ -66,6 +67,12 @@ class _Registries:
                 self._failed[variant] = f"could not start the {variant} registry: {exc}"
                 pytest.fail(self._failed[variant], pytrace=False)
             self._running[variant] = running
+        elif not all(proc.alive() for proc in running.processes):
+            # A crashed session registry is brought back (same port and storage).
+            try:
+                running.start()
+            except Exception as exc:
+                pytest.fail(f"the {variant} registry died and did not restart: {exc}")
         return running.instance
 
     def log_tails(self, lines: int = 25) -> list[tuple[str, str]]:
@@ -77,6 +84,7 @@ class _Registries:
         return out
 
     def stop_all(self) -> None:
+        """Stop every registry started this session."""
         for running in self._running.values():
             running.stop()
         self._running.clear()

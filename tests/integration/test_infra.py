@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict
 
+from tests.conftest import _Registries
 from tests.infra.forward import rewrite_location
 from tests.infra.process import child_env
 from tests.infra.proxy import FaultProxy, FaultRule, classify
@@ -734,3 +735,18 @@ def test_chunked_upload_streams_through_the_shim_and_the_proxy(
     assert proxy.stats().bytes_up("PATCH", "upload") == len(data)
     status, _, body = _request(inst, "GET", f"/v2/{unique_repo}/blobs/{digest}")
     assert status == 200 and body == data
+
+
+def test_a_crashed_session_registry_is_brought_back(tmp_path: Path) -> None:
+    manager = _Registries(tmp_path)
+    try:
+        inst = manager.get("open")
+        assert _upload_blob(inst, "t/crash", b"kept") == 201
+        for running in manager._running.values():
+            running.kill()
+        again = manager.get("open")
+        assert again.host == inst.host
+        status, _, body = _request(again, "GET", _blob_path("t/crash", b"kept"))
+        assert status == 200 and body == b"kept"
+    finally:
+        manager.stop_all()
