@@ -31,6 +31,7 @@ from replicator.errors import (
     IntegrityError,
     NotFoundError,
     ProtocolError,
+    ReferenceError,
     TLSError,
 )
 from replicator.oci import mediatype as mt
@@ -916,3 +917,20 @@ def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
         stop.set()
         thread.join()
         server.close()
+
+
+def test_malformed_names_are_refused_before_any_request(registry_open: RegistryInstance) -> None:
+    async def scenario() -> None:
+        async with target_for(registry_open) as target:
+            desc = descriptor_for(b"x", mt.OCI_LAYER)
+            for repo in ("../etc", "Upper/case", "a//b", "", "a/" * 200):
+                with pytest.raises(ReferenceError):
+                    await target.blob_exists(repo, desc)
+            for tag in ("-bad", "a" * 129, "x/y", "sha256:nothex"):
+                with pytest.raises(ReferenceError):
+                    await target.resolve("app", tag)
+            with pytest.raises(ReferenceError):
+                await target.push_blob("../up", desc, bytes_opener(b"x"))
+            assert sum(target.stats.as_dict().values()) == 0
+
+    run(scenario)

@@ -33,12 +33,13 @@ from replicator.errors import (
     InputError,
     IntegrityError,
     NotFoundError,
+    ReferenceError,
 )
 from replicator.oci.descriptor import Descriptor, validate_digest
 from replicator.oci.digest import DigestVerifier, digest_bytes, verify_bytes
 from replicator.oci.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
 from replicator.oci.mediatype import MANIFEST_ACCEPT, is_manifest
-from replicator.oci.reference import DOCKER_HUB_DISPLAY, DOCKER_HUB_REGISTRY
+from replicator.oci.reference import DOCKER_HUB_DISPLAY, DOCKER_HUB_REGISTRY, TAG_RE
 from replicator.targets.base import (
     BlobOpener,
     BlobPushResult,
@@ -143,7 +144,7 @@ class RegistryTarget:
         query = {"n": str(page_size)} if page_size else None
         return sorted(
             await self._list_pages(
-                self._transport.url(f"/v2/{repository}/tags/list", query),
+                self._transport.repo_url(repository, "tags/list", query),
                 key="tags",
                 kind="tags",
                 scopes=pull_scopes(repository),
@@ -228,14 +229,19 @@ class RegistryTarget:
     # -- manifests -------------------------------------------------------------------------
 
     def _manifest_url(self, repository: str, reference: str) -> URL:
-        return self._transport.url(f"/v2/{repository}/manifests/{reference}")
+        self._check_reference(reference)
+        return self._transport.repo_url(repository, f"manifests/{reference}")
 
     def _check_reference(self, reference: str) -> None:
+        """A digest must be well formed and a tag must match the tag grammar."""
         if _is_digest(reference):
             try:
                 validate_digest(reference)
             except InputError as exc:
-                raise InputError(f"{self.host}: {exc}") from None
+                raise ReferenceError(f"{self.host}: {exc}") from None
+        elif not TAG_RE.fullmatch(reference):
+            shown = reference if len(reference) <= 80 else reference[:79] + "…"
+            raise ReferenceError(f"invalid tag {shown!r}")
 
     async def resolve(self, repository: str, reference: str) -> Descriptor:
         """Descriptor of the manifest named by ``reference`` (HEAD; GET when HEAD says too little)."""
@@ -475,7 +481,7 @@ class RegistryTarget:
     # -- blobs -----------------------------------------------------------------------------
 
     def _blob_url(self, repository: str, digest: str) -> URL:
-        return self._transport.url(f"/v2/{repository}/blobs/{digest}")
+        return self._transport.repo_url(repository, f"blobs/{digest}")
 
     async def blob_exists(self, repository: str, desc: Descriptor) -> bool:
         """True when the blob ``desc.digest`` is in ``repository`` (HEAD)."""

@@ -150,7 +150,7 @@ class ReferrersSupport:
 
     def _api_url(self, repository: str, digest: str, artifact_type: str | None) -> URL:
         query = {"artifactType": artifact_type} if artifact_type else None
-        return self._transport.url(f"/v2/{repository}/referrers/{digest}", query)
+        return self._transport.repo_url(repository, f"referrers/{digest}", query)
 
     # -- listing ---------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from replicator.errors import ConnectionFailedError, ReplicatorError
+from replicator.errors import ConnectionFailedError, ReferenceError, ReplicatorError
+from replicator.oci.reference import MAX_REPOSITORY_LENGTH, REPOSITORY_RE
 from replicator.targets.registry.errors import (
     connection_error,
     error_from_response,
@@ -248,6 +249,17 @@ class Transport:
         """Absolute URL of ``path`` (``/v2/...``) on this host."""
         url = self.base_url.with_path(path)
         return url.with_query(query) if query else url
+
+    def repo_url(self, repository: str, tail: str, query: Mapping[str, str] | None = None) -> URL:
+        """Absolute URL of ``/v2/<repository>/<tail>``; the repository name is validated.
+
+        A name outside the distribution grammar (``..``, upper case, empty
+        components) is a :class:`~replicator.errors.ReferenceError`, never a request.
+        """
+        if len(repository) > MAX_REPOSITORY_LENGTH or not REPOSITORY_RE.match(repository):
+            shown = repository if len(repository) <= 80 else repository[:79] + "…"
+            raise ReferenceError(f"invalid repository name {shown!r} for {self.host}")
+        return self.url(f"/v2/{repository}/{tail}", query)
 
     def resolve(self, base: URL, location: str) -> URL:
         """Resolve a ``Location`` (possibly relative, maybe with a query) against ``base``.

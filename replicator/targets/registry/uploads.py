@@ -167,7 +167,7 @@ class Uploader:
         reply = await self.transport.request(
             RequestSpec(
                 method="POST",
-                url=self.transport.url(f"/v2/{repository}/blobs/uploads/"),
+                url=self.transport.repo_url(repository, "blobs/uploads/"),
                 kind="blob_upload_start",
                 scopes=push_scopes(repository),
                 repository=repository,
@@ -228,8 +228,9 @@ class Uploader:
 
     async def mount(self, repository: str, desc: Descriptor, from_repository: str) -> bool:
         """Cross-repository mount; True when mounted, False (session cancelled) otherwise."""
-        url = self.transport.url(
-            f"/v2/{repository}/blobs/uploads/",
+        url = self.transport.repo_url(
+            repository,
+            "blobs/uploads/",
             {"mount": desc.digest, "from": from_repository},
         )
         reply = await self.transport.request(
@@ -321,7 +322,7 @@ class Uploader:
             await self.transport.request(
                 RequestSpec(
                     method="HEAD",
-                    url=self.transport.url(f"/v2/{repository}/blobs/{desc.digest}"),
+                    url=self.transport.repo_url(repository, f"blobs/{desc.digest}"),
                     kind="blob_head",
                     scopes=push_scopes(repository),
                     repository=repository,
