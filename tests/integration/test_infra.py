@@ -449,8 +449,8 @@ def test_fault_proxy_drops_an_upload_midway(
     assert _upload_blob(proxy.instance, unique_repo, data) == 201
 
 
-def test_fault_proxy_delays(
-    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy]
+def test_fault_proxy_delays_before_answering_and_stalls_mid_body(
+    registry_open: RegistryInstance, fault_proxy: Callable[..., FaultProxy], unique_repo: str
 ) -> None:
     proxy = fault_proxy(registry_open)
     proxy.delay("GET", r"^/v2/$", 0.4)
@@ -458,6 +458,17 @@ def test_fault_proxy_delays(
     status, _, _ = _request(proxy.instance, "GET", "/v2/")
     assert status == 200
     assert time.monotonic() - start >= 0.4
+
+    data = os.urandom(100_000)
+    assert _upload_blob(registry_open, unique_repo, data) == 201
+    proxy.delay("GET", r"/blobs/", 0.5, after_bytes=1000)
+    with urllib.request.urlopen(proxy.url + _blob_path(unique_repo, data), timeout=30) as resp:
+        head = resp.read(1000)
+        start = time.monotonic()
+        rest = resp.read()
+        stalled = time.monotonic() - start
+    assert head + rest == data
+    assert stalled >= 0.45
 
 
 def test_fault_proxy_fronts_the_token_server_and_a_tls_registry(
