@@ -934,3 +934,25 @@ def test_malformed_names_are_refused_before_any_request(registry_open: RegistryI
             assert sum(target.stats.as_dict().values()) == 0
 
     run(scenario)
+
+
+def test_mount_asks_both_scopes_in_one_token(
+    registry_token: RegistryInstance, unique_repo: Any
+) -> None:
+    # "limited" may pull shared/* and push lim/*: only a token carrying both
+    # scopes lets the registry mount from one into the other.
+    source, dest = str(unique_repo("shared")), str(unique_repo("lim"))
+    data = random.Random(14).randbytes(10_000)
+
+    async def scenario() -> None:
+        async with target_for(registry_token, user="admin") as admin:
+            desc = await push_bytes(admin, source, data, mt.OCI_LAYER)
+        async with target_for(registry_token, user="limited") as limited:
+            assert await limited.mount_blob(dest, desc, source) is True
+            assert await limited.blob_exists(dest, desc)
+            assert limited.stats.blob_upload_start == 0
+
+    run(scenario)
+    wanted = {f"repository:{dest}:pull,push", f"repository:{source}:pull"}
+    asked = [set(entry["scopes"]) for entry in registry_token.token_log()]
+    assert any(wanted <= scopes for scopes in asked)
