@@ -199,6 +199,11 @@ class CopyEngine:
         self._current_tags: dict[tuple[str, str, str], str] = {}
         self._first_root_error: ReplicatorError | None = None
 
+    @property
+    def root_error(self) -> ReplicatorError | None:
+        """The first error met reading a job's root, if any."""
+        return self._first_root_error
+
     # ------------------------------------------------------------------ run
 
     async def run(self, jobs: Sequence[CopyJob]) -> CopyReport:
@@ -435,8 +440,9 @@ class CopyEngine:
             if key in self._referrer_errors:
                 bad += 1
             if walk is None and key != root:
-                # claimed with the edge in one step, so only an unclaimed bogus referrer
-                # entry has an edge and no walk: it is not part of the graph.
+                # A node is claimed in the same step its edge is added, so no walk
+                # means it was never visited for this destination: a child of a node
+                # already present there (implied present, referrers not followed).
                 continue
             for cell in (commit, walk):
                 if cell is None or not cell.done:
@@ -1153,4 +1159,4 @@ def raise_for_report(report: CopyReport, root_error: ReplicatorError | None = No
 
 def first_root_error(engine: CopyEngine) -> ReplicatorError | None:
     """The first error met reading a job's root (for :func:`raise_for_report`)."""
-    return engine._first_root_error
+    return engine.root_error
