@@ -519,7 +519,7 @@ async def _attach(
     return desc
 
 
-@pytest.mark.parametrize("variant", ["open", "referrers"])
+@pytest.mark.parametrize("variant", ["open", "token", "referrers"])
 def test_referrers_written_read_and_deleted(
     variant: str, registries: Any, unique_repo: str
 ) -> None:
