@@ -43,7 +43,7 @@ class RichProgress:
         self.max_bars = max_bars
         self.progress = Progress(
             TextColumn("{task.description}", justify="left"),
-            BarColumn(bar_width=30),
+            BarColumn(bar_width=20),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
@@ -82,8 +82,8 @@ class RichProgress:
         self._expected += desc.size
         if len(self._bars) < self.max_bars and desc.digest not in self._bars:
             name = label_of(desc)
-            if len(name) > 40:
-                name = name[:39] + "…"
+            if len(name) > 24:
+                name = name[:23] + "…"
             self._bars[desc.digest] = self.progress.add_task(
                 f"{desc.short} {name}", total=desc.size
             )
