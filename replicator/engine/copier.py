@@ -320,7 +320,10 @@ class CopyEngine:
     ) -> Manifest | None:
         """Apply ``--platform`` to a root index (see README: platform subsets)."""
         flt = self.options.filter
-        if not flt.platforms or not root.is_index:
+        if not flt.platforms:
+            return root
+        if not root.is_index:
+            self._warn(f"{job.display} is not an index: the platform filter does not apply")
             return root
         src = job.source
         children = root.children()
