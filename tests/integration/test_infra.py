@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import http.client
 import json
@@ -761,3 +762,51 @@ def test_a_crashed_session_registry_is_brought_back(tmp_path: Path) -> None:
         assert status == 200 and body == b"kept"
     finally:
         manager.stop_all()
+
+
+@pytest.mark.slow
+def test_soak_kill_loop_and_concurrent_faulted_traffic(
+    registry_factory: Callable[..., RunningRegistry],
+    fault_proxy: Callable[..., FaultProxy],
+    unique_repo: str,
+) -> None:
+    running = registry_factory("referrers")
+    inst = running.instance
+    blobs = [os.urandom(50_000 + i) for i in range(20)]
+    for data in blobs:
+        assert _upload_blob(inst, unique_repo, data) == 201
+    # Kill and restart the whole stack repeatedly: content survives, nothing leaks.
+    pids: set[int] = set()
+    for _ in range(10):
+        pids |= {p.pid for p in running.processes if p.pid is not None}
+        running.kill()
+        running.start()
+        status, _, body = _request(inst, "GET", _blob_path(unique_repo, blobs[0]))
+        assert status == 200 and body == blobs[0]
+    live = {p.pid for p in running.processes}
+    assert not any(_process_running(pid) for pid in pids - live)
+
+    # Many concurrent downloads through a proxy that cuts, flips and throttles.
+    proxy = fault_proxy(inst)
+    proxy.status("GET", r"/blobs/", 503, times=10)
+    proxy.cut("GET", r"/blobs/", 1000, nth=11, times=10)
+    proxy.flip("GET", r"/blobs/", 10, nth=21, times=10)
+
+    def fetch(data: bytes) -> bytes:
+        for _ in range(40):
+            try:
+                status, _, body = _request(proxy.instance, "GET", _blob_path(unique_repo, data))
+            except (http.client.HTTPException, OSError):
+                continue
+            if status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(data).digest():
+                return body
+        raise AssertionError("never got an intact blob")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(fetch, blobs * 5))
+    assert results == blobs * 5
+    assert [r.fired for r in proxy.rules()] == [10, 10, 10]
+    # 30 faulted requests, each retried.
+    stats = proxy.stats()
+    assert stats.requests("GET", "blob") == len(results) + 30
+    assert stats.by_kind[("GET", "blob")].statuses[503] == 10
