@@ -205,10 +205,15 @@ class RegistryTarget:
             if next_url.origin() != self._transport.base_url.origin():
                 raise protocol_error(self.host, repository, f"{what}: next page is on another host")
             if str(next_url) in seen:
-                break
+                raise protocol_error(
+                    self.host,
+                    repository,
+                    f"{what}: the next-page link loops to a page already read",
+                )
             if pages >= self.options.max_pages:
-                log.warning("registry.list.page_cap", host=self.host, what=what, pages=pages)
-                break
+                raise protocol_error(
+                    self.host, repository, f"{what}: more than {pages} pages; giving up"
+                )
             url = next_url
         return out
 

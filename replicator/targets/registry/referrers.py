@@ -189,16 +189,20 @@ class ReferrersSupport:
             seen_urls.add(str(url))
             entries, next_url = await self._api_page(repository, digest, artifact_type, url)
             out.extend(entries)
-            if next_url is None or str(next_url) in seen_urls:
+            if next_url is None:
                 break
-            if pages >= self._transport.options.max_pages:
-                log.warning(
-                    "registry.referrers.page_cap",
-                    host=self._transport.host,
-                    repository=repository,
-                    pages=pages,
+            if str(next_url) in seen_urls:
+                raise protocol_error(
+                    self._transport.host,
+                    repository,
+                    f"referrers of {digest}: the next-page link loops to a page already read",
                 )
-                break
+            if pages >= self._transport.options.max_pages:
+                raise protocol_error(
+                    self._transport.host,
+                    repository,
+                    f"referrers of {digest}: more than {pages} pages; giving up",
+                )
             url = next_url
         if artifact_type:
             # Filtering is optional for registries: always apply it here too.
