@@ -6,15 +6,17 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
-from replicator.errors import IntegrityError
+from replicator.errors import IntegrityError, ReferenceError
 from replicator.oci.digest import DigestVerifier, digest_bytes
 from replicator.oci.mediatype import OCI_INDEX, OCI_MANIFEST
+from replicator.targets.registry.options import RegistryOptions
 from replicator.targets.registry.referrers import index_entries, parse_next_link
-from replicator.targets.registry.transport import RequestStats
+from replicator.targets.registry.transport import RequestStats, Transport
 from replicator.targets.registry.uploads import (
     _ChunkReader,
     _verified,
@@ -139,3 +141,35 @@ def test_verified_stream_holds_back_the_last_piece_until_checked() -> None:
     assert asyncio.run(collect(digest_bytes(b"x"), 11)) == data[:2]
     # Longer than declared: stopped as soon as the size is exceeded.
     assert asyncio.run(collect(good, 5)) == []
+
+
+class _NoAuth:
+    async def authorize(self, session: object, scopes: object) -> dict[str, str]:
+        return {}
+
+    async def on_challenge(
+        self, session: object, www: str, scopes: object, *, sent_authorization: str | None = None
+    ) -> dict[str, str]:
+        return {}
+
+
+def test_credentials_stay_on_the_registry_origin() -> None:
+    t = Transport("Reg.example", RegistryOptions(), _NoAuth())
+    assert t.base_url == URL("https://Reg.example")
+    assert t.is_own_origin(URL("https://reg.example:443/v2/x"))
+    assert t.is_own_origin(URL("https://REG.example/v2/x?y=1"))
+    assert not t.is_own_origin(URL("https://reg.example:444/v2/x"))
+    assert not t.is_own_origin(URL("http://reg.example/v2/x"))
+    assert not t.is_own_origin(URL("https://storage.example/blob"))
+    local = Transport("127.0.0.1:5000", RegistryOptions(), _NoAuth())
+    assert local.base_url == URL("http://127.0.0.1:5000")  # loopback: plain HTTP
+
+
+def test_repository_names_are_checked() -> None:
+    t = Transport("reg.example", RegistryOptions(), _NoAuth())
+    assert str(t.repo_url("library/alpine", "tags/list", {"n": "10"})) == (
+        "https://reg.example/v2/library/alpine/tags/list?n=10"
+    )
+    for bad in ("../x", "a/../b", "A", "", "a/", "x" * 256):
+        with pytest.raises(ReferenceError):
+            t.repo_url(bad, "tags/list")

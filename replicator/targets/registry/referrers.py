@@ -244,7 +244,7 @@ class ReferrersSupport:
         next_url: URL | None = None
         if link:
             candidate = self._transport.resolve(reply.url, link)
-            if candidate.origin() != self._transport.base_url.origin():
+            if not self._transport.is_own_origin(candidate):
                 log.warning(
                     "registry.referrers.foreign_link",
                     host=self._transport.host,

@@ -261,6 +261,15 @@ class Transport:
             raise ReferenceError(f"invalid repository name {shown!r} for {self.host}")
         return self.url(f"/v2/{repository}/{tail}", query)
 
+    def is_own_origin(self, url: URL) -> bool:
+        """True when ``url`` is on this registry (scheme, host and effective port)."""
+        base = self.base_url
+        return (
+            url.scheme == base.scheme
+            and (url.host or "").lower() == (base.host or "").lower()
+            and url.port == base.port
+        )
+
     def resolve(self, base: URL, location: str) -> URL:
         """Resolve a ``Location`` (possibly relative, maybe with a query) against ``base``.
 
@@ -318,7 +327,9 @@ class Transport:
         extra_auth: dict[str, str] | None = None
         url = spec.url
         redirects = 0
-        same_origin = True
+        # Credentials go to the registry's own origin only: never to another host an
+        # upload Location or a redirect points at.
+        same_origin = self.is_own_origin(url)
         while True:
             attempt += 1
             headers: CIMultiDict[str] = CIMultiDict(spec.headers or {})
@@ -373,7 +384,7 @@ class Transport:
                     raise protocol_error(self.host, spec.repository, "too many redirects")
                 new_url = self.resolve(resp.url, resp.headers["Location"])
                 resp.release()
-                same_origin = same_origin and new_url.origin() == self.base_url.origin()
+                same_origin = self.is_own_origin(new_url)
                 url = new_url
                 attempt -= 1
                 continue
