@@ -572,18 +572,44 @@ class CopyEngine:
             if not cell.claimed:
                 cell.claimed = True
                 mine.append((d, cell))
+        found: dict[DestKey, bool | ReplicatorError] = {}
+
+        async def check(d: Endpoint) -> None:
+            try:
+                found[d.key] = await self._present(d, desc, implied, fresh)
+            except ReplicatorError as exc:
+                exc.side = exc.side or "destination"
+                found[d.key] = exc
+
         try:
-            for d, cell in mine:
-                if await self._present(d, desc, implied, fresh):
-                    cell.set("exists")
-                    self.report.manifests_skipped += 1
-                    self.observer.manifest_finished(desc, "exists", str(d))
-                else:
-                    responsible.append(d)
+            if len(mine) == 1:
+                await check(mine[0][0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for d, _ in mine:
+                        tg.start_soon(check, d)
         except BaseException as exc:
             for _, cell in mine:
                 cell.set(error=exc)
             raise
+        failed = {k: e for k, e in found.items() if isinstance(e, ReplicatorError)}
+        if failed:
+            # A destination that cannot be asked fails alone; the others go on.
+            for d, cell in mine:
+                error = failed.get(d.key)
+                if error is not None:
+                    cell.set(error=error)
+                    self._walks[(key, d.key)].set(error=error)
+                    self._fail(f"{desc.digest} at {d}: {error}", error)
+            mine = [(d, cell) for d, cell in mine if d.key not in failed]
+            claimed = [d for d in claimed if d.key not in failed]
+        for d, cell in mine:
+            if found[d.key] is True:
+                cell.set("exists")
+                self.report.manifests_skipped += 1
+                self.observer.manifest_finished(desc, "exists", str(d))
+            else:
+                responsible.append(d)
         follow = self.options.filter.follows_referrers_at(depth) and key not in self._synthetic
         need = bool(responsible) or (mt.is_index(desc.media_type) and follow)
         manifest: Manifest | None = None

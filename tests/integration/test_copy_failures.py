@@ -93,11 +93,13 @@ def test_upload_failure_leaves_new_tag_absent_and_old_tag_unchanged(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("broken", ["blob-upload", "manifest-head"])
 def test_fan_out_with_one_failing_destination_completes_and_tags_the_other(
     registry_open: RegistryInstance,
     registry_referrers: RegistryInstance,
     fault_proxy: Any,
     unique_repo: Any,
+    broken: str,
 ) -> None:
     async def main() -> None:
         async with RegistryTarget(registry_open.host, registry_open.options()) as reg:
@@ -105,7 +107,10 @@ def test_fan_out_with_one_failing_destination_completes_and_tags_the_other(
                 "fan", tags=["v1"], layers=1, layer_size=200 * 1024
             )
         bad = fault_proxy(registry_open)
-        bad.status("PUT", r"/blobs/uploads/", 500, times=None)
+        if broken == "blob-upload":
+            bad.status("PUT", r"/blobs/uploads/", 500, times=None)
+        else:
+            bad.status("HEAD", r"/manifests/sha256:", 503, times=None)
         async with (
             RegistryTarget(registry_open.host, registry_open.options()) as src,
             RegistryTarget(bad.host, registry_open.options(retry=FAST_RETRY)) as dst_bad,
