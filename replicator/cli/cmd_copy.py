@@ -340,6 +340,20 @@ def _print_results(out: Any, report: CopyReport) -> None:
     for warning in report.warnings:
         out.write(f"Warning: {warning}\n")
     out.write(summary_line(report) + "\n")
+    for line in request_lines(report):
+        out.write(line + "\n")
+
+
+def request_lines(report: CopyReport) -> list[str]:
+    """``Requests <target>: manifest_get=3 blob_put=2 ...`` per target (non-zero kinds)."""
+    lines = []
+    for where, counts in sorted(report.requests.items()):
+        kinds = " ".join(
+            f"{k}={v}" for k, v in counts.items() if v and k not in ("bytes_sent", "bytes_received")
+        )
+        if kinds:
+            lines.append(f"Requests {where}: {kinds}")
+    return lines
 
 
 def summary_line(report: CopyReport) -> str:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from replicator.cli.cmd_copy import parse_size, summary_line
+from replicator.cli.cmd_copy import parse_size, request_lines, summary_line
 from replicator.engine.copier import raise_for_report
 from replicator.engine.ledger import Confirmation, Ledger, MemoryLedger
 from replicator.engine.report import CopyReport, JobResult
@@ -51,6 +51,7 @@ def test_report_json_and_summary() -> None:
     line = summary_line(report)
     assert "2 manifests copied" in line and "3 blobs copied, 1 mounted" in line
     assert "3 requests" in line and "1 retry" in line
+    assert request_lines(report) == ["Requests reg: blob_put=3 retries=1"]
     raise_for_report(report)
 
 
