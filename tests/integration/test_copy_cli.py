@@ -410,3 +410,30 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
     bad.write_text("just-one\n")
     res = run_cli("copy", "--from-file", str(bad), home=tmp_path)
     assert res.code == 2 and "pairs.txt:1" in res.stderr
+
+
+def test_destination_with_several_tags_and_one_without_a_tag(
+    registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    signed = make_signed(registry_open, unique_repo, "v1")
+    host = registry_open.host
+    res = run_cli(
+        "copy",
+        f"{host}/{unique_repo}:v1",
+        f"{host}/{unique_repo}-multi:stable,latest,v1",
+        f"{host}/{unique_repo}-bare",
+        home=tmp_path,
+    )
+    assert res.code == 0, res.stderr
+    assert res.stdout.count(f"Digest: {signed.image.digest}") == 1
+
+    async def check() -> None:
+        async with target(registry_open) as t:
+            for tag in ("stable", "latest", "v1"):
+                assert (await t.resolve(f"{unique_repo}-multi", tag)).digest == signed.image.digest
+            # a destination without a tag takes the source's tag
+            assert (await t.resolve(f"{unique_repo}-bare", "v1")).digest == signed.image.digest
+            # without -r no referrer travels
+            assert await t.referrers(f"{unique_repo}-bare", signed.image) == []
+
+    run(check)
