@@ -140,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=_size_arg,
         default=None,
         metavar="SIZE",
-        help="upload blobs in chunks of SIZE (8MiB, 16M...)",
+        help="upload blobs larger than SIZE in chunks of SIZE (8MiB, 16M...); smaller ones in one request",
     )
     p.add_argument(
         "--artifact-type",

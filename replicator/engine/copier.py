@@ -209,6 +209,8 @@ class CopyEngine:
     async def run(self, jobs: Sequence[CopyJob]) -> CopyReport:
         """Copy every job; return the report (never raises for copy failures).
 
+        An engine runs once: its deduplication tables and report belong to that run.
+
         Without ``keep_going`` the first failure stops the run; either way the
         report says which jobs completed.  Use :func:`raise_for_report` to turn an
         incomplete run into the documented error.
