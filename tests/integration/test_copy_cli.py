@@ -437,3 +437,24 @@ def test_destination_with_several_tags_and_one_without_a_tag(
             assert await t.referrers(f"{unique_repo}-bare", signed.image) == []
 
     run(check)
+
+
+def test_concurrency_of_one_completes_a_fan_out_between_registries(
+    registry_open: RegistryInstance,
+    registry_referrers: RegistryInstance,
+    unique_repo: Any,
+    tmp_path: Path,
+) -> None:
+    signed = make_signed(registry_open, unique_repo)
+    res = run_cli(
+        "copy",
+        "-r",
+        "--concurrency",
+        "1",
+        f"{registry_open.host}/{unique_repo}:v1",
+        f"{registry_referrers.host}/{unique_repo}-c1:v1",
+        f"{registry_open.host}/{unique_repo}-c1:v1",
+        home=tmp_path,
+    )
+    assert res.code == 0, res.stderr
+    assert f"Digest: {signed.image.digest}" in res.stdout
