@@ -184,7 +184,16 @@ class Uploader:
             raise protocol_error(
                 self._host, repository, "upload answer without a Location header", status=202
             )
-        return self.transport.resolve(reply.url, location)
+        url = self.transport.resolve(reply.url, location)
+        if url.origin() != self.transport.base_url.origin():
+            raise protocol_error(
+                self._host,
+                repository,
+                f"the upload location points to another host ({url.host}:{url.port}); "
+                "refusing to send the blob there",
+                status=reply.status,
+            )
+        return url
 
     async def status(self, location: URL, repository: str | None = None) -> int:
         """Bytes the registry acknowledged for the upload at ``location``.
@@ -252,7 +261,9 @@ class Uploader:
             return True
         location = reply.headers.get("Location")
         if location:
-            await self.cancel(self.transport.resolve(reply.url, location), repository)
+            url = self.transport.resolve(reply.url, location)
+            if url.origin() == self.transport.base_url.origin():
+                await self.cancel(url, repository)
         return False
 
     # -- pushing ---------------------------------------------------------------------------
