@@ -38,7 +38,7 @@ from replicator.artifacts.extract import (
     validate_tar,
 )
 from replicator.artifacts.files import ANNOTATION_CONTENT_DIGEST, ANNOTATION_UNPACK
-from replicator.errors import InputError, IntegrityError, UnsafePathError
+from replicator.errors import InputError, IntegrityError, ProtocolError, UnsafePathError
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import DigestVerifier
 from replicator.oci.manifest import Manifest, parse_manifest
@@ -183,7 +183,10 @@ async def pull_artifact(
     or :class:`InputError` (``reference`` names an index, ``outdir`` unusable).
     """
     desc, raw = await target.fetch_manifest(repository, reference)
-    manifest = parse_manifest(raw, desc.media_type)
+    try:
+        manifest = parse_manifest(raw, desc.media_type)
+    except InputError as exc:  # what the source sent, not the user's input
+        raise ProtocolError(f"{repository}@{desc.digest}: {exc}") from None
     if manifest.is_index:
         raise InputError(f"{desc.digest} is an index; pull one of its manifests instead")
     layers = titled_layers(manifest)
