@@ -458,3 +458,27 @@ def test_concurrency_of_one_completes_a_fan_out_between_registries(
     )
     assert res.code == 0, res.stderr
     assert f"Digest: {signed.image.digest}" in res.stdout
+
+
+def test_all_tags_from_an_oci_layout_to_a_registry(
+    registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    make_signed(registry_open, unique_repo, "v1")
+    make_signed(registry_open, unique_repo, "v2")
+    host = registry_open.host
+    lay = tmp_path / "lay"
+    for tag in ("v1", "v2"):
+        res = run_cli("copy", "-r", f"{host}/{unique_repo}:{tag}", f"ocidir://{lay}", home=tmp_path)
+        assert res.code == 0, res.stderr
+    dst = f"{unique_repo}-from-layout"
+    res = run_cli("copy", "-r", "--all-tags", f"ocidir://{lay}", f"{host}/{dst}", home=tmp_path)
+    assert res.code == 0, res.stderr
+
+    async def check() -> None:
+        async with target(registry_open) as t:
+            got = [x for x in await t.tags(dst) if not x.startswith("sha256-")]
+            assert got == ["v1", "v2"]
+            for tag in ("v1", "v2"):
+                await assert_same_graph(t, unique_repo, tag, t, dst, tag)
+
+    run(check)
