@@ -3,14 +3,23 @@
 Each measured command runs as its own process; ``os.wait4`` gives that one
 child's resource usage (``ru_maxrss`` in KiB on Linux, user + system CPU), so
 replicator and skopeo are measured the same way in the same run.
+
+The command is started by a tiny launcher (``python -S``, about 10 MiB) rather
+than by the benchmark process itself: on Linux a child's ``ru_maxrss`` keeps the
+high-water mark of the memory image it had before ``exec``, i.e. a fork (or
+vfork) of a benchmark process that holds hundreds of MiB would report that as
+the command's peak RSS.  The launcher forks, execs the command, waits for it
+with ``os.wait4`` and hands wall time, CPU and peak RSS back as JSON.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
-import time
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +51,25 @@ class CommandFailed(RuntimeError):
     """A measured command exited non-zero."""
 
 
+#: Runs argv[1:] as a child and writes its wall time, rusage and exit code to argv[0].
+_LAUNCHER = """
+import json, os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(out, "w") as f:
+    json.dump({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kib": ru.ru_maxrss,
+               "rc": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def measure(
     label: str,
     argv: Sequence[str],
@@ -57,24 +85,26 @@ def measure(
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=out, env=full_env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+            result_path = tmp.name
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, result_path, *argv]
+        subprocess.run(launcher, stdout=out, stderr=out, env=full_env, cwd=cwd, check=False)
+        with open(result_path) as f:
+            res = json.load(f)
+        os.unlink(result_path)
     finally:
         if log:
             out.close()  # type: ignore[union-attr]
     m = Measurement(
         label=label,
         argv=list(argv),
-        wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        max_rss_mib=usage.ru_maxrss / 1024.0,
-        returncode=proc.returncode,
+        wall_s=res["wall"],
+        cpu_s=res["cpu"],
+        max_rss_mib=res["maxrss_kib"] / 1024.0,
+        returncode=res["rc"],
     )
-    if check and proc.returncode != 0:
-        raise CommandFailed(f"{label}: exit {proc.returncode}: {shlex.join(argv)} (log: {log})")
+    if check and m.returncode != 0:
+        raise CommandFailed(f"{label}: exit {m.returncode}: {shlex.join(argv)} (log: {log})")
     return m
 
 

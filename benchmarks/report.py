@@ -166,8 +166,8 @@ def counted_section(results: dict[str, Any]) -> list[str]:
                 new = int(rep["new_blobs"])
             else:
                 new = int(e["dst"]["requests_by_kind"].get("PUT upload", 0))
-            per = f"{e['dst']['requests_total'] / new:.2f}" if new else "–"
-            per_blob = f"{e['dst']['requests_blob'] / new:.2f}" if new else "–"
+            per = f"{e['dst']['requests_total'] / new:.2f}" if new else "-"
+            per_blob = f"{e['dst']['requests_blob'] / new:.2f}" if new else "-"
             out.append(
                 f"| {tool} | {phase} | {e['measurement']['wall_s']:.2f} | "
                 f"{e['src']['requests_total']} | {e['src']['blob_gets']} | "
@@ -223,7 +223,9 @@ def rerun_section(results: dict[str, Any]) -> list[str]:
         ratio = med(warm) / med(cold) if cold else 0.0
         c = counted.get(tool, {}).get("warm")
         moved = (
-            f"{c['src']['blob_bytes_down']} B, {c['dst']['blob_bytes_up']} B" if c else "not counted"
+            f"{c['src']['blob_bytes_down']} B, {c['dst']['blob_bytes_up']} B"
+            if c
+            else "not counted"
         )
         zero = c is not None and c["src"]["blob_bytes_down"] == 0 and c["dst"]["blob_bytes_up"] == 0
         target = (
@@ -272,8 +274,14 @@ def big_section(results: dict[str, Any]) -> list[str]:
             f"{med(_registry_cpu(extras)):.2f} | "
             f"{', '.join(str(e.get('digest_ok')) for e in extras)} |"
         )
-    sw, rw = med(_big_series(results, SKOPEO_COPY, "wall_s")), med(_big_series(results, REPL_COPY, "wall_s"))
-    sc, rc = med(_big_series(results, SKOPEO_COPY, "cpu_s")), med(_big_series(results, REPL_COPY, "cpu_s"))
+    sw, rw = (
+        med(_big_series(results, SKOPEO_COPY, "wall_s")),
+        med(_big_series(results, REPL_COPY, "wall_s")),
+    )
+    sc, rc = (
+        med(_big_series(results, SKOPEO_COPY, "cpu_s")),
+        med(_big_series(results, REPL_COPY, "cpu_s")),
+    )
     rr = med(_big_series(results, REPL_COPY, "max_rss_mib"))
     if sw and sc:
         out += [
@@ -331,7 +339,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
             )
         )
         groups.append(
-            ("(a) whole graph -r cold", {"replicator": _world_series(results, RECURSIVE, "cold", "wall_s")})
+            (
+                "(a) whole graph -r cold",
+                {"replicator": _world_series(results, RECURSIVE, "cold", "wall_s")},
+            )
         )
         groups.append(
             (

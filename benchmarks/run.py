@@ -431,6 +431,14 @@ def machine() -> dict[str, Any]:
         if line.startswith("MemTotal:"):
             mem_kib = int(line.split()[1])
     git = _version(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--short", "--", "replicator"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if dirty:
+        git += f" (plus uncommitted changes in {', '.join(dirty[1::2])})"
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
