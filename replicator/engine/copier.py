@@ -33,7 +33,7 @@ warning, so referrer cycles terminate.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -44,7 +44,9 @@ import structlog
 from replicator.engine.events import CopyObserver, NullObserver
 from replicator.engine.ledger import Confirmation, Ledger, MemoryLedger
 from replicator.engine.limits import Kind, Limits, Signal
+from replicator.engine.once import Once
 from replicator.engine.report import CopyReport, JobResult
+from replicator.engine.transfer import BlobTee, reading_opener
 from replicator.errors import (
     IncompleteCopyError,
     InputError,
@@ -128,36 +130,6 @@ class CopyOptions:
     fanout_buffer: int = 8
 
 
-class _Cell:
-    """A one-shot result: set once (ok or with an error), awaited by many."""
-
-    __slots__ = ("claimed", "error", "event", "value")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.error: BaseException | None = None
-        self.value: Any = None
-        self.claimed = False
-
-    def set(self, value: Any = None, error: BaseException | None = None) -> None:
-        if not self.event.is_set():
-            self.value = value
-            self.error = error
-            self.event.set()
-
-    @property
-    def done(self) -> bool:
-        return self.event.is_set()
-
-    @property
-    def ok(self) -> bool:
-        return self.event.is_set() and self.error is None
-
-    async def wait(self) -> BaseException | None:
-        await self.event.wait()
-        return self.error
-
-
 class DependencyFailed(ReplicatorError):
     """A node was not committed because something it depends on failed."""
 
@@ -184,15 +156,15 @@ class CopyEngine:
         self.limits = limits or Limits()
         self.observer: CopyObserver = observer or NullObserver()
         self.report = CopyReport()
-        self._manifests: dict[NodeKey, _Cell] = {}
-        self._referrer_lists: dict[NodeKey, _Cell] = {}
-        self._committed: dict[tuple[str, str, str], _Cell] = {}
-        self._blobs: dict[tuple[str, str, str], _Cell] = {}
-        self._walks: dict[tuple[NodeKey, DestKey], _Cell] = {}
+        self._manifests: dict[NodeKey, Once] = {}
+        self._referrer_lists: dict[NodeKey, Once] = {}
+        self._committed: dict[tuple[str, str, str], Once] = {}
+        self._blobs: dict[tuple[str, str, str], Once] = {}
+        self._walks: dict[tuple[NodeKey, DestKey], Once] = {}
         self._edges: dict[NodeKey, set[NodeKey]] = {}
         self._referrer_errors: dict[NodeKey, ReplicatorError] = {}
         self._synthetic: set[NodeKey] = set()
-        self._uploads_in_flight: dict[tuple[str, str], tuple[str, _Cell]] = {}
+        self._uploads_in_flight: dict[tuple[str, str], tuple[str, Once]] = {}
         self._targets: dict[int, Target] = {}
         self._signals: dict[str, Signal] = {}
         self._cancel: anyio.CancelScope | None = None
@@ -482,7 +454,7 @@ class CopyEngine:
     def _seed_manifest(self, key: NodeKey, m: Manifest) -> None:
         cell = self._manifests.get(key)
         if cell is None:
-            cell = self._manifests[key] = _Cell()
+            cell = self._manifests[key] = Once()
         cell.set(m)
 
     async def _manifest(self, src: Endpoint, desc: Descriptor) -> Manifest:
@@ -490,7 +462,7 @@ class CopyEngine:
         key: NodeKey = (src.location, src.repository, desc.digest)
         cell = self._manifests.get(key)
         if cell is None:
-            cell = self._manifests[key] = _Cell()
+            cell = self._manifests[key] = Once()
             try:
                 got, raw = await self._limited(
                     "meta", src.location, lambda: src.target.fetch_manifest(src.repository, desc)
@@ -505,11 +477,11 @@ class CopyEngine:
         value: Manifest = cell.value
         return value
 
-    def _commit_cell(self, dest: Endpoint, digest: str) -> _Cell:
+    def _commit_cell(self, dest: Endpoint, digest: str) -> Once:
         key = (dest.location, dest.repository, digest)
         cell = self._committed.get(key)
         if cell is None:
-            cell = self._committed[key] = _Cell()
+            cell = self._committed[key] = Once()
         return cell
 
     async def _node(
@@ -540,7 +512,7 @@ class CopyEngine:
         claimed = list({d.key: d for d in dests if (key, d.key) not in self._walks}.values())
         if not claimed:
             return
-        walks = {d.key: self._walks.setdefault((key, d.key), _Cell()) for d in claimed}
+        walks = {d.key: self._walks.setdefault((key, d.key), Once()) for d in claimed}
         try:
             await self._node_claimed(
                 src, desc, key, claimed, depth, subject, parent, implied, fresh
@@ -568,7 +540,7 @@ class CopyEngine:
         fresh: frozenset[DestKey],
     ) -> None:
         responsible: list[Endpoint] = []
-        mine: list[tuple[Endpoint, _Cell]] = []
+        mine: list[tuple[Endpoint, Once]] = []
         for d in claimed:
             cell = self._commit_cell(d, desc.digest)
             if not cell.claimed:
@@ -810,7 +782,7 @@ class CopyEngine:
     async def _referrers(self, src: Endpoint, desc: Descriptor, key: NodeKey) -> list[Descriptor]:
         cell = self._referrer_lists.get(key)
         if cell is None:
-            cell = self._referrer_lists[key] = _Cell()
+            cell = self._referrer_lists[key] = Once()
             try:
                 found = await self._limited(
                     "meta",
@@ -864,11 +836,11 @@ class CopyEngine:
 
     # ------------------------------------------------------------------ blobs
 
-    def _blob_cell(self, d: Endpoint, digest: str) -> _Cell:
+    def _blob_cell(self, d: Endpoint, digest: str) -> Once:
         key = (d.location, d.repository, digest)
         cell = self._blobs.get(key)
         if cell is None:
-            cell = self._blobs[key] = _Cell()
+            cell = self._blobs[key] = Once()
         return cell
 
     async def _blob(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
@@ -980,7 +952,7 @@ class CopyEngine:
     async def _upload(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
         """Stream the blob from the source to every destination, reading it once."""
         marks: list[tuple[str, str]] = []
-        done = _Cell()
+        done = Once()
         for d in dests:
             k = (d.location, blob.digest)
             if k not in self._uploads_in_flight:
@@ -1001,13 +973,14 @@ class CopyEngine:
                 self._uploads_in_flight.pop(k, None)
 
     def _counting_opener(self, src: Endpoint, blob: Descriptor) -> BlobOpener:
-        async def stream(offset: int) -> AsyncIterator[bytes]:
-            async for chunk in src.target.fetch_blob(src.repository, blob, offset):
-                self.report.bytes_read += len(chunk)
-                self.observer.blob_advanced(blob, len(chunk))
-                yield chunk
+        return reading_opener(src.target, src.repository, blob, self._bytes_reader(blob))
 
-        return stream
+    def _bytes_reader(self, blob: Descriptor) -> Callable[[int], None]:
+        def on_bytes(n: int) -> None:
+            self.report.bytes_read += n
+            self.observer.blob_advanced(blob, n)
+
+        return on_bytes
 
     async def _push_one(self, d: Endpoint, blob: Descriptor, opener: BlobOpener) -> bool:
         resume = await self.ledger.upload_progress(d.location, d.repository, blob.digest)
@@ -1037,89 +1010,24 @@ class CopyEngine:
         return True
 
     async def _fan_out(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
-        tee = _Tee(self, src, blob, len(dests), self.options.fanout_buffer)
+        tee = BlobTee(
+            src.target,
+            src.repository,
+            blob,
+            len(dests),
+            buffer=self.options.fanout_buffer,
+            on_bytes=self._bytes_reader(blob),
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(tee.pump)
             for i, d in enumerate(dests):
                 tg.start_soon(self._push_teed, tee, i, d, blob)
 
-    async def _push_teed(self, tee: _Tee, i: int, d: Endpoint, blob: Descriptor) -> None:
+    async def _push_teed(self, tee: BlobTee, i: int, d: Endpoint, blob: Descriptor) -> None:
         try:
             await self._push_one(d, blob, tee.opener(i))
         finally:
             tee.detach(i)
-
-
-class _Tee:
-    """One source read of a blob, delivered to several uploads through bounded buffers.
-
-    The first ``opener(0)`` of each consumer reads from the shared stream; any
-    other open (a retry, a resume at an offset) reads the source again on its
-    own.  A consumer that finishes or fails is detached, so a dead destination
-    never stalls the others.
-    """
-
-    def __init__(
-        self, engine: CopyEngine, src: Endpoint, blob: Descriptor, n: int, buffer: int
-    ) -> None:
-        self.engine = engine
-        self.src = src
-        self.blob = blob
-        self.channels = [anyio.create_memory_object_stream[bytes](buffer) for _ in range(n)]
-        self.fresh = [True] * n
-        self.detached: set[int] = set()
-        self.opened = anyio.Event()
-        self.error: BaseException | None = None
-
-    def opener(self, i: int) -> BlobOpener:
-        def open_(offset: int) -> AsyncIterator[bytes]:
-            if offset == 0 and self.fresh[i]:
-                self.fresh[i] = False
-                self.opened.set()
-                return self._drain(i)
-            return self.src.target.fetch_blob(self.src.repository, self.blob, offset)
-
-        return open_
-
-    async def _drain(self, i: int) -> AsyncIterator[bytes]:
-        receive = self.channels[i][1]
-        with receive:
-            async for chunk in receive:
-                yield chunk
-        if self.error is not None:
-            raise self.error
-
-    def detach(self, i: int) -> None:
-        self.detached.add(i)
-        self.fresh[i] = False
-        self.channels[i][1].close()
-        if len(self.detached) == len(self.channels):
-            self.opened.set()
-
-    async def pump(self) -> None:
-        await self.opened.wait()
-        live = {i: s for i, (s, _) in enumerate(self.channels) if i not in self.detached}
-        try:
-            if not live:
-                return
-            async for chunk in self.src.target.fetch_blob(self.src.repository, self.blob, 0):
-                self.engine.report.bytes_read += len(chunk)
-                self.engine.observer.blob_advanced(self.blob, len(chunk))
-                for i, sender in list(live.items()):
-                    try:
-                        await sender.send(chunk)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        live.pop(i)
-                if not live:
-                    return
-        except ReplicatorError as exc:
-            exc.side = exc.side or "source"
-            self.error = exc
-        finally:
-            for sender in live.values():
-                sender.close()
-            for sender, _ in self.channels:
-                sender.close()
 
 
 # ---------------------------------------------------------------------- helpers
