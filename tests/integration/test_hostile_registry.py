@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import re
+import ssl
 import threading
 import time
 import urllib.error
@@ -59,8 +60,9 @@ class Hostile:
     request is recorded in ``seen`` as ``(method, path_qs, headers)``.
     """
 
-    def __init__(self, upstream: str | None) -> None:
+    def __init__(self, upstream: str | None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream
+        self._ssl_context = ssl_context
         self.rules: list[tuple[str | None, re.Pattern[str], Handler]] = []
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
@@ -104,7 +106,10 @@ class Hostile:
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        async with aiohttp.ClientSession(auto_decompress=False) as self._session:
+        connector = aiohttp.TCPConnector(ssl=self._ssl_context or False)
+        async with aiohttp.ClientSession(
+            auto_decompress=False, connector=connector
+        ) as self._session:
             self._ready.set()
             await self._stop.wait()
         await runner.cleanup()
