@@ -28,8 +28,9 @@ stage() {
   return 0
 }
 
-stage "ruff check" .venv/bin/ruff check .
-stage "ruff format" .venv/bin/ruff format --check .
+# --no-cache: a stale cache can hide import-order errors that a fresh clone (CI) sees.
+stage "ruff check" .venv/bin/ruff check --no-cache .
+stage "ruff format" .venv/bin/ruff format --no-cache --check .
 stage "mypy" .venv/bin/mypy
 
 echo "==> pytest"
