@@ -17,12 +17,12 @@ import tarfile
 from collections.abc import AsyncIterator, Callable
 
 import anyio
-from replicator.oci.manifest import build_image_manifest
-from replicator.targets.registry.client import RegistryTarget
 
 from replicator.oci import mediatype as mt
 from replicator.oci.digest import descriptor_for
+from replicator.oci.manifest import build_image_manifest
 from replicator.oci.reference import parse_reference
+from replicator.targets.registry.client import RegistryTarget
 from replicator.targets.registry.options import RegistryOptions
 
 
