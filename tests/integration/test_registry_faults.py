@@ -398,3 +398,20 @@ def test_nonsense_answers_are_protocol_errors(
             assert "larger than" in str(info.value)
 
     run(scenario)
+
+
+def test_manifest_put_answered_200_is_not_a_success(
+    registry_open: RegistryInstance, fault_proxy: ProxyFactory, unique_repo: str
+) -> None:
+    raw = b'{"schemaVersion":2,"mediaType":"%s","manifests":[]}' % mt.OCI_INDEX.encode()
+    desc = descriptor_for(raw, mt.OCI_INDEX)
+    proxy = fault_proxy(registry_open)
+    proxy.status("PUT", r"/manifests/", 200, body=b"", times=None)
+
+    async def scenario() -> None:
+        async with target_for(proxy, retry=FAST_RETRY) as target:
+            with pytest.raises(ProtocolError) as info:
+                await target.push_manifest(unique_repo, desc, raw, ("v1",))
+            assert "(expected 201)" in str(info.value)
+
+    run(scenario)

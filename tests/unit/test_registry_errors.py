@@ -155,3 +155,13 @@ def test_timeouts_and_disconnects() -> None:
     assert str(connection_error("h", TimeoutError())) == "cannot reach h: timed out"
     err = connection_error("h", aiohttp.ServerDisconnectedError())
     assert "server closed the connection" in str(err)
+
+
+def test_unexpected_success_status_names_the_expected_one() -> None:
+    err = error_from_response(
+        200, b"", registry=HOST, repository="app", what='manifest "v1"', expected="201"
+    )
+    assert isinstance(err, ProtocolError)
+    assert (
+        str(err) == '127.0.0.1:5000/app: unexpected answer HTTP 200 to manifest "v1" (expected 201)'
+    )

@@ -397,7 +397,9 @@ class RegistryTarget:
                 scopes=push_scopes(repository),
                 repository=repository,
                 what=_manifest_what(reference),
-                ok=(200, 201, 202, 204),
+                # 201 Created is the only success: a registry answering 200 may not
+                # have stored anything.
+                ok=(201,),
                 headers={"Content-Type": media_type},
                 data=raw,
                 retry_500=True,  # the same bytes to the same name: safe to repeat

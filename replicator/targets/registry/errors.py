@@ -100,12 +100,14 @@ def error_from_response(
     repository: str | None,
     what: str,
     attempts: int = 1,
+    expected: str | None = None,
 ) -> RegistryError:
     """The exception for a non-success answer ``status`` with error ``body``.
 
     ``what`` names the object of the request (``manifest "v9"``, ``blob sha256:…``,
     ``upload``); ``attempts`` is how many times the request was sent, mentioned
-    for rate limits and server errors that outlived the retries.
+    for rate limits and server errors that outlived the retries; ``expected``
+    names the statuses that would have been a success (for unexpected answers).
     """
     details = parse_error_body(body)
     code = details[0].code if details else None
@@ -114,6 +116,8 @@ def error_from_response(
     tail = f": {reg_message}" if reg_message else ""
     tried = f" after {attempts} attempts" if attempts > 1 else ""
     cls, message = _classify(status, code, place, what, tail, tried)
+    if cls is ProtocolError and expected:
+        message += f" (expected {expected})"
     return cls(message, status=status, code=code, registry=registry, repository=repository)
 
 

@@ -422,6 +422,7 @@ class Transport:
                 repository=spec.repository,
                 what=spec.what,
                 attempts=attempt,
+                expected=_describe_statuses(spec.ok),
             )
 
     async def _authorize(self, scopes: Sequence[str]) -> dict[str, str]:
@@ -487,6 +488,15 @@ class Transport:
             delay=round(delay, 3),
         )
         await asyncio.sleep(delay)
+
+
+def _describe_statuses(ok: Container[int]) -> str | None:
+    """``201`` / ``200 or 206`` / ``200-299`` for an error message."""
+    if isinstance(ok, range) and ok.step == 1 and len(ok):
+        return f"{ok.start}-{ok.stop - 1}"
+    if isinstance(ok, tuple | list | frozenset | set):
+        return " or ".join(str(s) for s in sorted(ok))
+    return None
 
 
 def _as_replicator_error(exc: BaseException, host: str) -> BaseException:

@@ -185,7 +185,7 @@ class Uploader:
                 self._host, repository, "upload answer without a Location header", status=202
             )
         url = self.transport.resolve(reply.url, location)
-        if url.origin() != self.transport.base_url.origin():
+        if not self.transport.is_own_origin(url):
             raise protocol_error(
                 self._host,
                 repository,
@@ -262,7 +262,7 @@ class Uploader:
         location = reply.headers.get("Location")
         if location:
             url = self.transport.resolve(reply.url, location)
-            if url.origin() == self.transport.base_url.origin():
+            if self.transport.is_own_origin(url):
                 await self.cancel(url, repository)
         return False
 
