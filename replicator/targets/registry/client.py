@@ -405,15 +405,6 @@ class RegistryTarget:
                 retry_500=True,  # the same bytes to the same name: safe to repeat
             )
         )
-        if reply.status != 201:
-            # The spec's answer is 201 Created; a 200/202/204 may mean nothing was stored.
-            raise protocol_error(
-                self.host,
-                repository,
-                f"{_manifest_what(reference)}: the registry answered {reply.status} "
-                "instead of 201 Created",
-                status=reply.status,
-            )
         stored = reply.headers.get("Docker-Content-Digest")
         if stored and stored != expected and stored.startswith("sha256:"):
             raise protocol_error(
