@@ -393,6 +393,8 @@ class Uploader:
                 return len(data)
             await asyncio.shield(self.cancel(location, repository))
             raise
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise  # no awaiting while being cancelled; the registry expires the session
         except BaseException:
             await asyncio.shield(self.cancel(location, repository))
             raise
@@ -433,6 +435,8 @@ class Uploader:
                 if attempt >= attempts:
                     raise
                 await self._pause(attempt, repository, exc)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise  # no awaiting while being cancelled; the registry expires the session
             except BaseException:
                 await asyncio.shield(self.cancel(location, repository))
                 raise
