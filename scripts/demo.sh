@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
 
 work=$(mktemp -d -t replicator-demo.XXXXXX)
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # start_registry runs in $(...), a subshell: its pids are kept in a file, not a variable.
+  if [ -f "$work/pids" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
+    sleep 0.5
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,7 +34,7 @@ storage:
 http: {addr: 127.0.0.1:$port}
 YML
   /usr/bin/docker-registry serve "$work/$name/config.yml" >"$work/$name/log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$work/pids"
   for _ in $(seq 1 100); do
     if .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/')" 2>/dev/null; then
       echo "127.0.0.1:$port"; return 0
