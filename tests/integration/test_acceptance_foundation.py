@@ -387,3 +387,46 @@ def test_repo_tags_and_push_give_the_same_first_errors(
         assert_one_error(result, code)
         if stdin:
             assert stdin not in result.output
+
+
+# -- the README's demo command ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_demo_script_ends_well_and_leaves_no_registry_running() -> None:
+    """``bash scripts/demo.sh``: exit 0, the promoted tree equals the source's, nothing left."""
+    import re
+    import socket
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        ["bash", "scripts/demo.sh"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "demo finished: the whole graph was promoted" in out
+    hosts = re.findall(r"^(?:dev|prod) registry:\s+(\S+)$", out, re.M)
+    assert len(hosts) == 2, out
+    dev, prod = hosts
+    trees = re.findall(r"^\$ \S+ discover -o tree (\S+)\n((?:[^$\n].*\n)+)", out, re.M)
+    assert len(trees) == 2, out
+    (_, first), (_, second) = trees
+    assert first.replace(f"{dev}/net-monitor", "X") == second.replace(
+        f"{prod}/sample-staging/net-monitor", "X"
+    )
+    assert len(re.findall(r"sha256:[0-9a-f]{64}", first)) == 4
+    assert "0 blobs copied" in out and "0 B sent" in out  # the second run
+    for name in ("readme.md", "details/readme-details.md", "details/readme-more-details.md"):
+        assert f"./download/{name}" in out
+    # Both registries were stopped when the demo ended.
+    for host in hosts:
+        addr, port = host.rsplit(":", 1)
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex((addr, int(port))) != 0, f"{host} still running"
