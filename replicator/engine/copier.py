@@ -32,6 +32,7 @@ warning, so referrer cycles terminate.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -555,11 +556,21 @@ class CopyEngine:
                 exc.side = exc.side or "destination"
                 found[d.key] = exc
 
+        follow = self.options.filter.follows_referrers_at(depth) and key not in self._synthetic
+
+        async def prefetch() -> None:
+            # An index whose children are visited is read whatever the destinations
+            # say: read it while they are asked (an error is kept for the real read).
+            with contextlib.suppress(ReplicatorError):
+                await self._manifest(src, desc)
+
         try:
-            if len(mine) == 1:
+            if len(mine) == 1 and not (follow and mt.is_index(desc.media_type)):
                 await check(mine[0][0])
             else:
                 async with anyio.create_task_group() as tg:
+                    if follow and mt.is_index(desc.media_type):
+                        tg.start_soon(prefetch)
                     for d, _ in mine:
                         tg.start_soon(check, d)
         except BaseException as exc:
@@ -584,7 +595,6 @@ class CopyEngine:
                 self.observer.manifest_finished(desc, "exists", str(d))
             else:
                 responsible.append(d)
-        follow = self.options.filter.follows_referrers_at(depth) and key not in self._synthetic
         need = bool(responsible) or (mt.is_index(desc.media_type) and follow)
         manifest: Manifest | None = None
         if need:
