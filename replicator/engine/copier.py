@@ -168,6 +168,7 @@ class CopyEngine:
         self._uploads_in_flight: dict[tuple[str, str], tuple[str, Once]] = {}
         self._targets: dict[int, Target] = {}
         self._signals: dict[str, Signal] = {}
+        self._stats_before: dict[int, dict[str, int]] = {}
         self._cancel: anyio.CancelScope | None = None
         self._current_tags: dict[tuple[str, str, str], str] = {}
         self._first_root_error: ReplicatorError | None = None
@@ -200,6 +201,9 @@ class CopyEngine:
                 signal = _retry_signal(e.target)
                 if signal is not None:
                     self._signals[e.location] = signal
+        self._stats_before = {
+            key: _stats_dict(getattr(t, "stats", None)) for key, t in self._targets.items()
+        }
         deferred: list[tuple[CopyJob, JobResult, Manifest]] = []
         async with anyio.create_task_group() as tg:
             self._cancel = tg.cancel_scope
@@ -217,12 +221,14 @@ class CopyEngine:
         return self.report
 
     def _collect_stats(self) -> None:
+        """Requests each target made during this run (its counters' increase)."""
         retries = 0
-        for target in self._targets.values():
-            stats = getattr(target, "stats", None)
-            if stats is None:
-                continue
-            counts = _stats_dict(stats)
+        for key, target in self._targets.items():
+            before = self._stats_before.get(key, {})
+            counts = {
+                k: v - before.get(k, 0)
+                for k, v in _stats_dict(getattr(target, "stats", None)).items()
+            }
             if counts:
                 self.report.requests[target.display] = counts
                 retries += counts.get("retries", 0)
@@ -1068,6 +1074,8 @@ def _retry_signal(target: Target) -> Signal | None:
 
 
 def _stats_dict(stats: Any) -> dict[str, int]:
+    if stats is None:
+        return {}
     if hasattr(stats, "as_dict"):
         raw = stats.as_dict()
     elif hasattr(stats, "__dataclass_fields__"):

@@ -135,6 +135,8 @@ def test_world_copy_request_budget(
             )
             per_blob = blob_requests / report.new_blobs
             dst_delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            # the report counts this run's requests only (the world was built before)
+            assert {k: v for k, v in report.requests[dst.display].items() if v} == dst_delta
             print(f"new blobs {report.new_blobs} ({report.blobs_mounted} mounted)")
             print(f"blob requests {blob_requests}, per new blob {per_blob:.2f}")
             print(f"destination requests {dst_delta}")
