@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -803,9 +803,9 @@ class CopyEngine:
                 found = await self._limited(
                     "meta",
                     src.location,
-                    lambda: src.target.referrers(
-                        src.repository, desc, self.options.filter.server_side_type
-                    ),
+                    # No artifactType hint: a store filtering for us would drop the
+                    # fallback entries that lack artifactType; we filter ourselves.
+                    lambda: src.target.referrers(src.repository, desc),
                 )
                 cell.set(found)
             except BaseException as exc:
@@ -834,7 +834,6 @@ class CopyEngine:
                 self._walks[(key, d.key)].set(error=exc)
             self._fail(f"referrers of {desc.digest}: {exc}", exc)
             return
-        flt = self.options.filter
         seen: set[str] = set()
         async with anyio.create_task_group() as tg:
             for r in found:
@@ -845,10 +844,34 @@ class CopyEngine:
                     continue
                 seen.add(r.digest)
                 self.report.referrers_found += 1
-                if not flt.accepts_referrer(r):
-                    self.report.referrers_filtered += 1
-                    continue
-                tg.start_soon(self._node, src, r, dests, depth + 1, desc, key, frozenset(), fresh)
+                tg.start_soon(self._maybe_referrer, src, r, dests, depth, desc, key, fresh)
+
+    async def _maybe_referrer(
+        self,
+        src: Endpoint,
+        r: Descriptor,
+        dests: list[Endpoint],
+        depth: int,
+        subject: Descriptor,
+        subject_key: NodeKey,
+        fresh: frozenset[DestKey],
+    ) -> None:
+        """Apply the artifact-type filter, then walk the referrer.
+
+        A listing entry without ``artifactType`` (written by a tool that left it
+        out) is judged by the manifest's own artifact type, read for that.
+        """
+        flt = self.options.filter
+        if r.artifact_type is None and flt.filters_types:
+            try:
+                kind = (await self._manifest(src, r)).artifact_type
+            except ReplicatorError:
+                kind = None  # _node reports the read failure if the entry is selected
+            r = replace(r, artifact_type=kind)
+        if not flt.accepts_referrer(r):
+            self.report.referrers_filtered += 1
+            return
+        await self._node(src, r, dests, depth + 1, subject, subject_key, frozenset(), fresh)
 
     # ------------------------------------------------------------------ blobs
 

@@ -56,19 +56,17 @@ class GraphFilter:
             return False
         return self.max_depth is None or depth < self.max_depth
 
+    @property
+    def filters_types(self) -> bool:
+        """True when some artifact-type include or exclude glob is set."""
+        return bool(self.include_types or self.exclude_types)
+
     def accepts_referrer(self, desc: Descriptor) -> bool:
         """Whether a referrer passes the artifact-type globs."""
         kind = desc.artifact_type or ""
         if self.include_types and not _glob_match(self.include_types, kind):
             return False
         return not (self.exclude_types and _glob_match(self.exclude_types, kind))
-
-    @property
-    def server_side_type(self) -> str | None:
-        """An artifact type the store may filter on for us: one include without glob chars."""
-        if len(self.include_types) == 1 and not any(c in self.include_types[0] for c in "*?[]"):
-            return self.include_types[0]
-        return None
 
     def select_platforms(self, children: Sequence[Descriptor]) -> list[Descriptor]:
         """The root-index children the platform filter keeps, in their original order.

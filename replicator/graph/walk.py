@@ -93,7 +93,7 @@ async def walk_graph(
             queue.append(_node(c_desc, c_raw, node.depth, "child", digest, repository))
         if not flt.follows_referrers_at(node.depth):
             continue
-        for ref in await target.referrers(repository, node.descriptor, flt.server_side_type):
+        for ref in await target.referrers(repository, node.descriptor):
             if ref.digest == digest:
                 warn(f"{digest} lists itself as its own referrer")
                 continue

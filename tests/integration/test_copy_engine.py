@@ -12,10 +12,13 @@ from replicator.engine.ledger import Confirmation, MemoryLedger
 from replicator.engine.report import CopyReport
 from replicator.errors import NotFoundError
 from replicator.graph.filters import GraphFilter
+from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Platform
+from replicator.oci.reference import referrers_tag
 from replicator.targets.registry.client import RegistryTarget
 from tests.infra.registry import RegistryInstance
 from tests.integration.graphs import (
+    SBOM_TYPE,
     GraphBuilder,
     assert_same_graph,
     build_world,
@@ -211,5 +214,35 @@ def test_chunk_size_chunks_only_blobs_larger_than_it(
             assert stats.requests("PATCH", "upload") == 5  # ceil(300 KiB / 64 KiB)
             assert stats.bytes_up("PATCH", "upload") == 300 * 1024
             await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-c", "v1")
+
+    run(main)
+
+
+def test_type_filter_reads_the_manifest_when_the_listing_omits_artifact_type(
+    registry_open: RegistryInstance, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            g = GraphBuilder(reg, unique_repo)
+            signed = await g.signed_image("bare", tags=["v1"])
+            # rewrite the image's fallback index without artifactType in its entries
+            entries = [
+                {"mediaType": d.media_type, "digest": d.digest, "size": d.size}
+                for d in (signed.signature, signed.sbom)
+            ]
+            raw = json.dumps(
+                {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+            ).encode()
+            await g.manifest(raw, mt.OCI_INDEX, tags=[referrers_tag(signed.image.digest)])
+            listed = await reg.referrers(unique_repo, signed.image)
+            assert {d.artifact_type for d in listed} == {None}
+            report = await copy(
+                [job(reg, unique_repo, "v1", (reg, unique_repo + "-f", ("v1",)))],
+                flt=GraphFilter(include_types=(SBOM_TYPE,), max_depth=1),
+            )
+            assert report.ok, report.failures
+            assert report.manifests_pushed == 2
+            assert await reg.manifest_exists(unique_repo + "-f", signed.sbom)
+            assert not await reg.manifest_exists(unique_repo + "-f", signed.signature)
 
     run(main)

@@ -26,12 +26,6 @@ def test_artifact_type_globs_include_and_exclude() -> None:
     assert not GraphFilter(exclude_types=("sbom/*",)).accepts_referrer(_ref("sbom/example"))
 
 
-def test_server_side_type_only_for_one_literal_include() -> None:
-    assert GraphFilter(include_types=("sbom/example",)).server_side_type == "sbom/example"
-    assert GraphFilter(include_types=("sbom/*",)).server_side_type is None
-    assert GraphFilter(include_types=("a", "b")).server_side_type is None
-
-
 def test_depth_limits_referrer_levels() -> None:
     assert GraphFilter(max_depth=None).follows_referrers_at(50)
     f = GraphFilter(max_depth=2)
