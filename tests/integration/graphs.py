@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from replicator.graph.filters import GraphFilter
 from replicator.graph.walk import GraphSnapshot, snapshot_graph
 from replicator.oci import mediatype as mt
@@ -341,9 +343,15 @@ async def build_world(
     """
     base = hashlib.sha256(prefix.encode()).digest() * 64
     world = World(target, prefix, base_layer=base)
-    for r in range(repositories):
+    # The shared base layer first, so the repositories built in parallel below
+    # do not race to upload it.
+    await GraphBuilder(target, f"{prefix}/repo0").blob(base)
+    built: dict[int, list[tuple[str, str, SignedImage]]] = {}
+
+    async def build_repo(r: int) -> None:
         repo = f"{prefix}/repo{r}"
         builder = GraphBuilder(target, repo)
+        built[r] = []
         for t in range(tags):
             tag = f"v{t}"
             signed = await builder.signed_image(
@@ -353,7 +361,13 @@ async def build_world(
                 layers=layers,
                 layer_size=layer_size,
             )
-            world.roots.append((repo, tag, signed))
+            built[r].append((repo, tag, signed))
+
+    async with anyio.create_task_group() as tg:
+        for r in range(repositories):
+            tg.start_soon(build_repo, r)
+    for r in range(repositories):
+        world.roots.extend(built[r])
     for repo, tag, _ in world.roots:
         snap = await snapshot_graph(target, repo, tag)
         world.blobs.update(snap.blobs)
