@@ -19,6 +19,7 @@ small blobs monolithic and chunked, the four manifest types byte-exact and mount
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import urllib.parse
@@ -34,6 +35,7 @@ from replicator.errors import EXIT_AUTH, EXIT_NETWORK, EXIT_NOT_FOUND, EXIT_USAG
 from replicator.oci import mediatype as mt
 from replicator.oci.reference import referrers_tag
 from replicator.targets.registry.client import RegistryTarget
+from replicator.targets.registry.options import RegistryOptions
 from tests.infra.registry import RegistryInstance
 from tests.integration.cli_helpers import REPLICATOR, CliResult, isolated_env, run_cli
 from tests.integration.test_hostile_registry import Hostile
@@ -43,6 +45,8 @@ from tests.integration.test_registry_client import (
     _attach,
     _push_image,
     digest_of_download,
+    push_bytes,
+    read_all,
     run,
     target_for,
 )
@@ -430,3 +434,59 @@ def test_demo_script_ends_well_and_leaves_no_registry_running() -> None:
         with socket.socket() as sock:
             sock.settimeout(2)
             assert sock.connect_ex((addr, int(port))) != 0, f"{host} still running"
+
+
+# -- build points a user checks: chunk minimum, token expiry ---------------------------------
+
+
+def test_chunked_upload_honours_oci_chunk_min_length(
+    registry_open: RegistryInstance, unique_repo: str
+) -> None:
+    """A registry that asks for chunks of at least N bytes gets them (the last one aside)."""
+    server = Hostile(registry_open.url).start()
+    minimum = 300_000
+
+    async def with_minimum(request: web.Request) -> web.StreamResponse:
+        answer = await server.forward(request)
+        if answer.status == 202:
+            answer.headers["OCI-Chunk-Min-Length"] = str(minimum)
+        return answer
+
+    server.rule("POST", r"/blobs/uploads/$", with_minimum)
+    blob = Pattern(1_000_000, seed=7)
+    desc = blob.descriptor()
+
+    async def scenario() -> None:
+        async with RegistryTarget(server.host, RegistryOptions(plain_http=True)) as target:
+            await target.push_blob(unique_repo, desc, blob.opener(), chunk_size=100_000)
+        async with target_for(registry_open) as check:
+            assert await digest_of_download(check, unique_repo, desc) == desc.digest
+
+    try:
+        run(scenario)
+    finally:
+        server.stop()
+    ranges = [h.get("Content-Range", "") for m, _, h in server.seen if m == "PATCH"]
+    sizes = [int(b) - int(a) + 1 for a, b in (r.split("-") for r in ranges)]
+    assert sum(sizes) == desc.size, ranges
+    assert len(sizes) >= 2 and all(s >= minimum for s in sizes[:-1]), sizes
+
+
+def test_expired_token_is_replaced(registry_factory: Any, unique_repo: str) -> None:
+    """Tokens that expire (ttl 2 s) are fetched again, not reused: the second pull works."""
+    instance = registry_factory("token", token_ttl=2).instance
+
+    async def scenario() -> None:
+        async with target_for(instance, user="admin") as target:
+            desc = await push_bytes(target, unique_repo, b"short-lived tokens", mt.OCI_LAYER)
+            assert await read_all(target, unique_repo, desc) == b"short-lived tokens"
+            first = target.stats.token  # the pull scope's token is now cached
+            assert await read_all(target, unique_repo, desc) == b"short-lived tokens"
+            assert target.stats.token == first  # still valid: reused
+            await asyncio.sleep(3)
+            assert await read_all(target, unique_repo, desc) == b"short-lived tokens"
+            assert target.stats.token > first  # expired: asked again
+
+    run(scenario)
+    asked = [e for e in instance.token_log() if any(unique_repo in s for s in e["scopes"])]
+    assert len(asked) >= 2

@@ -9,7 +9,7 @@ credentials on stdin, and checks that
 * every step works and gives the same graph (tree, digests) at the promoted
   copy, whose tag list shows only ``v1``;
 * no password, Basic credential, JWT or refresh token appears anywhere in what
-  the commands print (stdout and the debug logs on stderr);
+  the commands print (stdout and the debug logs on stderr) or in ``copy --report``;
 * ``manifest delete -f`` leaves no manifest of the graph and no fallback tag.
 """
 
@@ -96,7 +96,12 @@ def test_walkthrough_on_auth_registries_with_debug_leaks_no_secret(
 
     staging_repo = f"{unique_repo}/sample-staging/net-monitor"
     staging = f"{host}/{staging_repo}:v1"
-    assert digest_line(cli("copy", "-r", image, staging)) == image_desc.digest
+    assert digest_line(cli("copy", "-r", image, staging, "--report", "report.json")) == (
+        image_desc.digest
+    )
+    report = (workdir / "report.json").read_text()
+    assert image_desc.digest in report
+    assert_no_secrets(CliResult(0, report, ""), auth_registry)  # nor in the JSON report
     assert cli("discover", "-o", "tree", staging) == tree(staging, three_levels)
     assert cli("repo", "tags", f"{host}/{staging_repo}") == "v1\n"
     assert cli("repo", "tags", f"{host}/{repo}") == "v1\n"
