@@ -128,7 +128,7 @@ class CopyOptions:
     keep_going: bool = False
     chunk_size: int | None = None
     probe_threshold: int = 1024 * 1024
-    fanout_buffer: int = 8
+    fanout_buffer: int = 4
 
 
 class DependencyFailed(ReplicatorError):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from replicator.engine.copier import CopyEngine, CopyJob, CopyOptions, Destination, Endpoint
@@ -15,6 +17,7 @@ from replicator.graph.filters import GraphFilter
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Platform
 from replicator.oci.reference import referrers_tag
+from replicator.targets.ocilayout import OCILayoutTarget
 from replicator.targets.registry.client import RegistryTarget
 from tests.infra.registry import RegistryInstance
 from tests.integration.graphs import (
@@ -244,5 +247,44 @@ def test_type_filter_reads_the_manifest_when_the_listing_omits_artifact_type(
             assert report.manifests_pushed == 2
             assert await reg.manifest_exists(unique_repo + "-f", signed.sbom)
             assert not await reg.manifest_exists(unique_repo + "-f", signed.signature)
+
+    run(main)
+
+
+def test_memory_stays_flat_while_a_large_blob_fans_out(
+    registry_open: RegistryInstance,
+    registry_referrers: RegistryInstance,
+    unique_repo: Any,
+    tmp_path: Path,
+) -> None:
+    """A 64 MiB layer to two registries: the peak of Python allocations stays far below it."""
+    size = 64 * 1024 * 1024
+
+    async def main() -> None:
+        lay = OCILayoutTarget(tmp_path / "lay", create=True)
+        await GraphBuilder(lay, "").image("big", tags=["v1"], layers=1, layer_size=size)
+        async with target(registry_open) as a, target(registry_referrers) as b:
+            tracemalloc.start()
+            try:
+                report = await CopyEngine(CopyOptions(chunk_size=4 * 1024 * 1024)).run(
+                    [
+                        CopyJob(
+                            Endpoint(lay, lay.display, ""),
+                            "v1",
+                            (
+                                Destination(Endpoint(a, a.display, unique_repo), ("v1",)),
+                                Destination(Endpoint(b, b.display, unique_repo), ("v1",)),
+                            ),
+                        )
+                    ]
+                )
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert report.ok, report.failures
+            assert report.bytes_read < size * 1.01  # read once for both destinations
+            assert report.bytes_sent > 2 * size
+            assert peak < size / 2, f"peak {peak / 2**20:.1f} MiB"
+        await lay.aclose()
 
     run(main)
