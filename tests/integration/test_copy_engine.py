@@ -288,3 +288,26 @@ def test_memory_stays_flat_while_a_large_blob_fans_out(
         await lay.aclose()
 
     run(main)
+
+
+def test_rerun_after_a_new_signature_copies_only_the_signature(
+    registry_open: RegistryInstance, registry_referrers: RegistryInstance, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as src, target(registry_referrers) as dst:
+            g = GraphBuilder(src, unique_repo)
+            signed = await g.signed_image("inc", tags=["v1"])
+            the_job = job(src, unique_repo, "v1", (dst, unique_repo, ("v1",)))
+            assert (await copy([the_job])).ok
+            late = await g.referrer(signed.sbom, "application/vnd.example.vex", b'{"vex":1}')
+            again = await copy([the_job])
+            assert again.ok, again.failures
+            assert again.manifests_pushed == 1
+            # its payload, plus the 2-byte empty config: small blobs of an absent
+            # manifest are sent without a HEAD first (POST+PUT beats HEAD+POST+PUT)
+            assert again.bytes_sent == len(b'{"vex":1}') + 2
+            assert again.tags_set == 0
+            found = await dst.referrers(unique_repo, signed.sbom)
+            assert late.digest in {d.digest for d in found}
+
+    run(main)
