@@ -165,7 +165,7 @@ class CopyEngine:
         self._edges: dict[NodeKey, set[NodeKey]] = {}
         self._referrer_errors: dict[NodeKey, ReplicatorError] = {}
         self._synthetic: set[NodeKey] = set()
-        self._uploads_in_flight: dict[tuple[str, str], tuple[str, Once]] = {}
+        self._location_leads: dict[tuple[str, str], Once] = {}
         self._targets: dict[int, Target] = {}
         self._signals: dict[str, Signal] = {}
         self._stats_before: dict[int, dict[str, int]] = {}
@@ -883,7 +883,17 @@ class CopyEngine:
         return cell
 
     async def _blob(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
-        """Make ``blob`` present at each destination, once per run, by the cheapest way."""
+        """Make ``blob`` present at each destination, once per run, by the cheapest way.
+
+        Per destination location, the first claimant of ``(location, digest)``
+        leads: it makes the blob present in its repository (known, mounted from
+        the source repository on the same registry, found by a probe, or
+        uploaded — one source read for all the leaders of this call).  Every
+        other repository of that location follows: it waits for the lead, then
+        mounts from it, and uploads itself only if that fails.  Leads are taken
+        before the first await, so two tasks never upload the same bytes to one
+        registry.
+        """
         mine: list[Endpoint] = []
         for d in dests:
             cell = self._blob_cell(d, blob.digest)
@@ -892,32 +902,30 @@ class CopyEngine:
                 mine.append(d)
         if not mine:
             return
+        leaders: list[Endpoint] = []
+        leads: list[Once] = []
+        followers: list[tuple[Endpoint, Once]] = []
+        for d in mine:
+            lead = self._location_leads.get((d.location, blob.digest))
+            if lead is None:
+                lead = self._location_leads[(d.location, blob.digest)] = Once()
+                leads.append(lead)
+                leaders.append(d)
+            else:
+                followers.append((d, lead))
         try:
-            todo: list[Endpoint] = []
-            for d in mine:
-                if await self.ledger.lookup(d.location, d.repository, blob.digest) is not None:
-                    self._blob_done(d, blob, "exists")
-                else:
-                    todo.append(d)
-            # One repository per location uploads; the others mount from it afterwards.
-            leaders: dict[str, Endpoint] = {}
-            followers: list[Endpoint] = []
-            for d in todo:
-                if await self._try_mount(src, blob, d):
-                    continue
-                if d.location in leaders:
-                    followers.append(d)
-                else:
-                    leaders[d.location] = d
             uploads: list[Endpoint] = []
-            for d in leaders.values():
-                if not await self._probe(blob, d):
+            for d in leaders:
+                if not await self._known_or_cheap(src, blob, d):
                     uploads.append(d)
             if uploads:
                 await self._upload(src, blob, uploads)
-            for d in followers:
-                if not await self._try_mount(src, blob, d):
-                    await self._upload(src, blob, [d])
+            for lead in leads:
+                lead.set()
+            if followers:
+                async with anyio.create_task_group() as tg:
+                    for d, lead in followers:
+                        tg.start_soon(self._follow, src, blob, d, lead)
         except ReplicatorError as exc:
             for d in mine:
                 self._blob_cell(d, blob.digest).set(error=exc)
@@ -927,10 +935,34 @@ class CopyEngine:
                 self._blob_cell(d, blob.digest).set(error=exc)
             raise
         finally:
+            for lead in leads:
+                lead.set()
             for d in mine:
                 cell = self._blob_cell(d, blob.digest)
                 if not cell.done:
                     cell.set(error=DependencyFailed(f"blob {blob.digest} did not reach {d}"))
+
+    async def _known_or_cheap(self, src: Endpoint, blob: Descriptor, d: Endpoint) -> bool:
+        """True when the blob is now at ``d`` without sending it: ledger, mount or probe."""
+        if await self.ledger.lookup(d.location, d.repository, blob.digest) is not None:
+            self._blob_done(d, blob, "exists")
+            return True
+        if await self._try_mount(src, blob, d):
+            return True
+        return await self._probe(blob, d)
+
+    async def _follow(self, src: Endpoint, blob: Descriptor, d: Endpoint, lead: Once) -> None:
+        """Another repository of ``d``'s location leads this blob: wait, then mount from it."""
+        try:
+            if await self.ledger.lookup(d.location, d.repository, blob.digest) is not None:
+                self._blob_done(d, blob, "exists")
+                return
+            await lead.wait()
+            if not await self._known_or_cheap(src, blob, d):
+                await self._upload(src, blob, [d])
+        except ReplicatorError as exc:
+            self._blob_done(d, blob, "", error=exc)
+            self._fail(f"blob {blob.digest} to {d}: {exc}", exc)
 
     def _blob_done(
         self, d: Endpoint, blob: Descriptor, how: str, error: BaseException | None = None
@@ -956,9 +988,6 @@ class CopyEngine:
 
     async def _try_mount(self, src: Endpoint, blob: Descriptor, d: Endpoint) -> bool:
         """Mount from a repository of the same location that holds the blob."""
-        inflight = self._uploads_in_flight.get((d.location, blob.digest))
-        if inflight is not None and inflight[0] != d.repository:
-            await inflight[1].wait()
         candidates = [
             r for r in await self.ledger.locate(d.location, blob.digest) if r != d.repository
         ]
@@ -990,26 +1019,14 @@ class CopyEngine:
 
     async def _upload(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
         """Stream the blob from the source to every destination, reading it once."""
-        marks: list[tuple[str, str]] = []
-        done = Once()
-        for d in dests:
-            k = (d.location, blob.digest)
-            if k not in self._uploads_in_flight:
-                self._uploads_in_flight[k] = (d.repository, done)
-                marks.append(k)
         self.observer.blob_started(blob, len(dests))
         locations = [src.location, *(d.location for d in dests)]
-        try:
-            signals = {loc: self._signals[loc] for loc in locations if loc in self._signals}
-            async with self.limits.slot("blob", *locations, signals=signals):
-                if len(dests) == 1:
-                    await self._push_one(dests[0], blob, self._counting_opener(src, blob))
-                else:
-                    await self._fan_out(src, blob, dests)
-        finally:
-            done.set()
-            for k in marks:
-                self._uploads_in_flight.pop(k, None)
+        signals = {loc: self._signals[loc] for loc in locations if loc in self._signals}
+        async with self.limits.slot("blob", *locations, signals=signals):
+            if len(dests) == 1:
+                await self._push_one(dests[0], blob, self._counting_opener(src, blob))
+            else:
+                await self._fan_out(src, blob, dests)
 
     def _counting_opener(self, src: Endpoint, blob: Descriptor) -> BlobOpener:
         return reading_opener(src.target, src.repository, blob, self._bytes_reader(blob))
