@@ -364,13 +364,17 @@ def summary_line(report: CopyReport) -> str:
         for k, v in counts.items()
         if k not in ("bytes_sent", "bytes_received", "retries")
     )
+    counted = (
+        f"{pluralize(requests, 'request')}, {pluralize(report.retries, 'retry', 'retries')}; "
+        if report.requests
+        else ""
+    )
     return (
         f"Summary: {pluralize(report.manifests_pushed, 'manifest')} copied, "
         f"{report.manifests_skipped} skipped; "
         f"{pluralize(report.blobs_uploaded, 'blob')} copied, {report.blobs_mounted} mounted, "
         f"{report.blobs_skipped} skipped; {human_size(report.bytes_sent)} sent; "
-        f"{pluralize(requests, 'request')}, {pluralize(report.retries, 'retry', 'retries')}; "
-        f"{human_duration(report.wall_time)}"
+        f"{counted}{human_duration(report.wall_time)}"
     )
 
 

@@ -399,6 +399,7 @@ class CopyEngine:
                 continue
             try:
                 await self._set_tags(d, root)
+                result.tags.extend(t for t in d.tags if t not in result.tags)
             except ReplicatorError as exc:
                 exc.side = exc.side or "destination"
                 missing += 1

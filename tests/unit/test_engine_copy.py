@@ -55,6 +55,7 @@ def test_fan_out_reads_each_blob_once_and_every_destination_gets_the_graph(tmp_p
         assert report.blobs_uploaded == 3 * len(snap.blobs)
         assert report.manifests_pushed == 12
         assert report.tags_set == 3
+        assert report.jobs[0].tags == ["v1"] and report.jobs[0].status == "copied"
         assert snap.referrers[signed.image.digest] == {signed.signature.digest, signed.sbom.digest}
         # every confirmation went through the ledger, each blob once per destination
         blob_confirms = [(c.location, c.digest) for c in ledger.history if c.kind == "blob"]
