@@ -13,7 +13,9 @@ deduplication.  For every manifest node the engine
    ledger → mount (from a repository of the same location known to hold it, or
    from the source repository on the same registry) → ``blob_exists`` probe (only
    for large blobs or local stores) → streamed upload, one source read teed to
-   every destination that needs it;
+   every destination that needs it.  Per registry one repository leads a blob;
+   the other repositories there wait for it and mount, so no registry receives
+   the same bytes twice in a run;
 4. pushes the manifest once its blobs and children are confirmed at that
    destination, and a referrer only after its subject;
 5. lists referrers (API or fallback tag, through the Target) and walks them the
@@ -25,9 +27,12 @@ failure therefore never leaves a destination tag pointing at an incomplete graph
 
 Deadlock freedom: a node only ever waits for nodes whose digest its own bytes
 contain (children, blobs, its ``subject``), which is a DAG by construction of
-content addressing.  A referrer listed under a subject its manifest does not
-name (a hostile or stale fallback index, a self-reference) is skipped with a
-warning, so referrer cycles terminate.
+content addressing; a blob follower waits for its lead, and a lead never waits
+for anything but its own transfer.  A referrer listed under a subject its
+manifest does not name (a hostile or stale fallback index, a self-reference) is
+skipped with a warning — checked before the node is claimed, and skipped when
+the source serves the referrers API — so referrer cycles terminate and a bogus
+listing never hides a genuine one.
 """
 
 from __future__ import annotations
