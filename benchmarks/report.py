@@ -78,6 +78,7 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         f"- Python {m['python']}; {m['replicator']}; {m['skopeo']}; {m['docker_registry']}",
         f"- commit under test: `{m['git_head']}`; run at {m['date']}; "
         f"N = {results['reps']} repetitions per timed figure; whole run {results['total_s']} s",
+        f"- Python bytecode: {m.get('bytecode', 'as found')}",
         "- The 2 CPUs are shared with other engineers' test runs: the 1-minute load average "
         "recorded around each command is in results.json (`loadavg_1m`); see the notes.",
         "",
@@ -148,9 +149,9 @@ def counted_section(results: dict[str, Any]) -> list[str]:
         "Counted with `tests/infra/proxy.py` (FaultProxy) in front of the source and of a "
         "fresh destination.  *New blobs* = blobs the run made present at the destination "
         "(uploaded or mounted, per destination repository: a blob shared by two repositories "
-        "counts twice), from replicator's `--report`; for skopeo, the blob uploads it "
-        "finished (PUT) plus cross-repository mounts (POST that answered 201 is not "
-        "distinguishable here, so skopeo's figure counts its PUTs).",
+        "counts twice), from replicator's `--report`; for skopeo, its upload POSTs (each "
+        "one either mounts the blob from another repository or opens the session of one "
+        "upload; no retries happened).",
         "",
         "| tool | phase | wall s (proxied) | src requests | src blob GETs | duplicate src "
         "blob GETs (same digest) | src manifest GETs (distinct paths) | dst requests | "
@@ -165,7 +166,7 @@ def counted_section(results: dict[str, Any]) -> list[str]:
             if rep is not None:
                 new = int(rep["new_blobs"])
             else:
-                new = int(e["dst"]["requests_by_kind"].get("PUT upload", 0))
+                new = int(e["dst"]["requests_by_kind"].get("POST upload", 0))
             per = f"{e['dst']['requests_total'] / new:.2f}" if new else "-"
             per_blob = f"{e['dst']['requests_blob'] / new:.2f}" if new else "-"
             out.append(
