@@ -284,8 +284,20 @@ class Uploader:
             location = URL(resume.location, encoded=True)
             try:
                 offset = await self.status(location, repository)
-            except NotFoundError:
-                log.info("registry.upload.resume_gone", host=self._host, digest=desc.digest)
+            except (NotFoundError, RegistryError) as exc:
+                if not isinstance(exc, NotFoundError) and exc.code != "BLOB_UPLOAD_INVALID":
+                    raise
+                # Gone (expired) or refused (distribution 2.8 invalidates a session
+                # whose stored size differs from the offset its Location carries,
+                # e.g. after a chunk was cut off by a kill): start the blob over.
+                log.info(
+                    "registry.upload.resume_gone",
+                    host=self._host,
+                    digest=desc.digest,
+                    offset=resume.offset,
+                    code=exc.code,
+                )
+                await self.cancel(location, repository)
             else:
                 log.info(
                     "registry.upload.resume", host=self._host, digest=desc.digest, offset=offset
@@ -297,8 +309,10 @@ class Uploader:
                 return BlobPushResult("uploaded", sent)
         if chunk_size is None and desc.size <= options.monolithic_max:
             if desc.size <= SMALL_BLOB:
-                return BlobPushResult("uploaded", await self._small(repository, desc, opener))
-            return BlobPushResult("uploaded", await self._monolithic(repository, desc, opener))
+                sent = await self._small(repository, desc, opener, on_progress)
+                return BlobPushResult("uploaded", sent)
+            sent = await self._monolithic(repository, desc, opener, on_progress)
+            return BlobPushResult("uploaded", sent)
         size = max(chunk_size or options.chunk_size, 1)
         sent = await self._chunked_with_restarts(repository, desc, opener, size, on_progress, None)
         return BlobPushResult("uploaded", sent)
@@ -357,7 +371,20 @@ class Uploader:
                 status=reply.status,
             )
 
-    async def _small(self, repository: str, desc: Descriptor, opener: BlobOpener) -> int:
+    async def _opened(
+        self, repository: str, desc: Descriptor, location: URL, on_progress: ProgressCallback | None
+    ) -> None:
+        """Report a new upload session at offset 0, so a killed run knows to resume or cancel it."""
+        if on_progress is not None:
+            await on_progress(UploadProgress(repository, desc.digest, str(location), 0))
+
+    async def _small(
+        self,
+        repository: str,
+        desc: Descriptor,
+        opener: BlobOpener,
+        on_progress: ProgressCallback | None = None,
+    ) -> int:
         verifier = DigestVerifier(desc.digest, desc.size)
         parts: list[bytes] = []
         source = opener(0)
@@ -373,6 +400,7 @@ class Uploader:
         data = b"".join(parts)
         location, _ = await self.start(repository)
         try:
+            await self._opened(repository, desc, location, on_progress)
             reply = await self.transport.request(
                 RequestSpec(
                     method="PUT",
@@ -400,7 +428,13 @@ class Uploader:
             raise
         return len(data)
 
-    async def _monolithic(self, repository: str, desc: Descriptor, opener: BlobOpener) -> int:
+    async def _monolithic(
+        self,
+        repository: str,
+        desc: Descriptor,
+        opener: BlobOpener,
+        on_progress: ProgressCallback | None = None,
+    ) -> int:
         """Stream the blob in one PUT; a failure restarts with a fresh session."""
         attempts = self.transport.options.retry.attempts
         attempt = 0
@@ -409,6 +443,7 @@ class Uploader:
             location, _ = await self.start(repository)
             verifier = DigestVerifier(desc.digest, desc.size)
             try:
+                await self._opened(repository, desc, location, on_progress)
                 reply = await self.transport.request(
                     RequestSpec(
                         method="PUT",
@@ -471,6 +506,7 @@ class Uploader:
             if session is None:
                 location, min_len = await self.start(repository)
                 session = (location, 0, min_len)
+                await self._opened(repository, desc, location, on_progress)
             location, offset, min_len = session
             size = max(chunk_size, min_len or 0)
             try:
