@@ -478,7 +478,7 @@ def prepare_bytecode() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run everything, write results.json."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--reps", type=int, default=3, help="repetitions of each timed run (default 3)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of each timed run (default 5)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks", help="output directory")
     p.add_argument("--skip-big", action="store_true", help="skip scenario (b)")
     p.add_argument("--skip-world", action="store_true", help="skip scenarios (a) and (c)")
