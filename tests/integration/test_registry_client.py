@@ -163,9 +163,10 @@ def test_blob_round_trip(
             assert await target.blob_exists(unique_repo, desc)
             assert await read_all(target, unique_repo, desc) == data
             if chunk_size is not None and size:
-                # 4 chunks of at most 1 KiB, each acknowledged and reported.
+                # The new session (offset 0), then 4 chunks of at most 1 KiB, each
+                # acknowledged and reported.
                 assert target.stats.blob_patch == 4
-                assert [p.offset for p in progress] == [1024, 2048, 3072, size]
+                assert [p.offset for p in progress] == [0, 1024, 2048, 3072, size]
                 assert all(p.digest == desc.digest for p in progress)
             else:
                 assert target.stats.blob_patch == 0

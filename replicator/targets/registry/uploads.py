@@ -200,6 +200,18 @@ class Uploader:
 
         Raises :class:`NotFoundError` when the session is gone.
         """
+        offset, _ = await self.status_location(location, repository)
+        return offset
+
+    async def status_location(
+        self, location: URL, repository: str | None = None
+    ) -> tuple[int, URL]:
+        """Acknowledged bytes and the location to continue with.
+
+        A registry may hand out a new ``Location`` with the status (distribution
+        carries the offset in its ``_state``): continuing with the old one after
+        the offset moved would be refused.
+        """
         repo = repository or repository_of_location(location)
         reply = await self.transport.request(
             RequestSpec(
@@ -213,7 +225,10 @@ class Uploader:
             )
         )
         offset = parse_range(reply.headers.get("Range"))
-        return offset or 0
+        newest = location
+        if reply.headers.get("Location"):
+            newest = self._location(reply, repo or "")
+        return offset or 0, newest
 
     async def cancel(self, location: URL, repository: str | None = None) -> None:
         """Abandon the upload at ``location``; never raises for a registry answer."""
@@ -283,7 +298,7 @@ class Uploader:
         if resume is not None and resume.digest == desc.digest and resume.repository == repository:
             location = URL(resume.location, encoded=True)
             try:
-                offset = await self.status(location, repository)
+                offset, location = await self.status_location(location, repository)
             except (NotFoundError, RegistryError) as exc:
                 if not isinstance(exc, NotFoundError) and exc.code != "BLOB_UPLOAD_INVALID":
                     raise
@@ -566,7 +581,7 @@ class Uploader:
                     if recoveries > max_recoveries:
                         raise
                     try:
-                        confirmed = await self.status(location, repository)
+                        confirmed, location = await self.status_location(location, repository)
                     except NotFoundError as gone:
                         raise _SessionGone(gone, sent) from None
                     log.info(
