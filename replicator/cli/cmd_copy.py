@@ -23,17 +23,37 @@ impossible: registries refuse an index whose children are missing.
 Exit 0 only when every selected node is present at every destination; else
 :class:`~replicator.errors.IncompleteCopyError` (exit 9), or the error that
 made a source unreadable (e.g. exit 3 for an unknown tag).
+
+Resume (docs/RESUME.md): every confirmation goes to the journal (``--journal
+PATH``, default ``$XDG_STATE_HOME/replicator/journal.sqlite``; ``--no-journal``
+runs without one).  A run is *the same run* when its key matches: the SHA-256
+of the normalised sources, destinations (with their tags) and every option that
+changes what is selected (``-r``/``--no-referrers``, ``--all-tags``,
+``--artifact-type``, ``--exclude-artifact-type``, ``--depth``, ``--platform``);
+``--concurrency``, ``--chunk-size``, ``--report``, ``--keep-going`` and global
+flags do not count.  Rerunning a command whose last run with that key did not
+end ``done`` continues it; ``--fresh`` starts over.  SIGTERM/SIGINT stop the
+copy gracefully (uploads pause at an acknowledged chunk), mark the run
+``interrupted`` and exit 75.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import shlex
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import anyio
+import structlog
 
 from replicator.cli.context import CliContext
 from replicator.cli.output import human_duration, human_size, pluralize
@@ -47,10 +67,13 @@ from replicator.engine.copier import (
     raise_for_report,
 )
 from replicator.engine.events import CopyObserver, LogObserver
+from replicator.engine.ledger import Ledger
 from replicator.engine.limits import Limits, LimitSettings
 from replicator.engine.report import CopyReport
-from replicator.errors import ConfigError, InputError, UsageError
+from replicator.errors import EXIT_INTERRUPTED, ConfigError, InputError, UsageError
 from replicator.graph.filters import GraphFilter
+from replicator.journal.ledger import JournalLedger
+from replicator.journal.store import DONE, FAILED, INTERRUPTED, Journal, default_journal_path
 from replicator.oci.descriptor import Platform
 from replicator.oci.reference import (
     Reference,
@@ -59,6 +82,11 @@ from replicator.oci.reference import (
     parse_repository,
     split_tags,
 )
+
+_log = structlog.get_logger("replicator.copy")
+
+#: How long a graceful stop waits for uploads to reach a chunk boundary.
+STOP_GRACE_SECONDS = 30.0
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -174,6 +202,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--keep-going", action="store_true", help="copy everything possible before failing"
     )
+    p.add_argument(
+        "--journal",
+        metavar="PATH",
+        help=(
+            f"resume journal (default {default_journal_path()}). The same run = same "
+            "sources, destinations and selecting options (-r, --no-referrers, --all-tags, "
+            "--artifact-type, --exclude-artifact-type, --depth, --platform); rerunning it "
+            "after an interruption continues where it stopped"
+        ),
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="ignore an unfinished run of this command: start over"
+    )
+    p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
     p.set_defaults(handler=run)
 
 
@@ -293,9 +335,171 @@ def _observer(ctx: CliContext) -> tuple[CopyObserver, contextlib.AbstractContext
     return LogObserver(), contextlib.nullcontext()
 
 
+def run_key(args: argparse.Namespace) -> str:
+    """The key that makes two invocations *the same run* (see module doc, docs/RESUME.md).
+
+    SHA-256 of the normalised (source, destinations) pairs, in order, from the
+    command line and ``--from-file``, and of every option that changes what is
+    selected.  References are normalised by parsing (``docker.io/alpine`` and
+    ``alpine`` are the same), destinations keep their tags.
+    """
+    pairs = []
+    for src_text, dst_texts, _ in _pairs(args):
+        parse = parse_repository if args.all_tags else parse_reference
+        pairs.append([_norm(parse, src_text), [_norm(parse, d) for d in dst_texts]])
+    selection = {
+        "pairs": pairs,
+        "referrers": bool(args.recursive) and not args.no_referrers,
+        "all_tags": bool(args.all_tags),
+        "artifact_types": sorted(args.artifact_type),
+        "exclude_artifact_types": sorted(args.exclude_artifact_type),
+        "depth": args.depth,
+        "platforms": sorted(args.platform),
+    }
+    text = json.dumps(selection, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _norm(parse: Any, text: str) -> str:
+    try:
+        ref, tags = split_tags(text) if parse is parse_reference else (parse(text), ())
+    except (UsageError, InputError):
+        return text  # reported properly when the jobs are built
+    return f"{ref}|{','.join(tags)}"
+
+
+def _command_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What the journal keeps of the command line (references and flags, no secrets)."""
+    argv = [a for a in sys.argv[1:]]
+    cleaned: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            cleaned.append("***")
+            continue
+        if a in ("--password", "-p"):
+            skip = True
+        elif a.startswith("--password="):
+            a = "--password=***"
+        cleaned.append(a)
+    return {"argv": cleaned or ["copy", *args.refs]}
+
+
+class _Stop:
+    """SIGTERM/SIGINT during a copy: a graceful stop, then a hard one on a second signal."""
+
+    def __init__(self) -> None:
+        self.requested = anyio.Event()
+        self.again = anyio.Event()
+        self.signals: list[int] = []
+
+    def __call__(self, signum: int) -> None:
+        self.signals.append(int(signum))
+        if self.requested.is_set():
+            self.again.set()
+        self.requested.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        done: list[int] = []
+        for sig in (int(signal.SIGTERM), int(signal.SIGINT)):
+            try:
+                loop.add_signal_handler(sig, self, sig)
+                done.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            yield
+        finally:
+            for sig in done:
+                loop.remove_signal_handler(sig)
+
+
+async def _run_engine(engine: CopyEngine, jobs: list[CopyJob], stop: _Stop) -> CopyReport | None:
+    """Run the engine; on a signal stop it gracefully. None when interrupted."""
+    interrupted = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            nonlocal interrupted
+            await stop.requested.wait()
+            interrupted = True
+            _log.warning("copy_stopping", signal=stop.signals[0])
+            engine.request_stop()
+            with anyio.move_on_after(STOP_GRACE_SECONDS):
+                async with anyio.create_task_group() as inner:
+
+                    async def second_signal() -> None:
+                        await stop.again.wait()
+                        inner.cancel_scope.cancel()
+
+                    async def quiet() -> None:
+                        await engine.wait_quiet()
+                        inner.cancel_scope.cancel()
+
+                    inner.start_soon(second_signal)
+                    inner.start_soon(quiet)
+            scope.cancel()
+
+        with anyio.CancelScope() as scope:
+            tg.start_soon(watch, scope)
+            report = await engine.run(jobs)
+        tg.cancel_scope.cancel()
+    return None if interrupted else report
+
+
+async def _open_journal(args: argparse.Namespace, out: Any) -> Journal | None:
+    if args.no_journal:
+        return None
+    journal = await Journal.open(args.journal or default_journal_path())
+    if journal.set_aside is not None:
+        message = (
+            f"the journal {journal.path} was unreadable ({journal.problem}); it was set aside "
+            f"as {journal.set_aside} and this run asks the destinations instead"
+        )
+        _log.warning("journal_set_aside", path=str(journal.path), moved_to=str(journal.set_aside))
+        sys.stderr.write(f"Warning: {message}\n")
+    return journal
+
+
+def _counts(report: CopyReport) -> dict[str, int]:
+    return {
+        "manifests_pushed": report.manifests_pushed,
+        "manifests_skipped": report.manifests_skipped,
+        "blobs_uploaded": report.blobs_uploaded,
+        "blobs_mounted": report.blobs_mounted,
+        "blobs_skipped": report.blobs_skipped,
+        "tags_set": report.tags_set,
+        "failures": len(report.failures),
+    }
+
+
+async def _cancel_leftover_uploads(
+    journal: Journal, run_id: str, jobs: list[CopyJob], ledger: JournalLedger
+) -> int:
+    """DELETE every upload session the run journalled and never completed."""
+    targets = {}
+    for job in jobs:
+        for d in job.destinations:
+            targets[d.endpoint.location] = d.endpoint.target
+    cancelled = 0
+    for up in journal.uploads(run_id):
+        target = targets.get(up.location)
+        cancel = getattr(target, "cancel_upload", None)
+        if cancel is not None:
+            await cancel(up.upload_url)
+            cancelled += 1
+            _log.info("upload_session_cancelled", location=up.location, digest=up.digest)
+        journal.drop_upload(run_id, up.location, up.repository, up.digest)
+    return cancelled
+
+
 async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     """Run the copy; print results and the summary; raise unless complete."""
     flt = _filter(args)
+    key = run_key(args) if not args.no_journal else ""
     jobs = await build_jobs(args, ctx)
     out = ctx.out
     if not jobs:
@@ -306,26 +510,93 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
         meta_per_location=min(16, args.concurrency),
         blob_per_location=min(8, args.concurrency),
     )
+    journal = await _open_journal(args, out)
+    ledger: Ledger | None = None
+    run_id = ""
+    if journal is not None:
+        run_id, resumed = journal.begin_run(key, _command_record(args), fresh=args.fresh)
+        jl = JournalLedger(journal, run_id)
+        ledger = jl
+        if resumed:
+            _log.info("run_resumed", run=run_id, confirmations=jl.resumed_entries)
+            sys.stderr.write(
+                f"Resuming run {run_id} ({jl.resumed_entries} confirmation(s) journalled)\n"
+            )
     observer, display = _observer(ctx)
     engine = CopyEngine(
         CopyOptions(filter=flt, keep_going=args.keep_going, chunk_size=args.chunk_size),
+        ledger=ledger,
         limits=Limits(settings),
         observer=observer,
     )
+    stop = _Stop()
+    report: CopyReport | None = None
     try:
-        with display:
-            report = await engine.run(jobs)
-    except BaseException:
-        # Interrupted (SIGTERM/SIGINT) or a bug: still leave what is known behind.
-        if args.report:
-            with contextlib.suppress(Exception):
+        try:
+            with display, stop.installed():
+                report = await _run_engine(engine, jobs, stop)
+        except BaseException as exc:
+            # A bug, or a cancellation from outside: still leave what is known behind.
+            if args.report:
+                with contextlib.suppress(Exception):
+                    _write_report(args.report, engine.report)
+            if journal is not None:
+                with anyio.CancelScope(shield=True):
+                    state = INTERRUPTED if _is_cancel(exc) else FAILED
+                    journal.finish_run(
+                        run_id,
+                        state,
+                        counts=_counts(engine.report),
+                        bytes_moved=engine.report.bytes_sent,
+                        error=str(exc) or type(exc).__name__,
+                    )
+                    await journal.flush()
+            raise
+        if report is None:
+            if args.report:
                 _write_report(args.report, engine.report)
-        raise
-    _print_results(out, report)
-    if args.report:
-        _write_report(args.report, report)
-    raise_for_report(report, first_root_error(engine))
-    return 0
+            if journal is not None:
+                journal.finish_run(
+                    run_id,
+                    INTERRUPTED,
+                    counts=_counts(engine.report),
+                    bytes_moved=engine.report.bytes_sent,
+                    error="interrupted by a signal",
+                )
+                await journal.flush()
+                where = f"run {run_id}, journal {journal.path}"
+            else:
+                where = "no journal: --no-journal was given, a rerun starts over"
+            sys.stderr.write(f"Interrupted: rerun the same command to resume ({where})\n")
+            sys.stderr.flush()
+            return EXIT_INTERRUPTED
+        if journal is not None:
+            if report.ok:
+                assert isinstance(ledger, JournalLedger)
+                await _cancel_leftover_uploads(journal, run_id, jobs, ledger)
+            journal.finish_run(
+                run_id,
+                DONE if report.ok else FAILED,
+                counts=_counts(report),
+                bytes_moved=report.bytes_sent,
+                error=None if report.ok else (report.failures[:1] or ["incomplete"])[0],
+            )
+            await journal.flush()
+        _print_results(out, report)
+        if args.report:
+            _write_report(args.report, report)
+        raise_for_report(report, first_root_error(engine))
+        return 0
+    finally:
+        if journal is not None:
+            with anyio.CancelScope(shield=True):
+                await journal.close()
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancel(e) for e in exc.exceptions)
+    return isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
 
 
 def _print_results(out: Any, report: CopyReport) -> None:

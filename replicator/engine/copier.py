@@ -177,6 +177,46 @@ class CopyEngine:
         self._cancel: anyio.CancelScope | None = None
         self._current_tags: dict[tuple[str, str, str], str] = {}
         self._first_root_error: ReplicatorError | None = None
+        self._stopping = False
+        self._active_pushes = 0
+        self._quiet: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ stopping
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`request_stop` was called."""
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Stop taking new work (SIGTERM/SIGINT): a graceful stop, step one.
+
+        No new blob upload starts, and every chunked upload in flight pauses at
+        its next acknowledged chunk (its progress already recorded in the
+        ledger), so a rerun resumes it without sending any byte twice.  Wait
+        for :meth:`wait_quiet`, then cancel the run (:meth:`cancel`).
+        """
+        self._stopping = True
+        if self._quiet is None:
+            self._quiet = anyio.Event()
+        if self._active_pushes == 0:
+            self._quiet.set()
+
+    async def wait_quiet(self) -> None:
+        """Return once no upload is between two acknowledged chunks (after :meth:`request_stop`)."""
+        if self._quiet is None:
+            self._quiet = anyio.Event()
+        await self._quiet.wait()
+
+    def cancel(self) -> None:
+        """Cancel the running :meth:`run` (it returns its partial report)."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def _leave_push(self) -> None:
+        self._active_pushes -= 1
+        if self._stopping and self._active_pushes == 0 and self._quiet is not None:
+            self._quiet.set()
 
     @property
     def root_error(self) -> ReplicatorError | None:
@@ -1045,12 +1085,22 @@ class CopyEngine:
         return on_bytes
 
     async def _push_one(self, d: Endpoint, blob: Descriptor, opener: BlobOpener) -> bool:
+        if self._stopping:
+            await anyio.sleep_forever()  # no new uploads once a stop was requested
         resume = await self.ledger.upload_progress(d.location, d.repository, blob.digest)
         chunk = self.options.chunk_size
+        parked = False
 
         async def progress(p: UploadProgress) -> None:
+            nonlocal parked
             await self.ledger.record_progress(d.location, p)
+            if self._stopping and p.offset > 0 and not parked:
+                # A chunk was just acknowledged and recorded: pause here for the stop.
+                parked = True
+                self._leave_push()
+                await anyio.sleep_forever()
 
+        self._active_pushes += 1
         try:
             res = await d.target.push_blob(
                 d.repository,
@@ -1066,6 +1116,9 @@ class CopyEngine:
             self._blob_done(d, blob, "", error=exc)
             self._fail(f"blob {blob.digest} to {d}: {exc}", exc)
             return False
+        finally:
+            if not parked:
+                self._leave_push()
         self.report.bytes_sent += res.bytes_sent
         how = res.how if res.how in ("exists", "mounted", "uploaded") else "uploaded"
         await self._confirm_blob(d, blob, how)

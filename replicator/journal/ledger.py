@@ -93,7 +93,13 @@ class JournalLedger:
         return self._tags.get((location, repository, tag))
 
     async def record_progress(self, location: str, progress: UploadProgress) -> None:
-        """Queue the acknowledged offset of a chunked upload."""
+        """Record an upload session: new (offset 0) or after an acknowledged chunk.
+
+        A new session is committed before the first byte is sent, so a killed
+        run always knows the sessions it opened (to resume them, or to cancel
+        them at the end).  Later offsets are only queued: the destination's own
+        upload status is the truth a resume starts from.
+        """
         self._uploads[(location, progress.repository, progress.digest)] = progress
         self.journal.record_upload(
             self.run_id,
@@ -101,6 +107,8 @@ class JournalLedger:
                 location, progress.repository, progress.digest, progress.location, progress.offset
             ),
         )
+        if progress.offset == 0:
+            await self.journal.flush()
 
     async def upload_progress(
         self, location: str, repository: str, digest: str

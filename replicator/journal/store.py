@@ -203,6 +203,10 @@ class Journal:
         self._reader = reader
         self._writer = writer
         self._closed = False
+        #: Where a corrupt journal found at ``path`` was moved to, if one was.
+        self.set_aside: Path | None = None
+        #: What was wrong with it.
+        self.problem: str | None = None
 
     # -- opening ---------------------------------------------------------------
 
@@ -218,10 +222,14 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"cannot create journal directory {path.parent}: {exc}") from exc
+        aside: Path | None = None
+        problem: str | None = None
         if path.exists():
             problem = _check(path)
             if problem is not None:
-                aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+                aside = path.with_name(
+                    f"{path.name}.corrupt-{time.time():.0f}-{uuid.uuid4().hex[:4]}"
+                )
                 for suffix in ("", "-wal", "-shm"):
                     src = Path(str(path) + suffix)
                     if src.exists():
@@ -244,7 +252,10 @@ class Journal:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         writer = _Writer(path)
         writer.start()
-        return cls(path, conn, writer)
+        journal = cls(path, conn, writer)
+        if aside is not None:
+            journal.set_aside, journal.problem = aside, problem
+        return journal
 
     # -- writing ---------------------------------------------------------------
 
