@@ -84,7 +84,8 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         f"- Python {m['python']}; {m['replicator']}; {m['skopeo']}; {m['docker_registry']}",
         f"- commit under test: `{m['git_head']}`; run at {m['date']}; "
         f"N = {results['reps']} repetitions per timed figure; whole run {results['total_s']} s",
-        f"- Python bytecode: {m.get('bytecode', 'as found')}",
+        f"- Python bytecode: {m.get('bytecode', 'as found')}; replicator's journal: "
+        f"{m.get('journal', 'default')}",
         "- The 2 CPUs are shared with other engineers' test runs: the 1-minute load average "
         "recorded around each command is in results.json (`loadavg_1m`); see the notes.",
         "",

@@ -492,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-", dir=args.tmp))
     work = root / "work"
     work.mkdir()
+    # replicator's resume journal (on by default) goes to $XDG_STATE_HOME: keep it in
+    # the temporary directory so runs start without history and leave nothing behind.
+    os.environ["XDG_STATE_HOME"] = str(root / "state")
+    results["machine"]["journal"] = "default (on), in a temporary $XDG_STATE_HOME"
     regs = Registries(root)
     try:
         src = regs.start("src")
