@@ -185,7 +185,9 @@ def seed(tmp_path: Path, instance: RegistryInstance, repo: str) -> dict[str, Any
     """Push a one-file artifact (readme.txt) with replicator itself; its manifest and blobs."""
     work = tmp_path / "seed"
     work.mkdir(exist_ok=True)
-    (work / "readme.txt").write_bytes(b"hostile registries are everywhere\n" * 50)
+    # The content names the repository: two seeds pushed within the same second
+    # (the created annotation has one-second resolution) must still differ.
+    (work / "readme.txt").write_bytes(f"hostile registries are everywhere ({repo})\n".encode() * 50)
     ref = f"{instance.host}/{repo}:v1"
     result = run_cli("push", ref, str(work / "readme.txt"), home=tmp_path / "home")
     assert result.code == 0, result.stderr
