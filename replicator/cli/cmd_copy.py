@@ -345,8 +345,10 @@ def run_key(args: argparse.Namespace) -> str:
     """
     pairs = []
     for src_text, dst_texts, _ in _pairs(args):
-        parse = parse_repository if args.all_tags else parse_reference
-        pairs.append([_norm(parse, src_text), [_norm(parse, d) for d in dst_texts]])
+        if args.all_tags:
+            pairs.append([_norm_repo(src_text), [_norm_repo(d) for d in dst_texts]])
+        else:
+            pairs.append(_norm_pair(src_text, dst_texts))
     selection = {
         "pairs": pairs,
         "referrers": bool(args.recursive) and not args.no_referrers,
@@ -360,12 +362,30 @@ def run_key(args: argparse.Namespace) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _norm(parse: Any, text: str) -> str:
+def _norm_repo(text: str) -> str:
     try:
-        ref, tags = split_tags(text) if parse is parse_reference else (parse(text), ())
+        return str(parse_repository(text))
     except (UsageError, InputError):
         return text  # reported properly when the jobs are built
-    return f"{ref}|{','.join(tags)}"
+
+
+def _norm_pair(src_text: str, dst_texts: list[str]) -> list[Any]:
+    """Normalised source and destinations; a destination without tag takes the source's."""
+    try:
+        src = parse_reference(src_text)
+    except (UsageError, InputError):
+        return [src_text, dst_texts]
+    dests = []
+    for text in dst_texts:
+        try:
+            ref, tags = split_tags(text)
+        except (UsageError, InputError):
+            dests.append(text)
+            continue
+        if not tags and ref.digest is None and src.tag:
+            ref, tags = ref.with_tag(src.tag), (src.tag,)
+        dests.append(f"{ref}|{','.join(tags)}")
+    return [str(src), dests]
 
 
 def _command_record(args: argparse.Namespace) -> dict[str, Any]:
