@@ -114,8 +114,14 @@ class RegistryTarget:
         return self._transport.stats
 
     async def aclose(self) -> None:
-        """Close the connection pool (the target can be used again afterwards)."""
-        await self._transport.aclose()
+        """Cancel upload sessions kept from failed mounts, close the connection pool.
+
+        The target can be used again afterwards.
+        """
+        try:
+            await self._uploads.aclose()
+        finally:
+            await self._transport.aclose()
 
     async def __aenter__(self) -> RegistryTarget:
         return self
@@ -507,6 +513,8 @@ class RegistryTarget:
             )
         except NotFoundError:
             return False
+        # Present after all: a session a failed mount kept for its upload is not needed.
+        self._uploads.discard_pending(repository, desc.digest)
         return True
 
     async def fetch_blob(
@@ -647,7 +655,13 @@ class RegistryTarget:
         )
 
     async def mount_blob(self, repository: str, desc: Descriptor, from_repository: str) -> bool:
-        """Cross-repository mount from ``from_repository``; True when the blob is now present."""
+        """Cross-repository mount from ``from_repository``; True when the blob is now present.
+
+        When the registry answers 202 (not mounted, an upload session begun) the
+        session is kept: the :meth:`push_blob` of ``desc`` to ``repository`` that
+        follows uploads into it instead of opening another.  Unused, it is
+        cancelled after a short time or at :meth:`aclose`.
+        """
         return await self._uploads.mount(repository, desc, from_repository)
 
     async def upload_status(self, location: str) -> int:

@@ -17,6 +17,15 @@ Guarantees:
   registry's own check at the closing ``PUT``.
 * A failed upload is cancelled (``DELETE``, errors ignored); an interrupted
   chunked upload (task cancelled) is left open so that it can be resumed.
+* A cross-repository mount the registry answers with 202 (not mounted, but an
+  upload session begun) keeps that session as *pending* for (repository,
+  digest): the next push of that blob to that repository uploads into it
+  instead of opening another one (one ``POST`` in all, not three requests).
+  A pending session is handed to one push only; if it turns out to be gone
+  (404) the push opens a fresh one.  One not used within
+  :data:`PENDING_SESSION_TTL` seconds, made useless (the blob turned out to be
+  present, or a newer mount replaced it) or still pending at :meth:`Uploader.aclose`
+  is cancelled, so no session is left dangling.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from yarl import URL
@@ -54,6 +65,12 @@ _LOCATION_REPO_RE = re.compile(r"^/v2/(.+)/blobs/uploads/[^/]*$")
 _MAX_SESSION_RESTARTS = 2
 
 _RETRYABLE_UPLOAD_ERRORS = (ConnectionFailedError, ServerError, RateLimitedError)
+
+#: Seconds a session opened by a failed mount waits for the push that follows it
+#: before it is cancelled.  Read when a session is kept (tests shorten it).
+PENDING_SESSION_TTL = 30.0
+#: At most this many pending sessions per registry; the oldest is cancelled first.
+MAX_PENDING_SESSIONS = 64
 
 
 def push_scopes(repository: str) -> list[str]:
@@ -150,15 +167,85 @@ async def _verified(source: AsyncIterator[bytes], verifier: DigestVerifier) -> A
             await closer()
 
 
+@dataclass(slots=True)
+class _PendingSession:
+    """An upload session a failed mount opened, waiting for the push of its blob."""
+
+    location: URL
+    min_chunk: int | None
+    timer: asyncio.TimerHandle | None = None
+
+
 class Uploader:
     """Runs blob uploads against one registry through its :class:`Transport`."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        #: (repository, digest) -> the session a failed mount left for its push.
+        self._pending: dict[tuple[str, str], _PendingSession] = {}
+        #: Cancellations running in the background (awaited by :meth:`aclose`).
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def _host(self) -> str:
         return self.transport.host
+
+    async def aclose(self) -> None:
+        """Cancel every pending session and wait for background cancellations."""
+        pending = list(self._pending.items())
+        self._pending.clear()
+        for _, session in pending:
+            if session.timer is not None:
+                session.timer.cancel()
+        if pending:
+            await asyncio.gather(
+                *(self.cancel(session.location, repo) for (repo, _), session in pending)
+            )
+        while self._background:
+            tasks = list(self._background)
+            self._background.difference_update(tasks)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- sessions kept from failed mounts -----------------------------------------------------
+
+    def _keep(self, repository: str, digest: str, location: URL, min_chunk: int | None) -> None:
+        """Keep the session a 202 mount answer opened for the push of ``digest``."""
+        key = (repository, digest)
+        self.discard_pending(repository, digest)  # the caller took it already: a no-op
+        while len(self._pending) >= MAX_PENDING_SESSIONS:
+            oldest = next(iter(self._pending))
+            self.discard_pending(*oldest)
+        session = _PendingSession(location, min_chunk)
+        session.timer = asyncio.get_running_loop().call_later(
+            PENDING_SESSION_TTL, self._expire, key, session
+        )
+        self._pending[key] = session
+        log.debug("registry.upload.session_kept", host=self._host, repository=repository)
+
+    def _take(self, repository: str, digest: str) -> _PendingSession | None:
+        """The pending session for ``(repository, digest)``, now owned by the caller."""
+        session = self._pending.pop((repository, digest), None)
+        if session is not None and session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        return session
+
+    def discard_pending(self, repository: str, digest: str) -> None:
+        """Cancel the pending session for ``(repository, digest)``, if any (in the background)."""
+        session = self._take(repository, digest)
+        if session is not None:
+            self._spawn(self.cancel(session.location, repository))
+
+    def _expire(self, key: tuple[str, str], session: _PendingSession) -> None:
+        if self._pending.get(key) is session:
+            del self._pending[key]
+            log.debug("registry.upload.session_expired", host=self._host, repository=key[0])
+            self._spawn(self.cancel(session.location, key[0]))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -251,7 +338,11 @@ class Uploader:
             log.debug("registry.upload.cancel_failed", host=self._host, error=str(exc))
 
     async def mount(self, repository: str, desc: Descriptor, from_repository: str) -> bool:
-        """Cross-repository mount; True when mounted, False (session cancelled) otherwise."""
+        """Cross-repository mount; True when mounted, False otherwise.
+
+        On False the upload session the registry opened (202) is kept pending
+        for the next :meth:`push` of ``desc`` to ``repository``.
+        """
         url = self.transport.repo_url(
             repository,
             "blobs/uploads/",
@@ -272,14 +363,18 @@ class Uploader:
                 headers={"Content-Length": "0"},
             )
         )
-        if reply.status == 201:
-            return True
+        # A session an earlier mount of this blob kept is useless now: mounted, or
+        # replaced by the one this answer opened.
+        previous = self._take(repository, desc.digest)
+        mounted = reply.status == 201
         location = reply.headers.get("Location")
-        if location:
+        if not mounted and location:
             url = self.transport.resolve(reply.url, location)
             if self.transport.is_own_origin(url):
-                await self.cancel(url, repository)
-        return False
+                self._keep(repository, desc.digest, url, _min_chunk(reply))
+        if previous is not None:
+            await self.cancel(previous.location, repository)
+        return mounted
 
     # -- pushing ---------------------------------------------------------------------------
 
@@ -317,6 +412,8 @@ class Uploader:
                 log.info(
                     "registry.upload.resume", host=self._host, digest=desc.digest, offset=offset
                 )
+                # The journal's session goes on: one a failed mount opened is not needed.
+                self.discard_pending(repository, desc.digest)
                 size = max(chunk_size or options.chunk_size, 1)
                 sent = await self._chunked_with_restarts(
                     repository, desc, opener, size, on_progress, (location, offset, None)
@@ -413,35 +510,53 @@ class Uploader:
                 await closer()
         verifier.verify()
         data = b"".join(parts)
-        location, _ = await self.start(repository)
-        try:
-            await self._opened(repository, desc, location, on_progress)
-            reply = await self.transport.request(
-                RequestSpec(
-                    method="PUT",
-                    url=with_query(location, "digest", desc.digest),
-                    kind="blob_put",
-                    scopes=push_scopes(repository),
-                    repository=repository,
-                    what=f"blob {desc.digest}",
-                    ok=(201, 204),
-                    headers={"Content-Type": "application/octet-stream"},
-                    data=data,
+        pending = self._take(repository, desc.digest)
+        while True:
+            # The session a failed mount left goes first; a fresh one if it is gone.
+            if pending is not None:
+                location, reused, pending = pending.location, True, None
+            else:
+                location, _ = await self.start(repository)
+                reused = False
+            try:
+                await self._opened(repository, desc, location, on_progress)
+                reply = await self.transport.request(
+                    RequestSpec(
+                        method="PUT",
+                        url=with_query(location, "digest", desc.digest),
+                        kind="blob_put",
+                        scopes=push_scopes(repository),
+                        repository=repository,
+                        what=f"blob {desc.digest}",
+                        ok=(201, 204),
+                        headers={"Content-Type": "application/octet-stream"},
+                        data=data,
+                    )
                 )
-            )
-            self._check_confirmed(reply, repository, desc)
-        except NotFoundError:
-            # A retried PUT after a lost answer finds its session closed.
-            if await self._landed(repository, desc):
-                return len(data)
-            await asyncio.shield(self.cancel(location, repository))
-            raise
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise  # no awaiting while being cancelled; the registry expires the session
-        except BaseException:
-            await asyncio.shield(self.cancel(location, repository))
-            raise
-        return len(data)
+                self._check_confirmed(reply, repository, desc)
+            except NotFoundError:
+                # A retried PUT after a lost answer finds its session closed.
+                if await self._landed(repository, desc):
+                    return len(data)
+                if reused:
+                    self._log_pending_gone(repository, desc)
+                    continue
+                await asyncio.shield(self.cancel(location, repository))
+                raise
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise  # no awaiting while being cancelled; the registry expires the session
+            except BaseException:
+                await asyncio.shield(self.cancel(location, repository))
+                raise
+            return len(data)
+
+    def _log_pending_gone(self, repository: str, desc: Descriptor) -> None:
+        log.info(
+            "registry.upload.pending_session_gone",
+            host=self._host,
+            repository=repository,
+            digest=desc.digest,
+        )
 
     async def _monolithic(
         self,
@@ -453,9 +568,15 @@ class Uploader:
         """Stream the blob in one PUT; a failure restarts with a fresh session."""
         attempts = self.transport.options.retry.attempts
         attempt = 0
+        pending = self._take(repository, desc.digest)
         while True:
-            attempt += 1
-            location, _ = await self.start(repository)
+            # The session a failed mount left goes first, and costs no attempt.
+            if pending is not None:
+                location, reused, pending = pending.location, True, None
+            else:
+                attempt += 1
+                location, _ = await self.start(repository)
+                reused = False
             verifier = DigestVerifier(desc.digest, desc.size)
             try:
                 await self._opened(repository, desc, location, on_progress)
@@ -478,10 +599,17 @@ class Uploader:
                 )
                 self._check_confirmed(reply, repository, desc)
                 return desc.size
+            except NotFoundError:
+                if not reused:
+                    await asyncio.shield(self.cancel(location, repository))
+                    raise
+                self._log_pending_gone(repository, desc)
             except _RETRYABLE_UPLOAD_ERRORS as exc:
                 await asyncio.shield(self.cancel(location, repository))
                 if await self._landed(repository, desc):
                     return desc.size
+                if reused:
+                    continue
                 if attempt >= attempts:
                     raise
                 await self._pause(attempt, repository, exc)
@@ -517,9 +645,21 @@ class Uploader:
     ) -> int:
         restarts = 0
         sent = 0
+        pending = self._take(repository, desc.digest) if session is None else None
+        reused = False
         while True:
             if session is None:
-                location, min_len = await self.start(repository)
+                if pending is not None:
+                    # The session a failed mount left; losing it costs no restart.
+                    location, min_len, reused, pending = (
+                        pending.location,
+                        pending.min_chunk,
+                        True,
+                        None,
+                    )
+                else:
+                    location, min_len = await self.start(repository)
+                    reused = False
                 session = (location, 0, min_len)
                 await self._opened(repository, desc, location, on_progress)
             location, offset, min_len = session
@@ -530,6 +670,11 @@ class Uploader:
                 )
             except _SessionGone as gone:
                 sent += gone.sent
+                session = None
+                if reused:
+                    self._log_pending_gone(repository, desc)
+                    reused = False
+                    continue
                 restarts += 1
                 if restarts > _MAX_SESSION_RESTARTS:
                     raise gone.error from None
