@@ -198,11 +198,16 @@ def summarise(rows: list[dict[str, Any]], base: str) -> dict[str, Any]:
     """Medians per kind and their ratios to ``base``."""
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
     medians = {k: statistics.median(r["wall_s"] for r in rows if r["kind"] == k) for k in kinds}
-    return {
+    out: dict[str, Any] = {
         "runs": rows,
         "median_wall_s": {k: round(v, 3) for k, v in medians.items()},
         "ratio_to_" + base: {k: round(v / medians[base], 3) for k, v in medians.items()},
     }
+    if all("cpu_s" in r for r in rows):
+        cpu = {k: statistics.median(r["cpu_s"] for r in rows if r["kind"] == k) for k in kinds}
+        out["median_cpu_s"] = {k: round(v, 3) for k, v in cpu.items()}
+        out["cpu_ratio_to_" + base] = {k: round(v / cpu[base], 3) for k, v in cpu.items()}
+    return out
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
@@ -210,9 +215,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         "# Resume journal benchmarks",
         "",
-        f"Command: `.venv/bin/python -m benchmarks.journal_bench --reps {results['reps']}` "
-        f"({results['machine']}); medians of {results['reps']} repetitions, order alternating, "
-        "fresh destination registry for every run, local docker-registry 2.8.2 processes.",
+        "Command: `.venv/bin/python -m benchmarks.journal_bench "
+        f"--reps {results['reps']} --resume-reps {results['resume_reps']}` "
+        f"({results['machine']}); medians, order alternating within each repetition, "
+        "a fresh destination registry for every run, local docker-registry 2.8.2 processes. "
+        f"Load average while running: {results.get('load', '?')} (the 2 cores are shared "
+        "with other work: single runs vary by +-20%).",
         "",
     ]
     if "resume" in results:
@@ -250,9 +258,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             lines.append(
                 f"| {row['kind']} | {row['rep'] + 1} | {row['wall_s']:.2f} | {row['cpu_s']:.2f} |"
             )
-        lines += ["", "| run | median wall (s) | ratio |", "|---|---|---|"]
+        lines += [
+            "",
+            "| run | median wall (s) | ratio | median CPU (s) | CPU ratio |",
+            "|---|---|---|---|---|",
+        ]
         for k, v in o["median_wall_s"].items():
-            lines.append(f"| {k} | {v:.2f} | {o['ratio_to_--no-journal'][k]:.3f}x |")
+            lines.append(
+                f"| {k} | {v:.2f} | {o['ratio_to_--no-journal'][k]:.3f}x | "
+                f"{o['median_cpu_s'][k]:.2f} | {o['cpu_ratio_to_--no-journal'][k]:.3f}x |"
+            )
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
 
@@ -260,7 +275,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5, help="repetitions of the overhead pair")
+    p.add_argument("--resume-reps", type=int, default=3, help="repetitions of the resume runs")
     p.add_argument("--gib", type=float, default=2.0, help="size of the resume image (GiB)")
     p.add_argument("--skip-resume", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
@@ -269,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(debug=False, fmt="console")
     results: dict[str, Any] = {
         "reps": args.reps,
+        "resume_reps": args.resume_reps,
         "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}",
     }
     root = Path(tempfile.mkdtemp(prefix="replicator-journal-bench-"))
@@ -301,11 +318,12 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(build_big())
             total = stored_bytes(src)
             results["big_bytes"] = total
-            results["resume"] = bench_resume(regs, src, total, work, args.reps)
+            results["resume"] = bench_resume(regs, src, total, work, args.resume_reps)
             regs.drop(src)
     finally:
         regs.close()
         shutil.rmtree(root, ignore_errors=True)
+    results["load"] = [round(x, 1) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "journal_results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out / "RESULTS-journal.md")

@@ -71,6 +71,10 @@ from replicator.targets.base import BlobOpener, PushResult, Target, UploadProgre
 _log = structlog.get_logger("replicator.engine")
 T = TypeVar("T")
 
+#: Blobs up to this size may go in one request (the registry target's monolithic
+#: limit); a larger one is always uploaded in chunks.
+_UNCHUNKED_MAX = 32 * 1024 * 1024
+
 NodeKey = tuple[str, str, str]  # (location, repository, digest) at the source
 DestKey = tuple[str, str]  # (location, repository) of a destination
 
@@ -1091,9 +1095,16 @@ class CopyEngine:
         chunk = self.options.chunk_size
         parked = False
 
+        chunked = bool(chunk and blob.size > chunk) or blob.size > _UNCHUNKED_MAX
+        flush = getattr(self.ledger, "flush", None)
+
         async def progress(p: UploadProgress) -> None:
             nonlocal parked
             await self.ledger.record_progress(d.location, p)
+            if p.offset == 0 and chunked and flush is not None:
+                # A session that will carry many bytes is made durable before the
+                # first one is sent: a killed run knows it (to resume or cancel it).
+                await flush()
             if self._stopping and p.offset > 0 and not parked:
                 # A chunk was just acknowledged and recorded: pause here for the stop.
                 parked = True

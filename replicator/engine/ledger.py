@@ -15,6 +15,11 @@ Guarantees an implementation must give:
   "present at the destination" and skips the work.
 * Upload progress (``record_progress``/``upload_progress``) is a hint: the
   target re-asks the destination for the confirmed offset before resuming.
+
+Optional methods, looked up with ``getattr``: ``forget(location, repository,
+digest)`` (the destination lost what the ledger claims: the engine repairs) and
+``flush()`` (make what was recorded durable; awaited after a large upload's new
+session is recorded, before its first byte is sent).
 """
 
 from __future__ import annotations

@@ -95,10 +95,11 @@ class JournalLedger:
     async def record_progress(self, location: str, progress: UploadProgress) -> None:
         """Record an upload session: new (offset 0) or after an acknowledged chunk.
 
-        A new session is committed before the first byte is sent, so a killed
-        run always knows the sessions it opened (to resume them, or to cancel
-        them at the end).  Later offsets are only queued: the destination's own
-        upload status is the truth a resume starts from.
+        A new session (offset 0) is committed right away, on this thread,
+        before its first byte is sent: a killed run knows every session it
+        opened (to resume it, or to cancel it at the end).  Later offsets are
+        only queued: the destination's own upload status is the truth a resume
+        starts from.
         """
         self._uploads[(location, progress.repository, progress.digest)] = progress
         self.journal.record_upload(
@@ -108,7 +109,11 @@ class JournalLedger:
             ),
         )
         if progress.offset == 0:
-            await self.journal.flush()
+            self.journal.commit_now()
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is committed to the journal."""
+        await self.journal.flush()
 
     async def upload_progress(
         self, location: str, repository: str, digest: str
