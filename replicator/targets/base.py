@@ -118,12 +118,20 @@ class Target(Protocol):
         resume: UploadProgress | None = None,
         on_progress: ProgressCallback | None = None,
         chunk_size: int | None = None,
+        verify: bool = True,
     ) -> BlobPushResult:
         """Upload a blob whose bytes ``opener(offset)`` yields; verify; confirm.
 
         ``resume`` continues an upload session a previous run left (asking the
         destination for its status first); ``chunk_size`` None lets the target
         choose monolithic or chunked by size.
+
+        ``verify=False`` tells the target that the opener's stream verifies
+        itself (a ``fetch_blob`` stream: read from 0 it raises instead of
+        yielding its last chunk when the digest does not match), so it need not
+        hash the bytes again.  A target may still hash them, and must still
+        check sizes; nothing becomes visible under ``desc.digest`` unless its
+        content verified (a registry checks the digest at its closing ``PUT``).
         """
         ...
 

@@ -497,11 +497,14 @@ class OCILayoutTarget:
         resume: UploadProgress | None = None,
         on_progress: ProgressCallback | None = None,
         chunk_size: int | None = None,
+        verify: bool = True,
     ) -> BlobPushResult:
         """Store the blob ``opener(0)`` yields, verified; ``"exists"`` if already present.
 
         Always writes from offset 0 into a fresh temporary file: ``resume``,
-        ``on_progress`` and ``chunk_size`` are accepted and ignored.
+        ``on_progress`` and ``chunk_size`` are accepted and ignored.  ``verify``
+        is accepted and ignored too: the layout always hashes what it writes, so
+        no unverified temporary file is ever renamed into place.
         """
         if self._has_blob(desc):
             return BlobPushResult("exists")

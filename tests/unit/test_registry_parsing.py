@@ -18,7 +18,7 @@ from replicator.targets.registry.options import RegistryOptions
 from replicator.targets.registry.referrers import index_entries, parse_next_link
 from replicator.targets.registry.transport import RequestStats, Transport
 from replicator.targets.registry.uploads import (
-    _ChunkReader,
+    _ChunkSource,
     _verified,
     parse_range,
     repository_of_location,
@@ -112,15 +112,43 @@ def _stream(pieces: list[bytes]) -> AsyncIterator[bytes]:
     return gen()
 
 
-def test_chunk_reader_cuts_exact_sizes_across_pieces() -> None:
+def test_chunk_source_cuts_exact_bodies_across_pieces() -> None:
+    opened: list[int] = []
+    data = b"abcdefghij"
+
+    def opener(offset: int) -> AsyncIterator[bytes]:
+        opened.append(offset)
+        pieces = [b"abc", b"", b"defgh", b"ij"]
+        # Re-opened at an offset: the rest of the data in one piece.
+        return _stream(pieces if offset == 0 else [data[offset:]])
+
     async def scenario() -> list[bytes]:
-        reader = _ChunkReader(_stream([b"abc", b"", b"defgh", b"ij"]))
-        out = [await reader.read(4), await reader.read(4), await reader.read(4)]
-        assert await reader.at_end()
-        await reader.aclose()
+        source = _ChunkSource(opener, 0, DigestVerifier(digest_bytes(data), len(data)))
+        out = [b"".join([p async for p in source.body(4)])]
+        source.mark()
+        first = [p async for p in source.body(4)]
+        assert first == [b"efgh"]  # the cut tail of "defgh" opens the next body
+        # That body was not acknowledged: sent again, the source re-opens at 4.
+        out.append(b"".join([p async for p in source.resend(4, 4)]))
+        out.append(b"".join([p async for p in source.body(2)]))
+        assert await source.at_end()
+        assert source.verifier is not None
+        source.verifier.verify()  # the resent chunk was hashed once
+        await source.aclose()
         return out
 
     assert asyncio.run(scenario()) == [b"abcd", b"efgh", b"ij"]
+    assert opened == [0, 4]
+
+
+def test_chunk_source_short_source_is_an_integrity_error() -> None:
+    async def scenario() -> None:
+        source = _ChunkSource(lambda offset: _stream([b"abc"]), 0, None)
+        with pytest.raises(IntegrityError):
+            _ = [p async for p in source.body(4)]
+        assert source.failed is not None
+
+    asyncio.run(scenario())
 
 
 def test_verified_stream_holds_back_the_last_piece_until_checked() -> None:

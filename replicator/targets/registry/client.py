@@ -640,10 +640,13 @@ class RegistryTarget:
         resume: UploadProgress | None = None,
         on_progress: ProgressCallback | None = None,
         chunk_size: int | None = None,
+        verify: bool = True,
     ) -> BlobPushResult:
         """Upload a blob (monolithic up to ``options.monolithic_max``, else chunked).
 
         Does not check for existence first: callers ask :meth:`blob_exists`.
+        ``verify=False`` skips hashing the bytes on the way (sizes are still
+        checked): the registry verifies the digest at the closing ``PUT``.
         """
         return await self._uploads.push(
             repository,
@@ -652,6 +655,7 @@ class RegistryTarget:
             resume=resume,
             on_progress=on_progress,
             chunk_size=chunk_size,
+            verify=verify,
         )
 
     async def mount_blob(self, repository: str, desc: Descriptor, from_repository: str) -> bool:

@@ -5,16 +5,20 @@ The distribution protocol (see PROTOCOL.md, "Blob upload") in one class,
 
 Guarantees:
 
-* Memory does not grow with the blob: bytes flow from the opener through one
-  chunk-sized buffer at most (small blobs up to :data:`SMALL_BLOB` are held
-  whole so that every retry can resend them).
+* Memory does not grow with the blob, nor with the chunk size: every request
+  body (the monolithic ``PUT``, each ``PATCH``) streams the opener's pieces as
+  they come, so reading the source overlaps sending to the registry.  A chunk
+  that has to be sent again is read again (the opener re-opened at the offset
+  the registry confirmed), never kept in memory.  Only small blobs up to
+  :data:`SMALL_BLOB` are held whole so that every retry can resend them.
 * Upload locations are used exactly as the registry handed them out (relative
   ones resolved against the answering URL), the newest one each time; query
   parameters are appended with ``&``, never rebuilt.
 * When the upload started at byte 0 the bytes are hashed on the way and checked
   against the descriptor before the upload is closed, so nothing is committed
-  under a digest whose content did not verify; a resumed upload relies on the
-  registry's own check at the closing ``PUT``.
+  under a digest whose content did not verify; a resumed upload, and one pushed
+  with ``verify=False`` (its source verifies itself), relies on the registry's
+  own check at the closing ``PUT ...?digest=``.  Sizes are checked always.
 * A failed upload is cancelled (``DELETE``, errors ignored); an interrupted
   chunked upload (task cancelled) is left open so that it can be resumed.
 * A cross-repository mount the registry answers with 202 (not mounted, but an
@@ -31,6 +35,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 from collections.abc import AsyncIterator, Coroutine
@@ -113,36 +118,177 @@ def repository_of_location(location: URL) -> str | None:
     return match.group(1) if match else None
 
 
-class _ChunkReader:
-    """Cuts a byte stream into pieces of a requested size with a bounded buffer."""
+def _fork(verifier: DigestVerifier | None) -> DigestVerifier | None:
+    """An independent copy of ``verifier`` (same bytes hashed so far), or None."""
+    if verifier is None:
+        return None
+    twin = DigestVerifier(verifier.digest, verifier.size)
+    twin._h = verifier._h.copy()
+    twin.seen = verifier.seen
+    return twin
 
-    def __init__(self, source: AsyncIterator[bytes]) -> None:
-        self._source = source
-        self._buf = bytearray()
-        self._eof = False
 
-    async def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes; fewer only at the end of the stream."""
-        while len(self._buf) < n and not self._eof:
+async def _close_stream(stream: AsyncIterator[bytes]) -> None:
+    """Close an opener's stream; one still being read by an abandoned request is left to it.
+
+    aiohttp sends a streamed body from a task of its own and cancels that task
+    when the request fails: a stream that task is reading cannot be closed from
+    here (``already running``), the cancellation ends it instead.
+    """
+    closer = getattr(stream, "aclose", None)
+    if closer is None:
+        return
+    with contextlib.suppress(RuntimeError):
+        await closer()
+
+
+@dataclass(slots=True, eq=False)
+class _Cursor:
+    """One open stream of the source: where it stands and what was hashed."""
+
+    stream: AsyncIterator[bytes]
+    position: int
+    verifier: DigestVerifier | None
+    #: The tail of a piece cut at a body's end, first in the next body.
+    carry: bytes = b""
+    #: A read was in progress (or broke off): the stream is not to be used again.
+    busy: bool = False
+    eof: bool = False
+
+
+class _ChunkSource:
+    """The blob's bytes, handed to PATCH requests as bodies without a chunk buffer.
+
+    Each body pulls its bytes straight from the opener's stream as aiohttp sends
+    them, so reading the source and sending to the registry overlap and memory
+    holds a few of the stream's pieces, not a chunk.  Only a piece straddling the
+    end of a body is cut (its tail opens the next body).
+
+    A body that was not sent completely cannot be replayed from memory: the
+    source is re-opened at the offset to continue from (:meth:`rewind`).  The
+    hash state at the start of each chunk is kept (:meth:`mark`), so a chunk sent
+    again from its start is still verified end to end.  A failure of the source
+    itself is recorded in :attr:`failed` (no upload retry can mend it).
+    """
+
+    def __init__(self, opener: BlobOpener, offset: int, verifier: DigestVerifier | None) -> None:
+        self._opener = opener
+        self._cursor = _Cursor(opener(offset), offset, verifier)
+        self._mark: tuple[int, DigestVerifier | None] = (offset, _fork(verifier))
+        self.failed: BaseException | None = None
+
+    @property
+    def position(self) -> int:
+        """Offset of the next byte the current stream gives."""
+        return self._cursor.position
+
+    @property
+    def verifier(self) -> DigestVerifier | None:
+        """The hash of every byte before :attr:`position`, when it is known."""
+        return self._cursor.verifier
+
+    def mark(self) -> None:
+        """Remember the hash state here: a chunk starting at this offset can be sent again."""
+        cursor = self._cursor
+        self._mark = (cursor.position, _fork(cursor.verifier))
+
+    def can_continue_at(self, offset: int) -> bool:
+        """True when the current stream stands at ``offset`` and is safe to read on."""
+        cursor = self._cursor
+        return cursor.position == offset and not cursor.busy
+
+    async def rewind(self, offset: int) -> None:
+        """Continue at ``offset`` (re-opening the source there unless it stands there already)."""
+        if self.can_continue_at(offset):
+            return
+        old = self._cursor
+        mark_offset, mark_verifier = self._mark
+        verifier = _fork(mark_verifier) if mark_offset == offset else None
+        self._cursor = _Cursor(self._opener(offset), offset, verifier)
+        await _close_stream(old.stream)
+
+    async def _pull(self, cursor: _Cursor) -> bytes | None:
+        """The next non-empty piece of ``cursor``'s stream; None at its end."""
+        if cursor.carry:
+            piece, cursor.carry = cursor.carry, b""
+            return piece
+        while not cursor.eof:
+            cursor.busy = True
             try:
-                chunk = await anext(self._source)
+                piece = await anext(cursor.stream)
             except StopAsyncIteration:
-                self._eof = True
-                break
-            self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+                cursor.eof = True
+                cursor.busy = False
+                return None
+            except Exception as exc:
+                self.failed = exc
+                raise
+            cursor.busy = False
+            if piece:
+                return piece
+        return None
+
+    async def body(self, n: int) -> AsyncIterator[bytes]:
+        """Exactly the next ``n`` bytes (an :class:`IntegrityError` if the source ends sooner)."""
+        cursor = self._cursor
+        left = n
+        while left > 0:
+            piece = await self._pull(cursor)
+            if piece is None:
+                self.failed = IntegrityError(
+                    f"source ended after {cursor.position} bytes, {left} short of the chunk"
+                )
+                raise self.failed
+            if len(piece) > left:
+                cursor.carry = piece[left:]
+                piece = piece[:left]
+            left -= len(piece)
+            cursor.position += len(piece)
+            if cursor.verifier is not None:
+                cursor.verifier.update(piece)
+            yield piece
+
+    def resend(self, offset: int, n: int) -> AsyncIterator[bytes]:
+        """A body of ``n`` bytes from ``offset``, re-opening the source when needed."""
+
+        async def again() -> AsyncIterator[bytes]:
+            await self.rewind(offset)
+            async for piece in self.body(n):
+                yield piece
+
+        return again()
 
     async def at_end(self) -> bool:
-        """True when the stream has nothing more to give."""
-        if self._buf:
-            return False
-        return not await self.read(1) if not self._eof else True
+        """True when the source has nothing after :attr:`position`."""
+        cursor = self._cursor
+        piece = await self._pull(cursor)
+        if piece is None:
+            return True
+        cursor.carry = piece
+        return False
 
     async def aclose(self) -> None:
-        """Close the underlying stream."""
-        closer = getattr(self._source, "aclose", None)
+        """Close the current stream."""
+        await _close_stream(self._cursor.stream)
+
+
+async def _sized(source: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """Pass ``source`` through, checking only that it holds exactly ``size`` bytes.
+
+    For sources that verify themselves (``verify=False``): the registry checks
+    the digest at the closing ``PUT``.
+    """
+    seen = 0
+    try:
+        async for chunk in source:
+            seen += len(chunk)
+            if seen > size:
+                raise IntegrityError(f"source is longer than the declared {size} bytes")
+            yield chunk
+        if seen != size:
+            raise IntegrityError(f"source ended after {seen} of the declared {size} bytes")
+    finally:
+        closer = getattr(source, "aclose", None)
         if closer is not None:
             await closer()
 
@@ -387,8 +533,14 @@ class Uploader:
         resume: UploadProgress | None = None,
         on_progress: ProgressCallback | None = None,
         chunk_size: int | None = None,
+        verify: bool = True,
     ) -> BlobPushResult:
-        """Upload a blob (see ``Target.push_blob``); returns after the registry confirmed it."""
+        """Upload a blob (see ``Target.push_blob``); returns after the registry confirmed it.
+
+        ``verify=False``: the bytes are not hashed on the way (their source
+        verified them); sizes are still checked, and the registry checks the
+        digest at the closing ``PUT ...?digest=`` either way.
+        """
         options = self.transport.options
         if resume is not None and resume.digest == desc.digest and resume.repository == repository:
             location = URL(resume.location, encoded=True)
@@ -416,17 +568,19 @@ class Uploader:
                 self.discard_pending(repository, desc.digest)
                 size = max(chunk_size or options.chunk_size, 1)
                 sent = await self._chunked_with_restarts(
-                    repository, desc, opener, size, on_progress, (location, offset, None)
+                    repository, desc, opener, size, on_progress, (location, offset, None), verify
                 )
                 return BlobPushResult("uploaded", sent)
         if chunk_size is None and desc.size <= options.monolithic_max:
             if desc.size <= SMALL_BLOB:
-                sent = await self._small(repository, desc, opener, on_progress)
+                sent = await self._small(repository, desc, opener, on_progress, verify)
                 return BlobPushResult("uploaded", sent)
-            sent = await self._monolithic(repository, desc, opener, on_progress)
+            sent = await self._monolithic(repository, desc, opener, on_progress, verify)
             return BlobPushResult("uploaded", sent)
         size = max(chunk_size or options.chunk_size, 1)
-        sent = await self._chunked_with_restarts(repository, desc, opener, size, on_progress, None)
+        sent = await self._chunked_with_restarts(
+            repository, desc, opener, size, on_progress, None, verify
+        )
         return BlobPushResult("uploaded", sent)
 
     async def _close(self, repository: str, desc: Descriptor, location: URL) -> None:
@@ -496,19 +650,22 @@ class Uploader:
         desc: Descriptor,
         opener: BlobOpener,
         on_progress: ProgressCallback | None = None,
+        verify: bool = True,
     ) -> int:
-        verifier = DigestVerifier(desc.digest, desc.size)
+        verifier = DigestVerifier(desc.digest, desc.size) if verify else None
         parts: list[bytes] = []
-        source = opener(0)
+        source = opener(0) if verify else _sized(opener(0), desc.size)
         try:
             async for chunk in source:
-                verifier.update(chunk)
+                if verifier is not None:
+                    verifier.update(chunk)
                 parts.append(chunk)
         finally:
             closer = getattr(source, "aclose", None)
             if closer is not None:
                 await closer()
-        verifier.verify()
+        if verifier is not None:
+            verifier.verify()
         data = b"".join(parts)
         pending = self._take(repository, desc.digest)
         while True:
@@ -564,6 +721,7 @@ class Uploader:
         desc: Descriptor,
         opener: BlobOpener,
         on_progress: ProgressCallback | None = None,
+        verify: bool = True,
     ) -> int:
         """Stream the blob in one PUT; a failure restarts with a fresh session."""
         attempts = self.transport.options.retry.attempts
@@ -577,7 +735,6 @@ class Uploader:
                 attempt += 1
                 location, _ = await self.start(repository)
                 reused = False
-            verifier = DigestVerifier(desc.digest, desc.size)
             try:
                 await self._opened(repository, desc, location, on_progress)
                 reply = await self.transport.request(
@@ -593,7 +750,7 @@ class Uploader:
                             "Content-Type": "application/octet-stream",
                             "Content-Length": str(desc.size),
                         },
-                        body=lambda v=verifier: _verified(opener(0), v),  # type: ignore[misc]
+                        body=lambda: self._whole_body(desc, opener, verify),
                         retry=False,
                     )
                 )
@@ -619,6 +776,12 @@ class Uploader:
                 await asyncio.shield(self.cancel(location, repository))
                 raise
 
+    @staticmethod
+    def _whole_body(desc: Descriptor, opener: BlobOpener, verify: bool) -> AsyncIterator[bytes]:
+        if verify:
+            return _verified(opener(0), DigestVerifier(desc.digest, desc.size))
+        return _sized(opener(0), desc.size)
+
     async def _pause(self, attempt: int, repository: str, exc: BaseException) -> None:
         policy = self.transport.options.retry
         delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
@@ -642,6 +805,7 @@ class Uploader:
         chunk_size: int,
         on_progress: ProgressCallback | None,
         session: tuple[URL, int, int | None] | None,
+        verify: bool = True,
     ) -> int:
         restarts = 0
         sent = 0
@@ -666,7 +830,7 @@ class Uploader:
             size = max(chunk_size, min_len or 0)
             try:
                 return sent + await self._chunked(
-                    repository, desc, opener, location, offset, size, on_progress
+                    repository, desc, opener, location, offset, size, on_progress, verify
                 )
             except _SessionGone as gone:
                 sent += gone.sent
@@ -695,27 +859,32 @@ class Uploader:
         offset: int,
         chunk_size: int,
         on_progress: ProgressCallback | None,
+        verify: bool = True,
     ) -> int:
-        """PATCH chunks from ``offset`` on, then close; returns the bytes sent."""
-        verifier = DigestVerifier(desc.digest, desc.size) if offset == 0 else None
-        reader = _ChunkReader(opener(offset))
+        """PATCH chunks from ``offset`` on, then close; returns the bytes sent.
+
+        Each PATCH body streams from the source (:class:`_ChunkSource`); a chunk
+        that failed is sent again from the offset the registry confirmed, the
+        source re-opened there.
+        """
+        verifier = DigestVerifier(desc.digest, desc.size) if verify and offset == 0 else None
+        source = _ChunkSource(opener, offset, verifier)
         sent = 0
         recoveries = 0
         max_recoveries = self.transport.options.retry.attempts
         try:
-            chunk = b""
             while offset < desc.size:
-                if not chunk:
-                    chunk = await reader.read(min(chunk_size, desc.size - offset))
-                    if not chunk:
-                        raise IntegrityError(
-                            f"{desc.digest}: source ended after {offset} of {desc.size} bytes"
-                        )
+                n = min(chunk_size, desc.size - offset)
+                source.mark()
                 try:
-                    reply = await self._patch(repository, desc, location, offset, chunk)
+                    reply = await self._patch(repository, desc, location, offset, n, source)
                 except NotFoundError as exc:
+                    if source.failed is not None:
+                        raise
                     raise _SessionGone(exc, sent) from None
                 except (RegistryError, ConnectionFailedError) as exc:
+                    if source.failed is not None:
+                        raise  # the source broke, not the upload
                     if (
                         isinstance(exc, RegistryError)
                         and exc.status not in (416, None)
@@ -736,24 +905,20 @@ class Uploader:
                         sent=offset,
                         confirmed=confirmed,
                     )
-                    if confirmed == offset:
-                        continue  # resend the same chunk
-                    if confirmed == offset + len(chunk):
-                        if verifier is not None:
-                            verifier.update(chunk)
+                    if confirmed == offset + n and source.can_continue_at(confirmed):
+                        # The chunk landed, only its answer was lost.
                         offset = confirmed
-                        sent += len(chunk)
-                        chunk = b""
+                        sent += n
                         continue
-                    verifier = None
-                    await reader.aclose()
-                    reader = _ChunkReader(opener(confirmed))
+                    # Anything else: go on from what the registry holds, reading the
+                    # source again from there (hashed on only from a chunk's start).
+                    await source.rewind(confirmed)
+                    sent += max(0, confirmed - offset)
                     offset = confirmed
-                    chunk = b""
                     continue
                 location = self._location(reply, repository)
                 acknowledged = parse_range(reply.headers.get("Range"))
-                end = offset + len(chunk)
+                end = offset + n
                 if acknowledged is not None and acknowledged != end:
                     raise protocol_error(
                         self._host,
@@ -762,21 +927,19 @@ class Uploader:
                         f"expected {end}",
                         status=reply.status,
                     )
-                if verifier is not None:
-                    verifier.update(chunk)
                 offset = end
-                sent += len(chunk)
-                chunk = b""
+                sent += n
                 if on_progress is not None:
                     await on_progress(
                         UploadProgress(repository, desc.digest, str(location), offset)
                     )
-            if verifier is not None:
-                if not await reader.at_end():
-                    raise IntegrityError(
-                        f"{desc.digest}: source is longer than the declared {desc.size} bytes"
-                    )
-                verifier.verify()
+            # Size checks cost nothing: the source must end exactly here.
+            if not await source.at_end():
+                raise IntegrityError(
+                    f"{desc.digest}: source is longer than the declared {desc.size} bytes"
+                )
+            if source.verifier is not None:
+                source.verifier.verify()
             await self._close(repository, desc, location)
             return sent
         except (_SessionGone, asyncio.CancelledError, KeyboardInterrupt):
@@ -787,11 +950,25 @@ class Uploader:
             await asyncio.shield(self.cancel(location, repository))
             raise
         finally:
-            await reader.aclose()
+            await source.aclose()
 
     async def _patch(
-        self, repository: str, desc: Descriptor, location: URL, offset: int, chunk: bytes
+        self,
+        repository: str,
+        desc: Descriptor,
+        location: URL,
+        offset: int,
+        n: int,
+        source: _ChunkSource,
     ) -> Reply:
+        """PATCH the next ``n`` bytes of ``source``; a retry by the transport re-reads them."""
+        attempts = 0
+
+        def body() -> AsyncIterator[bytes]:
+            nonlocal attempts
+            attempts += 1
+            return source.body(n) if attempts == 1 else source.resend(offset, n)
+
         return await self.transport.request(
             RequestSpec(
                 method="PATCH",
@@ -803,9 +980,10 @@ class Uploader:
                 ok=(202, 204),
                 headers={
                     "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                    "Content-Length": str(n),
+                    "Content-Range": f"{offset}-{offset + n - 1}",
                 },
-                data=chunk,
+                body=body,
             )
         )
 
