@@ -1120,6 +1120,9 @@ class CopyEngine:
                 resume=resume,
                 on_progress=progress,
                 chunk_size=chunk if chunk and blob.size > chunk else None,
+                # The opener streams a fetch_blob read (itself or teed), which
+                # verifies the digest before its last chunk: no second hashing.
+                verify=False,
             )
         except ReplicatorError as exc:
             if exc.side is None:
