@@ -197,8 +197,48 @@ def iter_command_modules() -> Iterator[ModuleType]:
             yield module
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The complete argument parser with every available command registered."""
+def _value_flags() -> frozenset[str]:
+    """The global flags that take a value (``--username NAME``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_global_flags(parser, suppress=True)
+    return frozenset(
+        option
+        for action in parser._actions
+        if action.nargs != 0
+        for option in action.option_strings
+    )
+
+
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, found without importing every command module.
+
+    The first word that is neither an option nor the value of a global flag
+    (abbreviations count as the flag they could abbreviate); None when that word
+    is no command of :data:`COMMANDS` or there is none (``--help``).
+    """
+    value_flags = _value_flags()
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            return None
+        if word.startswith("--"):
+            if "=" not in word and any(f.startswith(word) for f in value_flags if f[1] == "-"):
+                next(words, None)
+            continue
+        if word.startswith("-"):
+            if word in value_flags:  # -u NAME (not -uNAME)
+                next(words, None)
+            continue
+        return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every available command registered.
+
+    ``only`` registers that one command alone (what ``main`` does when the
+    command line names one: the other command modules are not even imported).
+    """
     parser = argparse.ArgumentParser(
         prog="replicator",
         description=(
@@ -217,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="<command>",
         parser_class=_CommandParser,
     )
+    if only is not None and (module := _import_command(only)) is not None:
+        module.register(subparsers)
+        return parser
     for module in iter_command_modules():
         module.register(subparsers)
     return parser
@@ -361,8 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     and ``--version`` with 0.  Everything else is reported by
     :func:`report_failure`: one line, no traceback unless ``--debug``.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(named_command(words))
+    args = parser.parse_args(words)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         _help_parser(parser, getattr(args, "command", None)).print_help(sys.stderr)
