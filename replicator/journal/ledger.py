@@ -33,6 +33,10 @@ class JournalLedger:
         self._content: dict[tuple[str, str, str], Confirmation] = {}
         self._tags: dict[tuple[str, str, str], str] = {}
         self._uploads: dict[tuple[str, str, str], UploadProgress] = {}
+        #: Repositories this run confirmed a blob in, per (location, digest).
+        self._run_blobs: dict[tuple[str, str], list[str]] = {}
+        #: The cross-run blob cache, per location (loaded once, kept up to date).
+        self._cache: dict[str, dict[str, list[str]]] = {}
         #: How many confirmations were loaded from the journal at start.
         self.resumed_entries = 0
         for location, repository, digest, kind, detail in journal.confirmations(run_id):
@@ -40,6 +44,8 @@ class JournalLedger:
             if kind == TAG:
                 self._tags[(location, repository, detail)] = digest
             elif kind in (BLOB, MANIFEST):
+                if kind == BLOB:
+                    self._note_blob(location, repository, digest)
                 self._content[(location, repository, digest)] = Confirmation(
                     kind="blob" if kind == BLOB else "manifest",
                     how="exists",
@@ -68,13 +74,29 @@ class JournalLedger:
         self.journal.confirm(self.run_id, c.location, c.repository, c.digest, _KIND[c.kind])
         if c.kind == "blob":
             self._uploads.pop((c.location, c.repository, c.digest), None)
+            self._note_blob(c.location, c.repository, c.digest)
+            cached = self._cached(c.location).setdefault(c.digest, [])
+            if c.repository in cached:
+                cached.remove(c.repository)
+            cached.insert(0, c.repository)
+
+    def _note_blob(self, location: str, repository: str, digest: str) -> None:
+        repos = self._run_blobs.setdefault((location, digest), [])
+        if repository not in repos:
+            repos.append(repository)
+
+    def _cached(self, location: str) -> dict[str, list[str]]:
+        table = self._cache.get(location)
+        if table is None:
+            table = self._cache[location] = self.journal.blob_cache(location)
+        return table
 
     async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
         """This run's confirmation, or a blob the cross-run cache places in that repository."""
         hit = self._content.get((location, repository, digest))
         if hit is not None:
             return hit
-        if repository in self.journal.mount_candidates(location, digest):
+        if repository in self._cached(location).get(digest, ()):
             return Confirmation(
                 kind="blob", how="exists", location=location, repository=repository, digest=digest
             )
@@ -82,8 +104,8 @@ class JournalLedger:
 
     async def locate(self, location: str, digest: str) -> list[str]:
         """Repositories of ``location`` that hold ``digest``: this run's first, then the cache."""
-        repos = [r for (loc, r, d) in self._content if loc == location and d == digest]
-        for repo in self.journal.mount_candidates(location, digest):
+        repos = list(self._run_blobs.get((location, digest), ()))
+        for repo in self._cached(location).get(digest, ()):
             if repo not in repos:
                 repos.append(repo)
         return repos
@@ -125,5 +147,11 @@ class JournalLedger:
         """The destination lost ``digest``: drop it from memory and from the journal."""
         self._content.pop((location, repository, digest), None)
         self._uploads.pop((location, repository, digest), None)
+        run_repos = self._run_blobs.get((location, digest))
+        if run_repos and repository in run_repos:
+            run_repos.remove(repository)
+        cached = self._cached(location).get(digest)
+        if cached and repository in cached:
+            cached.remove(repository)
         self.journal.forget(location, repository, digest)
         self.journal.drop_upload(self.run_id, location, repository, digest)

@@ -16,7 +16,9 @@ What it holds:
   destination later says the blob is unknown.
 
 Writes are queued and committed by one thread in batches (a transaction per
-batch), which keeps the journal's cost per confirmation to a queue put.
+batch, entries gathering for up to 50 ms), which keeps the journal's cost per
+confirmation to a queue put; a new upload session is committed at once on the
+caller's thread (``commit_now``), in queue order.
 ``flush()`` waits until everything queued so far is on disk.  A journal file
 that fails SQLite's ``quick_check`` or has a foreign schema is set aside (renamed
 with a ``.corrupt-<time>`` suffix), a warning is logged, and a fresh journal is
@@ -138,6 +140,9 @@ class UploadState:
     offset: int
 
 
+#: How long the writer lets queued entries gather before committing them.
+GROUP_COMMIT_SECONDS = 0.05
+
 _Op = tuple[str, tuple[Any, ...]]
 _STOP = object()
 
@@ -156,12 +161,15 @@ class _Writer(threading.Thread):
         self._items: collections.deque[Any] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self.commit_lock = threading.Lock()
+        self._urgent = threading.Event()
         self.error: BaseException | None = None
 
     def put(self, entry: Any) -> None:
         """Queue an entry: an op, a list of ops, a Future to resolve, or the stop mark."""
         with self._ready:
             self._items.append(entry)
+            if isinstance(entry, Future) or entry is _STOP:
+                self._urgent.set()
             self._ready.notify()
 
     def _drain(self) -> list[Any]:
@@ -182,6 +190,10 @@ class _Writer(threading.Thread):
                 with self._ready:
                     while not self._items:
                         self._ready.wait()
+                # Group commit: let entries gather for a moment (one transaction
+                # instead of one per confirmation), unless someone waits for them.
+                self._urgent.wait(GROUP_COMMIT_SECONDS)
+                self._urgent.clear()
                 with self.commit_lock:
                     if self._apply(conn, self._drain()):
                         return
@@ -220,10 +232,13 @@ class _Writer(threading.Thread):
         return stop
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, checkpoints: bool = True) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    if not checkpoints:
+        # Checkpoints (and their fsync) are left to the writer thread.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn
 
 
@@ -273,7 +288,7 @@ class Journal:
                     problem=problem,
                 )
         try:
-            conn = _connect(path)
+            conn = _connect(path, checkpoints=False)
             conn.executescript(_SCHEMA)
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
@@ -465,6 +480,17 @@ class Journal:
             (location, digest),
         )
         return [str(r[0]) for r in rows]
+
+    def blob_cache(self, location: str) -> dict[str, list[str]]:
+        """Every blob of ``location`` the cache knows: digest -> repositories, newest first."""
+        rows = self._reader.execute(
+            "SELECT digest, repository FROM blob_cache WHERE location = ? ORDER BY seen DESC",
+            (location,),
+        )
+        table: dict[str, list[str]] = {}
+        for digest, repository in rows:
+            table.setdefault(str(digest), []).append(str(repository))
+        return table
 
     def runs(self) -> list[RunInfo]:
         """Every run, newest first."""
