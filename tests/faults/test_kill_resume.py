@@ -68,19 +68,6 @@ def _setup(
     return src, dst, proxy, graph
 
 
-def _same_graph(src: Any, dst_host: str, dst_options: Any) -> None:
-    async def check() -> None:
-        a = RegistryTarget(src.instance.host, src.instance.options())
-        b = RegistryTarget(dst_host, dst_options)
-        try:
-            await assert_same_graph(a, "app", "v1", b, "mirror/app", "v1")
-        finally:
-            await a.aclose()
-            await b.aclose()
-
-    anyio.run(check)
-
-
 def _kill_trial(
     tmp_path: Path,
     registry_factory: Callable[..., Any],
