@@ -133,6 +133,24 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
     ),
 )
 
+#: Literals (ASCII, lower-case) one of which the text, lower-cased, must contain for each
+#: pattern of :data:`_PATTERNS` (same order) to possibly match.  Every pattern holds
+#: one of its literals verbatim (case-insensitively), so a pattern whose literals are all
+#: absent cannot match and is skipped: :func:`redact_text` gives exactly the result of
+#: applying every pattern, at the cost of a few substring tests for most strings.
+_PATTERN_NEEDS: tuple[tuple[str, ...], ...] = (
+    ("authorization",),
+    ("bearer", "basic"),
+    ("eyj",),
+    ("://",),
+    ("token", "passw"),  # ``=`` is checked too, see _needed_patterns
+    ("token", "passw", "secret", "auth"),  # a quote is checked too
+)
+
+#: Matches when any pattern might apply (a superset of the literals above): most log
+#: values (digests, names, numbers as text, media types) are answered by this one search.
+_MIGHT_HOLD_SECRET = re.compile(r"""authorization|bearer|basic|eyj|://|[='"]""", re.IGNORECASE)
+
 #: Keys (lower-case, ``-`` as ``_``) whose values are always masked in event dicts.
 _SECRET_KEYS = frozenset(
     {
@@ -161,14 +179,15 @@ class _SecretRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: set[str] = set()
-        self._regex: re.Pattern[str] | None = None
+        # The regex and the values it was built from, swapped together (one reference).
+        self._state: tuple[re.Pattern[str], tuple[str, ...]] | None = None
 
     def add(self, value: str) -> None:
         if not value or value in self._values:
             return
         with self._lock:
             self._values.add(value)
-            self._regex = self._compile(self._values)
+            self._state = (self._compile(self._values), tuple(self._values))
 
     def __len__(self) -> int:
         return len(self._values)
@@ -185,10 +204,15 @@ class _SecretRegistry:
         return re.compile("|".join(parts))
 
     def sub(self, text: str) -> str:
-        regex = self._regex
-        if regex is None:
+        state = self._state
+        if state is None:
             return text
-        return regex.sub(MASK, text)
+        regex, values = state
+        # Every match is one of the values verbatim: when none occurs, nothing to do.
+        for value in values:
+            if value in text:
+                return regex.sub(MASK, text)
+        return text
 
 
 _SECRETS = _SecretRegistry()
@@ -214,16 +238,53 @@ def registered_secret_count() -> int:
     return len(_SECRETS)
 
 
+def _may_match(index: int, text: str, lower: str) -> bool:
+    """False when pattern ``index`` of :data:`_PATTERNS` cannot match ASCII ``text``."""
+    if index == 4 and "=" not in text:
+        return False
+    if index == 5 and '"' not in text and "'" not in text:
+        return False
+    return any(literal in lower for literal in _PATTERN_NEEDS[index])
+
+
 def redact_text(text: str) -> str:
-    """``text`` with every registered secret and every secret-shaped substring masked."""
+    """``text`` with every registered secret and every secret-shaped substring masked.
+
+    Equivalent to applying the registered-secret regex, then every pattern of
+    :data:`_PATTERNS` in turn; patterns that cannot match (see
+    :data:`_PATTERN_NEEDS`) are skipped.  Non-ASCII text always takes every
+    pattern: case-insensitive matching knows letters (such as the Kelvin sign)
+    that ``str.lower`` does not fold to ASCII.
+    """
     text = _SECRETS.sub(text)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    if not text.isascii():
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+    if _MIGHT_HOLD_SECRET.search(text) is None:
+        return text
+    lower = text.lower()
+    for index, (pattern, replacement) in enumerate(_PATTERNS):
+        if _may_match(index, text, lower):
+            new = pattern.sub(replacement, text)
+            if new != text:
+                text = new
+                lower = text.lower()
     return text
 
 
+_KEY_IS_SECRET: dict[str, bool] = {}
+
+
 def _is_secret_key(key: object) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in _SECRET_KEYS
+    if not isinstance(key, str):
+        return False
+    known = _KEY_IS_SECRET.get(key)
+    if known is None:
+        known = key.lower().replace("-", "_") in _SECRET_KEYS
+        if len(_KEY_IS_SECRET) < 4096:  # keys are identifiers: a bounded, small set
+            _KEY_IS_SECRET[key] = known
+    return known
 
 
 def redact_value(value: Any) -> Any:
