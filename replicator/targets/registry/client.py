@@ -11,9 +11,10 @@ Guarantees (on top of those of the Target protocol):
   :data:`~replicator.oci.manifest.MAX_MANIFEST_SIZE` bytes, and verified against
   the digest asked for (for a tag: ``Docker-Content-Digest``, else the computed
   one is returned).  They are pushed as their exact bytes.
-* Blob downloads are hashed as they stream; a connection that breaks resumes
-  with ``Range`` where it stopped; the last chunk is yielded only after the
-  digest and size verified.
+* Blob downloads are hashed as they stream, in the pieces the socket delivers
+  (never joined or copied); a connection that breaks resumes with ``Range``
+  where it stopped; the last chunk is yielded only after the digest and size
+  verified.
 * Every failure is one :mod:`replicator.errors` exception naming the host and
   repository, never containing a credential.
 """
@@ -61,8 +62,6 @@ from replicator.targets.registry.uploads import Uploader, push_scopes
 
 log = structlog.get_logger("replicator.registry")
 
-#: Bytes asked from the socket per read while streaming a blob.
-BLOB_READ_CHUNK = 256 * 1024
 _LIST_BODY_CAP = 32 * 1024 * 1024
 
 
@@ -554,7 +553,9 @@ class RegistryTarget:
                 async with self._transport.stream(spec) as resp:
                     last_status = resp.status
                     skip = self._skip_for(resp, position, repository, desc)
-                    async for chunk in resp.content.iter_chunked(BLOB_READ_CHUNK):
+                    # The pieces as they came off the socket (up to 256 KiB each):
+                    # no re-cutting, so no joins or copies.
+                    async for chunk, _ in resp.content.iter_chunks():
                         if skip:
                             if len(chunk) <= skip:
                                 skip -= len(chunk)

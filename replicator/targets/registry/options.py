@@ -50,8 +50,15 @@ class RegistryOptions:
     #: Seconds without a byte on an open connection before it counts as broken.
     read_timeout: float = 60.0
     #: Blobs up to this size go monolithic (POST + PUT); larger ones chunked.
+    #: (The engine assumes this value: blobs above it always go chunked.)
     monolithic_max: int = 32 * 1024 * 1024
-    chunk_size: int = 16 * 1024 * 1024
+    #: PATCH size of a chunked upload.  Memory does not depend on it (bodies
+    #: stream); each PATCH costs the registry ~10 ms of CPU (distribution 2.8:
+    #: 16 MiB chunks cost it 0.4 CPU-s more per GiB than 32 MiB ones, 64 MiB
+    #: saved little more), and a killed run sends at most one chunk per
+    #: in-flight blob again.  Same as ``monolithic_max``: a kill loses at most
+    #: 32 MiB per blob whichever way it went.
+    chunk_size: int = 32 * 1024 * 1024
     #: Pages of tag lists / referrers followed at most.
     max_pages: int = 1000
 
