@@ -16,6 +16,18 @@ with status 503) its limit is halved; every success grows it back by
 halving happens per round: a congestion signal from a request that started before
 the last decrease is ignored, so a burst of failures from one overload does not
 collapse the limit to 1.
+
+The configured per-location sizes are where a limiter *starts* (its base).  Quick
+work may take it further, up to ``burst_per_location`` (by default the global cap):
+like TCP's slow start, each quick success adds a whole slot until the location
+first signals congestion (the limit doubles per round), then AIMD's ``1/limit``.
+A slot held for at least ``quick_hold`` seconds (a large layer) is not quick: it
+never grows the limit beyond the base and takes one burst slot back each time, so
+many small blobs run wide while large ones stay at the configured width.
+
+The global cap is taken *after* the per-location slots: it counts work that runs,
+never work queued behind a busy location, so hundreds of queued blob transfers
+cannot hold the global slots that metadata requests (or another location) need.
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ class AdaptiveLimit:
         if initial < 1:
             raise ValueError("initial limit must be >= 1")
         self.minimum = max(1, minimum)
+        #: The configured size: slow work grows the limit back to here, not beyond.
+        self.base = initial
         self.maximum = max(initial, maximum if maximum is not None else initial)
         self._limit = float(initial)
         self._in_flight = 0
@@ -104,10 +118,24 @@ class AdaptiveLimit:
                 self._in_flight += 1
                 fut.set_result(None)
 
-    def on_success(self) -> None:
-        """Additive increase: about one more slot per full round of successes."""
-        if self._limit < self.maximum:
-            self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
+    def on_success(self, *, quick: bool = True) -> None:
+        """Grow after a success: slow start, then about one slot per round.
+
+        Until the first congestion signal a quick success adds a whole slot (the
+        limit doubles per round); afterwards ``1/limit``.  A slow success (``quick``
+        False) only grows the limit up to :attr:`base` and, above it, gives one
+        burst slot back.
+        """
+        if not quick:
+            if self._limit > self.base:
+                self._limit = max(float(self.base), self._limit - 1.0)
+                return
+            ceiling = float(self.base)
+        else:
+            ceiling = float(self.maximum)
+        if self._limit < ceiling:
+            step = 1.0 if self.decreases == 0 else 1.0 / self._limit
+            self._limit = min(ceiling, self._limit + step)
             self._wake()
 
     def on_congestion(self, started: float) -> None:
@@ -121,11 +149,19 @@ class AdaptiveLimit:
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
-    """Starting sizes of the limits; ``concurrency`` is the global cap."""
+    """Sizes of the limits; ``concurrency`` is the global cap.
+
+    ``meta_per_location`` and ``blob_per_location`` are where each location's
+    limiters start (and what slow transfers keep them at); quick work may grow
+    them up to ``burst_per_location`` (``None``: the global cap).  A slot held
+    for less than ``quick_hold`` seconds counts as quick.
+    """
 
     concurrency: int = 32
     meta_per_location: int = 16
     blob_per_location: int = 8
+    burst_per_location: int | None = None
+    quick_hold: float = 1.0
 
 
 class Limits:
@@ -146,8 +182,11 @@ class Limits:
                 if kind == "meta"
                 else self.settings.blob_per_location
             )
-            size = max(1, min(size, self.settings.concurrency))
-            lim = AdaptiveLimit(size)
+            cap = max(1, self.settings.concurrency)
+            size = max(1, min(size, cap))
+            burst = self.settings.burst_per_location
+            burst = cap if burst is None else max(1, min(burst, cap))
+            lim = AdaptiveLimit(size, maximum=burst)
             self._limiters[key] = lim
         return lim
 
@@ -155,10 +194,12 @@ class Limits:
     async def slot(
         self, kind: Kind, *locations: str, signals: Mapping[str, Signal] | None = None
     ) -> AsyncIterator[None]:
-        """Hold the global slot and one slot of ``kind`` at every location given.
+        """Hold one slot of ``kind`` at every location given, then a global slot.
 
-        Locations are acquired in sorted order (deadlock-free when several
-        transfers each need a source and destinations).  Success or congestion
+        Locations are acquired in sorted order, the global cap last (deadlock-free
+        when several transfers each need a source and destinations).  A slot
+        held for less than ``quick_hold`` seconds may grow the limiters beyond
+        their base (see the module doc).  Success or congestion
         is reported to each limiter when the block exits.  ``signals`` maps a
         location to a counter of slow-down answers it gave (e.g. a target's
         retry count): when it grew while the slot was held, the location is
@@ -167,12 +208,14 @@ class Limits:
         """
         order = sorted(set(locations))
         limiters = [self.limiter(loc, kind) for loc in order]
-        async with self._global:
-            granted: list[tuple[AdaptiveLimit, float]] = []
-            try:
-                for lim in limiters:
-                    granted.append((lim, await lim.acquire()))
+        granted: list[tuple[AdaptiveLimit, float]] = []
+        try:
+            for lim in limiters:
+                granted.append((lim, await lim.acquire()))
+            # The global cap last: it counts running work, not work queued above.
+            async with self._global:
                 before = {loc: sig() for loc, sig in (signals or {}).items()}
+                began = time.monotonic()
                 try:
                     yield
                 except BaseException as exc:
@@ -183,15 +226,16 @@ class Limits:
                             lim.on_congestion(started)
                     raise
                 else:
+                    quick = time.monotonic() - began < self.settings.quick_hold
                     for (lim, started), loc in zip(granted, order, strict=True):
                         sig = (signals or {}).get(loc)
                         if sig is not None and sig() > before[loc]:
                             lim.on_congestion(started)
                         else:
-                            lim.on_success()
-            finally:
-                for lim, _ in granted:
-                    lim.release()
+                            lim.on_success(quick=quick)
+        finally:
+            for lim, _ in granted:
+                lim.release()
 
     async def call(
         self,
