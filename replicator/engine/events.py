@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from replicator.oci.descriptor import Descriptor
 
-_log = structlog.get_logger("replicator.engine")
+_LOGGER_NAME = "replicator.engine"
 
 
 def label_of(desc: Descriptor) -> str:
@@ -47,11 +48,21 @@ class CopyObserver(Protocol):
 
 
 class LogObserver:
-    """Emits one structlog event per finished node (readable in CI logs)."""
+    """Emits one structlog event per finished node (readable in CI logs).
+
+    A blob's start (``copying``) is a debug event: at the default level the log
+    holds one line per node, the outcome, which names the digest, title, size and
+    destination.  The logger is bound once, when the observer is made (after the
+    CLI configured logging), so an event costs no logger lookup, and events below
+    the configured level cost a no-op call.
+    """
+
+    def __init__(self) -> None:
+        self._log: FilteringBoundLogger = structlog.get_logger(_LOGGER_NAME).bind()
 
     def blob_started(self, desc: Descriptor, destinations: int) -> None:
-        """Log ``Copying <digest> <title>``."""
-        _log.info(
+        """Log ``copying <digest> <title>`` (debug)."""
+        self._log.debug(
             "copying", digest=desc.short, name=label_of(desc), size=desc.size, to=destinations
         )
 
@@ -61,16 +72,22 @@ class LogObserver:
     def blob_finished(self, desc: Descriptor, how: str, destination: str) -> None:
         """Log the blob's outcome."""
         event = "copied" if how == "uploaded" else how
-        _log.info(event, digest=desc.short, name=label_of(desc), destination=destination)
+        self._log.info(
+            event,
+            digest=desc.short,
+            name=label_of(desc),
+            size=desc.size,
+            destination=destination,
+        )
 
     def manifest_finished(self, desc: Descriptor, how: str, destination: str) -> None:
         """Log the manifest's outcome."""
         event = "copied" if how == "pushed" else how
-        _log.info(event, digest=desc.short, name=label_of(desc), destination=destination)
+        self._log.info(event, digest=desc.short, name=label_of(desc), destination=destination)
 
     def warning(self, message: str) -> None:
         """Log a warning event."""
-        _log.warning("skipped", reason=message)
+        self._log.warning("skipped", reason=message)
 
 
 class NullObserver:
