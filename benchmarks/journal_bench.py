@@ -125,7 +125,7 @@ def bench_resume(
     def plain(dst: RunningRegistry, journal: Path) -> dict[str, Any]:
         argv = copy_argv(journal, f"{s}/bench/big:v1", f"{dst.instance.host}/big:v1")
         m = measure("uninterrupted", argv, log=work / "commands.log", env={"NO_COLOR": "1"})
-        return {"wall_s": m.wall_s}
+        return {"wall_s": round(m.wall_s, 3)}
 
     def stopped(sig: int) -> Callable[[RunningRegistry, Path], dict[str, Any]]:
         def go(dst: RunningRegistry, journal: Path) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def bench_resume(
                 "first_wall_s": round(first, 3),
                 "first_exit": code,
                 "stopped_at_bytes": at,
-                "rerun_wall_s": m.wall_s,
+                "rerun_wall_s": round(m.wall_s, 3),
                 "wall_s": round(first + m.wall_s, 3),
             }
 
