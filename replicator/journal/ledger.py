@@ -117,11 +117,11 @@ class JournalLedger:
     async def record_progress(self, location: str, progress: UploadProgress) -> None:
         """Record an upload session: new (offset 0) or after an acknowledged chunk.
 
-        A new session (offset 0) is committed right away, on this thread,
-        before its first byte is sent: a killed run knows every session it
-        opened (to resume it, or to cancel it at the end).  Later offsets are
-        only queued: the destination's own upload status is the truth a resume
-        starts from.
+        Committed right away, on this thread: a new session (offset 0) before
+        its first byte is sent, so a killed run knows every session it opened
+        (to resume it, or to cancel it at the end); later offsets after each
+        acknowledged chunk, before the next one is sent.  (The destination's
+        own upload status remains the truth a resume starts from.)
         """
         self._uploads[(location, progress.repository, progress.digest)] = progress
         self.journal.record_upload(
@@ -130,8 +130,7 @@ class JournalLedger:
                 location, progress.repository, progress.digest, progress.location, progress.offset
             ),
         )
-        if progress.offset == 0:
-            self.journal.commit_now()
+        self.journal.commit_now()
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is committed to the journal."""

@@ -12,10 +12,11 @@ distribution 2.8 (the registry under test) invalidates an upload session whose
 stored size differs from the offset its ``_state`` carries — exactly what a
 chunk cut off by the kill (or acknowledged after the last journal write)
 leaves behind — and it cannot delete such a session either (its cancel fails on
-the closed writer).  The rerun then restarts that blob from byte 0, which adds
-the offset that had been acknowledged; the bound below adds those offsets (the
-rerun logs them as ``registry.upload.resume_gone``), and the left-over session
-check allows exactly those invalidated sessions.  docs/RESUME.md explains it.
+the closed writer).  The rerun then restarts that blob from byte 0, which sends
+again what that session held; the bound below adds those bytes (the rerun logs
+such sessions as ``registry.upload.resume_gone``; their files stay, so the bytes
+they hold are measured), and the left-over session check allows exactly those
+invalidated sessions.  docs/RESUME.md explains it.
 """
 
 from __future__ import annotations
@@ -115,21 +116,25 @@ def _kill_trial(
         _same_graph_repo(src, proxy, repo)
         gone = log_events(second.stderr, "registry.upload.resume_gone")
         gone_offsets = sum(int(g.get("offset", 0)) for g in gone)
+        # Sessions distribution 2.8 invalidated (see module doc): the bytes they
+        # hold (acknowledged chunks plus the part of the chunk cut off) are sent
+        # again; the files stay, so they can be measured.
+        invalid_digests = {g["digest"] for g in gone if g.get("code") == "BLOB_UPLOAD_INVALID"}
+        invalid = {session_id(url) for url, _, digest in journalled if digest in invalid_digests}
+        invalid_bytes = sum(_stored(dst, repo, u) for u in invalid)
         excess = both.bytes_up(kind="upload") - total
         # In flight at the kill: every session the journal knew (each is journalled
         # before its first byte), or every POST without a 201, whichever is more.
         in_flight = max(open_at_kill, len(journalled))
-        bound = in_flight * CHUNK + gone_offsets
+        bound = in_flight * CHUNK + invalid_bytes
         print(
             f"trial {trial}: kill at {share:.0%} killed={killed} in flight={in_flight} "
             f"journalled={len(journalled)} gone={len(gone)} (offsets {gone_offsets}) "
-            f"excess={excess} bound={bound}"
+            f"excess={excess} bound={bound} (invalidated sessions held {invalid_bytes})"
         )
-        assert excess <= bound, (excess, bound, open_at_kill, gone_offsets)
-        # Sessions distribution 2.8 invalidated (see module doc) cannot be deleted
-        # through the API; every other session must be gone.
-        invalid_digests = {g["digest"] for g in gone if g.get("code") == "BLOB_UPLOAD_INVALID"}
-        invalid = {session_id(url) for url, _, digest in journalled if digest in invalid_digests}
+        assert excess <= bound, (excess, bound, open_at_kill, gone_offsets, invalid_bytes)
+        # Sessions distribution 2.8 invalidated cannot be deleted through the API;
+        # every other session must be gone.
         left = set(leftover_sessions(dst, repo))
         if os.environ.get("KILL_DEBUG"):
             print("LEFT", sorted(left), "INVALID", sorted(invalid), "AT KILL", at_kill)
@@ -142,6 +147,11 @@ def _kill_trial(
             data = uploads_dir(dst, repo) / u / "data"
             assert data.stat().st_size == 0, f"dangling upload session {u} holds bytes"
         assert journal_runs(journal)[0][1] == "done"
+
+
+def _stored(running: Any, repo: str, session: str) -> int:
+    data = uploads_dir(running, repo) / session / "data"
+    return data.stat().st_size if data.exists() else 0
 
 
 def _same_graph_repo(src: Any, proxy: Any, repo: str) -> None:
