@@ -1,5 +1,9 @@
 """SIGKILL at random moments, then the same command again: the copy completes.
 
+(The last test kills between chunks — the destination refusing further ones —
+and shows the half-sent layers resumed at their acknowledged offsets, every
+byte received once.)
+
 A graph of large layers plus many small referrers is copied between two real
 registries, the destination behind a counting FaultProxy.  The copy is killed
 (SIGKILL) once the destination has received a seeded random share of the
@@ -178,3 +182,43 @@ def test_sigkill_twenty_trials_with_256_mib_layers(
     tmp_path: Path, registry_factory: Callable[..., Any], fault_proxy: Callable[..., Any]
 ) -> None:
     _kill_trial(tmp_path, registry_factory, fault_proxy, seed=2026, layer_size=256 * MiB, trials=20)
+
+
+def test_sigkill_between_chunks_resumes_each_half_sent_layer_where_it_stopped(
+    tmp_path: Path, registry_factory: Callable[..., Any], fault_proxy: Callable[..., Any]
+) -> None:
+    """Killed while the destination refuses further chunks (503, an overloaded
+    registry): no chunk is half-sent, so every session stays valid even on
+    distribution 2.8, and the rerun continues each layer at its acknowledged
+    offset: the destination receives every byte exactly once."""
+    src, dst, proxy, graph = _setup(registry_factory, fault_proxy, 40 * MiB)
+    journal = tmp_path / "journal.sqlite"
+    argv = copy_argv(journal, f"{src.instance.host}/app:v1", f"{proxy.host}/mirror/app:v1")
+    proc = start(argv, tmp_path)
+    deadline = time.monotonic() + 300
+    while proxy.stats().bytes_up(kind="upload") < 0.4 * graph.total_blob_bytes:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    # From now on every upload request is refused before it reaches the registry
+    # (bodies read and dropped): what is in flight finishes, nothing new lands.
+    proxy.status(None, r"/blobs/uploads/", 503, retry_after=5, times=None)
+    time.sleep(2.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    journalled = journal_uploads(journal)
+    assert journalled and any(offset > 0 for _, offset, _ in journalled)
+    proxy.clear()
+    second = run(argv, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = log_events(second.stderr, "registry.upload.resume")
+    assert resumed and any(int(r["offset"]) > 0 for r in resumed)
+    assert not log_events(second.stderr, "registry.upload.resume_gone")
+    received = sum(
+        r.bytes_up
+        for r in proxy.stats().log
+        if r.kind == "upload" and r.fault is None and r.status in (201, 202, 204)
+    )
+    assert received == graph.total_blob_bytes
+    assert leftover_sessions(dst, "mirror/app") == []
+    assert journal_runs(journal)[0][1] == "done"
+    _same_graph_repo(src, proxy, "mirror/app")
