@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup.sh [--bench]
 #
-# - installs Debian's docker-registry (and skopeo with --bench) only where missing;
+# - installs Debian's docker-registry and skopeo (interop tests, benchmarks) only where missing;
 # - creates .venv with python3.11 (or python3 >= 3.11) only where missing;
 # - installs the package editable with its test and bench extras, again only when
 #   pyproject.toml changed since the last successful install (stamp in .venv).
@@ -77,7 +77,9 @@ missing=()
 if [ ! -x /usr/bin/docker-registry ] && ! command -v docker-registry >/dev/null 2>&1; then
   missing+=(docker-registry)
 fi
-if [ "$BENCH" -eq 1 ] && ! command -v skopeo >/dev/null 2>&1; then
+# skopeo: the OCI-layout interop tests read our layouts with it, and the
+# benchmarks compare against it.
+if ! command -v skopeo >/dev/null 2>&1; then
   missing+=(skopeo)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
