@@ -32,7 +32,14 @@ for anything but its own transfer.  A referrer listed under a subject its
 manifest does not name (a hostile or stale fallback index, a self-reference) is
 skipped with a warning — checked before the node is claimed, and skipped when
 the source serves the referrers API — so referrer cycles terminate and a bogus
-listing never hides a genuine one.
+listing never hides a genuine one.  The check reads the referrer's manifest, so
+it is made only when the referrer will be copied: one that every destination
+already holds is walked unread (a re-run reads no referrer manifest), and a
+second listing of it under another subject is checked.
+
+A node's referrers are listed at the source while the destinations are asked
+whether they hold the node (the two are independent), so referrer work starts
+as early as possible and overlaps the uploads of the node's own blobs.
 """
 
 from __future__ import annotations
@@ -173,6 +180,7 @@ class CopyEngine:
         self._walks: dict[tuple[NodeKey, DestKey], Once] = {}
         self._edges: dict[NodeKey, set[NodeKey]] = {}
         self._referrer_errors: dict[NodeKey, ReplicatorError] = {}
+        self._admitted_unread: dict[NodeKey, str] = {}
         self._synthetic: set[NodeKey] = set()
         self._location_leads: dict[tuple[str, str], Once] = {}
         self._targets: dict[int, Target] = {}
@@ -339,9 +347,15 @@ class CopyEngine:
                 result.error = f"{d.display}: names {d.digest} but the source is {root.digest}"
                 self._fail(result.error)
                 return
-        implied = await self._check_tags(job, root_desc)
         dests = [d.endpoint for d in job.destinations]
-        await self._node(src, root_desc, dests, 0, None, None, implied, frozenset())
+        node_key: NodeKey = (src.location, src.repository, root.digest)
+        async with anyio.create_task_group() as tg:
+            # The root's referrers are listed at the source while the destinations
+            # are asked where their tags point and whether they hold the root.
+            if self._follows(node_key, 0):
+                tg.start_soon(self._prefetch_referrers, src, root_desc, node_key)
+            implied = await self._check_tags(job, root_desc)
+            await self._node(src, root_desc, dests, 0, None, None, implied, frozenset())
         if not await self._finish_job(job, result, root, final=False):
             deferred.append((job, result, root))
 
@@ -559,8 +573,34 @@ class CopyEngine:
         this run (so the referrer cannot be there yet: no existence probe).
         """
         key: NodeKey = (src.location, src.repository, desc.digest)
-        if subject is not None and not await self._genuine_referrer(src, desc, subject, parent):
-            return
+        async with anyio.create_task_group() as tg:
+            if self._follows(key, depth) and any((key, d.key) not in self._walks for d in dests):
+                # Its referrers are listed at the source while the destinations are
+                # asked about the node itself: the two do not depend on each other.
+                tg.start_soon(self._prefetch_referrers, src, desc, key)
+            known: dict[DestKey, bool] = {}
+            if subject is not None:
+                admitted = await self._admit_referrer(src, desc, key, subject, parent, dests, fresh)
+                if admitted is None:
+                    return
+                known = admitted
+            await self._node_visit(
+                src, desc, key, dests, depth, subject, parent, implied, fresh, known
+            )
+
+    async def _node_visit(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        key: NodeKey,
+        dests: Sequence[Endpoint],
+        depth: int,
+        subject: Descriptor | None,
+        parent: NodeKey | None,
+        implied: frozenset[DestKey],
+        fresh: frozenset[DestKey],
+        known: dict[DestKey, bool],
+    ) -> None:
         # The edge first: whatever happens below, the closure check of every
         # root above sees this node (and its failure, if it fails).
         if parent is not None:
@@ -572,7 +612,7 @@ class CopyEngine:
         walks = {d.key: self._walks.setdefault((key, d.key), Once()) for d in claimed}
         try:
             await self._node_claimed(
-                src, desc, key, claimed, depth, subject, parent, implied, fresh
+                src, desc, key, claimed, depth, subject, parent, implied, fresh, known
             )
         except BaseException as exc:
             for cell in walks.values():
@@ -595,7 +635,9 @@ class CopyEngine:
         parent: NodeKey | None,
         implied: frozenset[DestKey],
         fresh: frozenset[DestKey],
+        known: dict[DestKey, bool],
     ) -> None:
+        """Visit a claimed node; ``known``: presence already learned (by the referrer check)."""
         responsible: list[Endpoint] = []
         mine: list[tuple[Endpoint, Once]] = []
         for d in claimed:
@@ -606,13 +648,16 @@ class CopyEngine:
         found: dict[DestKey, bool | ReplicatorError] = {}
 
         async def check(d: Endpoint) -> None:
+            if d.key in known:
+                found[d.key] = known[d.key]
+                return
             try:
                 found[d.key] = await self._present(d, desc, implied, fresh)
             except ReplicatorError as exc:
                 exc.side = exc.side or "destination"
                 found[d.key] = exc
 
-        follow = self.options.filter.follows_referrers_at(depth) and key not in self._synthetic
+        follow = self._follows(key, depth)
 
         async def prefetch() -> None:
             # An index whose children are visited is read whatever the destinations
@@ -682,6 +727,76 @@ class CopyEngine:
                         tg.start_soon(self._blob, src, blob, responsible)
                     for d in responsible:
                         tg.start_soon(self._commit, src, desc, manifest, d, subject)
+
+    def _follows(self, key: NodeKey, depth: int) -> bool:
+        """Whether the referrers of the node ``key`` at ``depth`` are walked."""
+        return self.options.filter.follows_referrers_at(depth) and key not in self._synthetic
+
+    async def _prefetch_referrers(self, src: Endpoint, desc: Descriptor, key: NodeKey) -> None:
+        """List the referrers early (cached); an error is kept for the walk to report."""
+        with contextlib.suppress(ReplicatorError):
+            await self._referrers(src, desc, key)
+
+    async def _admit_referrer(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        key: NodeKey,
+        subject: Descriptor,
+        parent: NodeKey | None,
+        dests: Sequence[Endpoint],
+        fresh: frozenset[DestKey],
+    ) -> dict[DestKey, bool] | None:
+        """Whether a listed referrer is walked: None to skip it, else presence learned.
+
+        Its manifest is read to check its ``subject`` (:meth:`_genuine_referrer`)
+        only when it will be copied: a referrer every destination of this visit
+        already holds is walked without reading it (a re-run reads no referrer
+        manifest).  Such an unread admission is remembered with its subject; a
+        listing of the same digest under another subject is then checked.
+        """
+        if await self._source_has_referrers_api(src):
+            return {}
+        cell = self._manifests.get(key)
+        if cell is not None and cell.done and cell.error is None:
+            # Already read (type filter, another visit): the check costs nothing.
+            return {} if await self._genuine_referrer(src, desc, subject, parent) else None
+        pending = list({d.key: d for d in dests if (key, d.key) not in self._walks}.values())
+        accepted = self._admitted_unread.get(key)
+        known: dict[DestKey, bool] = {}
+        if pending and accepted in (None, subject.digest):
+            known = await self._presence(desc, pending, fresh)
+            if len(known) == len(pending) and all(known.values()):
+                self._admitted_unread[key] = subject.digest
+                return known
+        elif not pending and accepted == subject.digest:
+            return known
+        return known if await self._genuine_referrer(src, desc, subject, parent) else None
+
+    async def _presence(
+        self, desc: Descriptor, dests: list[Endpoint], fresh: frozenset[DestKey]
+    ) -> dict[DestKey, bool]:
+        """Presence of ``desc`` at each destination that could be asked (errors: left out)."""
+        known: dict[DestKey, bool] = {}
+
+        async def ask(d: Endpoint) -> None:
+            cell = self._committed.get((d.location, d.repository, desc.digest))
+            if cell is not None and cell.claimed:
+                if cell.done and cell.error is None:
+                    known[d.key] = True
+                return  # being decided by another visit: unknown here
+            try:
+                known[d.key] = await self._present(d, desc, frozenset(), fresh)
+            except ReplicatorError as exc:
+                _log.debug("presence_check_failed", destination=str(d), error=str(exc))
+
+        if len(dests) == 1:
+            await ask(dests[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for d in dests:
+                    tg.start_soon(ask, d)
+        return known
 
     async def _source_has_referrers_api(self, src: Endpoint) -> bool:
         probe = getattr(src.target, "referrers_api_supported", None)

@@ -314,3 +314,101 @@ def test_rerun_after_a_new_signature_copies_only_the_signature(
             assert late.digest in {d.digest for d in found}
 
     run(main)
+
+
+def _referrer_manifest_gets(stats: Any, repo: str, digests: list[str]) -> int:
+    paths = stats.paths("GET", "manifest")
+    return sum(paths[f"/v2/{repo}/manifests/{d}"] for d in digests)
+
+
+def test_rerun_reads_no_referrer_manifest_the_destination_has(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("rr", tags=["v1"])
+        referrers = [signed.signature.digest, signed.sbom.digest, signed.sbom_signature.digest]
+        proxy = fault_proxy(registry_open)  # the source, without the referrers API
+        dst_repo = unique_repo + "-rr"
+        async with target(proxy) as src, target(registry_open) as dst:
+            first = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert first.ok, first.failures
+            assert first.manifests_pushed == 4
+            # copied referrers were read (to copy them, and to check their subject)
+            assert _referrer_manifest_gets(proxy.stats(), unique_repo, referrers) == 3
+        proxy.reset()
+        async with target(proxy) as src, target(registry_open) as dst:
+            second = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert second.ok, second.failures
+            assert second.manifests_pushed == 0 and second.bytes_sent == 0
+            assert second.referrers_found == 3
+        stats = proxy.stats()
+        assert _referrer_manifest_gets(stats, unique_repo, referrers) == 0
+        # the root (by tag) and the four fallback tags: nothing else read at the source
+        assert stats.requests("GET", "manifest") == 5, stats.paths("GET", "manifest")
+
+    run(main)
+
+
+def test_rerun_after_a_lost_referrer_checks_and_copies_only_that_one(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("lr", tags=["v1"])
+        proxy = fault_proxy(registry_open)
+        dst_repo = unique_repo + "-lr"
+        async with target(proxy) as src, target(registry_open) as dst:
+            first = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert first.ok, first.failures
+        # the destination loses the SBOM's signature (and its fallback entry stays)
+        async with target(registry_open) as reg:
+            await reg.delete_manifest_digest(dst_repo, signed.sbom_signature.digest)
+        proxy.reset()
+        async with target(proxy) as src, target(registry_open) as dst:
+            second = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert second.ok, second.failures
+            assert second.manifests_pushed == 1
+            assert await dst.manifest_exists(dst_repo, signed.sbom_signature)
+        paths = proxy.stats().paths("GET", "manifest")
+        assert paths[f"/v2/{unique_repo}/manifests/{signed.sbom_signature.digest}"] == 1
+        assert paths[f"/v2/{unique_repo}/manifests/{signed.signature.digest}"] == 0
+        assert paths[f"/v2/{unique_repo}/manifests/{signed.sbom.digest}"] == 0
+
+    run(main)
+
+
+def test_referrers_are_listed_at_the_source_while_the_destination_is_asked(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("ov", tags=["v1"])
+        listing = referrers_tag(signed.image.digest)
+        src_proxy = fault_proxy(registry_open)
+        dst_proxy = fault_proxy(registry_open)
+        # every manifest request at the destination answers slowly
+        dst_proxy.delay(None, r"/manifests/", 1.0, times=None)
+        dst_repo = unique_repo + "-ov"
+        async with target(src_proxy) as src, target(dst_proxy) as dst:
+            task = asyncio.ensure_future(
+                copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            )
+            deadline = asyncio.get_running_loop().time() + 30
+            listed = False
+            answered: list[int] = []
+            while not task.done() and asyncio.get_running_loop().time() < deadline:
+                if any(listing in r.path for r in src_proxy.stats().log):
+                    listed = True
+                    answered = [r.status for r in dst_proxy.stats().log if r.kind == "manifest"]
+                    break
+                await asyncio.sleep(0.01)
+            report = await task
+            assert report.ok, report.failures
+            assert listed
+            # the root's referrers were listed before the destination answered anything
+            # about the root (its tag, its presence): each takes a second there
+            assert all(status == 0 for status in answered), answered
+            await assert_same_graph(src, unique_repo, "v1", dst, dst_repo, "v1")
+
+    run(main)
