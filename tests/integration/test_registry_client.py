@@ -613,6 +613,83 @@ def test_concurrent_attaches_all_land_in_the_fallback_index(
     run(scenario)
 
 
+async def _referrer_manifests(
+    target: RegistryTarget, repo: str, subject: Descriptor, n: int
+) -> list[tuple[Descriptor, bytes]]:
+    """``n`` referrers of ``subject`` whose blobs are already pushed."""
+    await push_bytes(target, repo, b"{}", mt.OCI_EMPTY)
+    out: list[tuple[Descriptor, bytes]] = []
+    for i in range(n):
+        blob = await push_bytes(target, repo, f"note {i}".encode(), "application/json")
+        raw = build_image_manifest(
+            config=EMPTY_CONFIG,
+            layers=[blob],
+            artifact_type="note/x",
+            subject=subject,
+            annotations={"note": str(i)},
+        )
+        out.append((descriptor_for(raw, mt.OCI_MANIFEST), raw))
+    return out
+
+
+def test_concurrent_fallback_updates_of_one_subject_are_written_once(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: str
+) -> None:
+    async def scenario() -> None:
+        async with target_for(registry_open) as direct:
+            image = await _push_image(direct, unique_repo, "v1")
+            made = await _referrer_manifests(direct, unique_repo, image, 6)
+        proxy = fault_proxy(registry_open)
+        tag_path = f"/v2/{unique_repo}/manifests/{referrers_tag(image.digest)}"
+        # the first read of the fallback index is slow: every other push queues behind it
+        proxy.delay("GET", tag_path, 0.5)
+        async with target_for(proxy) as target:
+            results = await asyncio.gather(
+                *(target.push_manifest(unique_repo, d, raw) for d, raw in made)
+            )
+            assert all(r.referrers_updated for r in results)
+            found = await target.referrers(unique_repo, image)
+            assert sorted(d.digest for d in found) == sorted(d.digest for d, _ in made)
+        paths = proxy.stats()
+        # one read of the (absent) index while all six were queued, then one write
+        assert paths.paths("GET", "manifest")[tag_path] == 2  # + the listing above
+        assert paths.paths("PUT", "manifest")[tag_path] == 1
+        assert paths.requests("DELETE", "manifest") == 0
+
+    run(scenario)
+
+
+def test_a_cancelled_fallback_update_loses_no_other_entry(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: str
+) -> None:
+    async def scenario() -> None:
+        async with target_for(registry_open) as direct:
+            image = await _push_image(direct, unique_repo, "v1")
+            made = await _referrer_manifests(direct, unique_repo, image, 5)
+        proxy = fault_proxy(registry_open)
+        tag_path = f"/v2/{unique_repo}/manifests/{referrers_tag(image.digest)}"
+        proxy.delay("GET", tag_path, 0.5)
+        async with target_for(proxy) as target:
+            tasks = [
+                asyncio.ensure_future(target.push_manifest(unique_repo, d, raw)) for d, raw in made
+            ]
+            await asyncio.sleep(0.25)  # every push is queued behind the slow first read
+            tasks[0].cancel()  # the lock holder, in the middle of its read
+            tasks[2].cancel()  # a waiter
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            assert isinstance(done[0], asyncio.CancelledError)
+            assert isinstance(done[2], asyncio.CancelledError)
+            found = {d.digest for d in await target.referrers(unique_repo, image)}
+            assert {made[i][0].digest for i in (1, 3, 4)} <= found
+            # and later updates still work
+            await target.delete_manifest(unique_repo, made[1][0])
+            found = {d.digest for d in await target.referrers(unique_repo, image)}
+            assert made[1][0].digest not in found
+            assert {made[i][0].digest for i in (3, 4)} <= found
+
+    run(scenario)
+
+
 # -- listings -----------------------------------------------------------------------------
 
 

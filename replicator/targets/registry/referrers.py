@@ -11,7 +11,11 @@ Guarantees:
   ``404`` on the API means no) and cached per repository.
 * Fallback index updates are serialised per (repository, subject) inside the
   process, skip duplicates, and leave no orphan: the index they replace is
-  deleted by digest (when the registry allows deletes).
+  deleted by digest (when the registry allows deletes).  Updates of one
+  subject's index that wait for each other are coalesced: whoever holds the
+  lock applies every pending addition and removal in one read-modify-write (one
+  ``GET`` and one ``PUT`` for all of them), and each caller returns once the
+  write that carried its own change is done (or fails with it).
 * A fallback tag that does not hold a valid image index counts as "no
   referrers" (with a warning), never as an error.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -118,6 +123,16 @@ class _Unsupported(Exception):
         self.cacheable = cacheable
 
 
+@dataclass(eq=False, slots=True)
+class _Change:
+    """One pending change of a fallback index: add a descriptor or remove a digest."""
+
+    add: Descriptor | None
+    remove: str | None
+    done: bool = False
+    error: BaseException | None = None
+
+
 class ReferrersSupport:
     """Referrers reading and fallback-index maintenance for one registry target."""
 
@@ -126,6 +141,7 @@ class ReferrersSupport:
         self._transport = transport
         self._api: dict[str, bool] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pending: dict[tuple[str, str], list[_Change]] = {}
 
     # -- API detection ---------------------------------------------------------------------
 
@@ -312,32 +328,78 @@ class ReferrersSupport:
         add: Descriptor | None = None,
         remove: str | None = None,
     ) -> None:
-        async with self._lock(repository, subject):
-            current = await self._read_fallback(repository, subject)
-            old_desc, entries = current if current is not None else (None, [])
-            if add is not None:
-                if any(e.digest == add.digest for e in entries):
-                    return
-                new_entries = [*entries, add]
+        key = (repository, subject)
+        change = _Change(add, remove)
+        self._pending.setdefault(key, []).append(change)
+        try:
+            async with self._lock(repository, subject):
+                if not change.done:
+                    await self._apply_pending(repository, subject)
+        finally:
+            if not change.done:
+                # Cancelled before its write: it must not be applied later.
+                pending = self._pending.get(key, [])
+                if change in pending:
+                    pending.remove(change)
+        if change.error is not None:
+            raise change.error
+
+    async def _apply_pending(self, repository: str, subject: str) -> None:
+        """Under the subject's lock: apply every pending change in one read-modify-write.
+
+        The changes are taken after the read, so those queued while it was in
+        flight join this write.  Every change taken is marked done (with the
+        write's error, if any); a cancelled write hands them back to the queue,
+        for the next lock holder.
+        """
+        key = (repository, subject)
+        current = await self._read_fallback(repository, subject)
+        batch = self._pending.pop(key, [])
+        try:
+            await self._write(repository, subject, current, batch)
+        except Exception as exc:
+            for c in batch:
+                c.done, c.error = True, exc
+            return
+        except BaseException:
+            self._pending.setdefault(key, [])[:0] = batch
+            raise
+        for c in batch:
+            c.done = True
+
+    async def _write(
+        self,
+        repository: str,
+        subject: str,
+        current: tuple[Descriptor, list[Descriptor]] | None,
+        batch: list[_Change],
+    ) -> None:
+        old_desc, entries = current if current is not None else (None, [])
+        new_entries = list(entries)
+        for c in batch:
+            if c.add is not None:
+                if not any(e.digest == c.add.digest for e in new_entries):
+                    new_entries.append(c.add)
             else:
-                new_entries = [e for e in entries if e.digest != remove]
-                if len(new_entries) == len(entries):
-                    return
-            tag = referrers_tag(subject)
-            if new_entries:
-                raw = build_index(new_entries)
-                new_digest = await self._target.put_manifest_bytes(repository, tag, raw, OCI_INDEX)
-                log.debug(
-                    "registry.referrers.index_updated",
-                    host=self._transport.host,
-                    repository=repository,
-                    tag=tag,
-                    entries=len(new_entries),
-                )
-                if old_desc is not None and old_desc.digest != new_digest:
-                    await self._drop_index(repository, old_desc.digest)
-            elif old_desc is not None:
+                new_entries = [e for e in new_entries if e.digest != c.remove]
+        if [e.digest for e in new_entries] == [e.digest for e in entries]:
+            return
+        tag = referrers_tag(subject)
+        if new_entries:
+            raw = build_index(new_entries)
+            new_digest = await self._target.put_manifest_bytes(repository, tag, raw, OCI_INDEX)
+            log.debug(
+                "registry.referrers.index_updated",
+                host=self._transport.host,
+                repository=repository,
+                tag=tag,
+                entries=len(new_entries),
+                changes=len(batch),
+            )
+            if old_desc is not None and old_desc.digest != new_digest:
                 await self._drop_index(repository, old_desc.digest)
+        elif old_desc is not None:
+            await self._drop_index(repository, old_desc.digest)
 
     async def _drop_index(self, repository: str, digest: str) -> None:
         try:
