@@ -690,6 +690,33 @@ def test_a_cancelled_fallback_update_loses_no_other_entry(
     run(scenario)
 
 
+def test_concurrent_listings_ask_the_referrers_api_once_per_repository(
+    registry_open: RegistryInstance,
+    registry_referrers: RegistryInstance,
+    fault_proxy: Any,
+    unique_repo: str,
+) -> None:
+    async def scenario(instance: RegistryInstance, has_api: bool) -> None:
+        async with target_for(instance) as direct:
+            images = [await _push_image(direct, unique_repo, f"v{i}") for i in range(4)]
+            note = await _attach(direct, unique_repo, images[0], "note/x", "n")
+        proxy = fault_proxy(instance)
+        async with target_for(proxy) as target:
+            found = await asyncio.gather(*(target.referrers(unique_repo, i) for i in images))
+            assert [[d.digest for d in f] for f in found] == [[note.digest], [], [], []]
+        stats = proxy.stats()
+        if has_api:
+            # each listing is its own API request: no extra probe
+            assert stats.requests("GET", "referrers") == 4
+        else:
+            # one API request learned there is none; the four fallback tags were read
+            assert stats.requests("GET", "referrers") == 1
+            assert stats.requests("GET", "manifest") == 4
+
+    run(lambda: scenario(registry_open, False))
+    run(lambda: scenario(registry_referrers, True))
+
+
 # -- listings -----------------------------------------------------------------------------
 
 

@@ -142,6 +142,7 @@ class ReferrersSupport:
         self._api: dict[str, bool] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pending: dict[tuple[str, str], list[_Change]] = {}
+        self._probes: dict[str, asyncio.Lock] = {}
 
     # -- API detection ---------------------------------------------------------------------
 
@@ -150,19 +151,30 @@ class ReferrersSupport:
         known = self._api.get(repository)
         if known is not None:
             return known
-        try:
-            await self._api_page(
-                repository,
-                EMPTY_JSON_DIGEST,
-                None,
-                self._api_url(repository, EMPTY_JSON_DIGEST, None),
-            )
-        except _Unsupported as exc:
-            if exc.cacheable:
-                self._api[repository] = False
-            return False
-        self._api[repository] = True
-        return True
+        async with self._probe_lock(repository):
+            known = self._api.get(repository)
+            if known is not None:
+                return known
+            try:
+                await self._api_page(
+                    repository,
+                    EMPTY_JSON_DIGEST,
+                    None,
+                    self._api_url(repository, EMPTY_JSON_DIGEST, None),
+                )
+            except _Unsupported as exc:
+                if exc.cacheable:
+                    self._api[repository] = False
+                return False
+            self._api[repository] = True
+            return True
+
+    def _probe_lock(self, repository: str) -> asyncio.Lock:
+        """Held while a repository's API support is being learned: one request asks."""
+        lock = self._probes.get(repository)
+        if lock is None:
+            lock = self._probes[repository] = asyncio.Lock()
+        return lock
 
     def _api_url(self, repository: str, digest: str, artifact_type: str | None) -> URL:
         query = {"artifactType": artifact_type} if artifact_type else None
@@ -173,24 +185,45 @@ class ReferrersSupport:
     async def find(
         self, repository: str, desc: Descriptor, artifact_type: str | None
     ) -> list[Descriptor]:
-        """Referrers of ``desc`` in ``repository``, optionally of one artifact type."""
-        if self._api.get(repository) is not False:
-            try:
-                found = await self._from_api(repository, desc.digest, artifact_type)
-            except _Unsupported as exc:
-                if exc.cacheable:
-                    self._api[repository] = False
-                    log.debug(
-                        "registry.referrers.no_api",
-                        host=self._transport.host,
-                        repository=repository,
-                    )
-            else:
-                self._api[repository] = True
+        """Referrers of ``desc`` in ``repository``, optionally of one artifact type.
+
+        While API support is unknown, one listing at a time asks the API (its
+        answer teaches whether the repository has it); concurrent listings of
+        the same repository wait for that answer instead of each asking.
+        """
+        tried = False
+        if self._api.get(repository) is None:
+            async with self._probe_lock(repository):
+                if self._api.get(repository) is None:
+                    tried = True
+                    found = await self._try_api(repository, desc.digest, artifact_type)
+                    if found is not None:
+                        return found
+        if not tried and self._api.get(repository) is not False:
+            found = await self._try_api(repository, desc.digest, artifact_type)
+            if found is not None:
                 return found
         found = await self._from_tag(repository, desc.digest)
         if artifact_type:
             found = [d for d in found if d.artifact_type == artifact_type]
+        return found
+
+    async def _try_api(
+        self, repository: str, digest: str, artifact_type: str | None
+    ) -> list[Descriptor] | None:
+        """The API's listing, or None when the API is not served (remembered when it says so)."""
+        try:
+            found = await self._from_api(repository, digest, artifact_type)
+        except _Unsupported as exc:
+            if exc.cacheable:
+                self._api[repository] = False
+                log.debug(
+                    "registry.referrers.no_api",
+                    host=self._transport.host,
+                    repository=repository,
+                )
+            return None
+        self._api[repository] = True
         return found
 
     async def _from_api(
