@@ -199,3 +199,34 @@ def test_referrer_listed_under_a_wrong_subject_is_still_copied_under_its_real_on
         await dst.aclose()
 
     run(main)
+
+
+def test_a_wrong_listing_is_still_checked_when_one_destination_lacks_the_referrer(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        src = layout(tmp_path / "src")
+        full = layout(tmp_path / "full")
+        empty = layout(tmp_path / "empty")
+        g = GraphBuilder(src, "")
+        _index, images = await g.multiarch("w", tags=["v1"], attestations=False)
+        x = await g.referrer(images[1], "application/vnd.example.sig")
+        first = await CopyEngine().run([CopyJob(ep(src), "v1", (dest(full, "", "v1"),))])
+        assert first.ok, first.failures
+        # now the source also lists x under images[0], whose manifest it does not name
+        bogus = json.dumps(
+            {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [x.to_json()]}
+        ).encode()
+        await g.manifest(bogus, mt.OCI_INDEX, tags=[referrers_tag(images[0].digest)])
+        report = await CopyEngine().run(
+            [CopyJob(ep(src), "v1", (dest(full, "", "v1"), dest(empty, "", "v1")))]
+        )
+        assert report.ok, report.failures
+        assert any("does not name it" in w for w in report.warnings)
+        for d in (full, empty):
+            assert [r.digest for r in await d.referrers("", images[1])] == [x.digest]
+            assert await d.referrers("", images[0]) == []
+        for t in (src, full, empty):
+            await t.aclose()
+
+    run(main)
