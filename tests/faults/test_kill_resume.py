@@ -147,7 +147,11 @@ def _kill_trial(
         # killed process never read is one nobody can know of: it was opened
         # before the kill and holds no byte.  Any other session must be gone.
         for u in unknown:
-            assert u in at_kill, f"dangling upload session {u} opened by the rerun"
+            files = sorted(
+                str(f.relative_to(uploads_dir(dst, repo) / u))
+                for f in (uploads_dir(dst, repo) / u).rglob("*")
+            )
+            assert u in at_kill, f"dangling upload session {u} opened by the rerun: {files}"
             data = uploads_dir(dst, repo) / u / "data"
             assert data.stat().st_size == 0, f"dangling upload session {u} holds bytes"
         assert journal_runs(journal)[0][1] == "done"
