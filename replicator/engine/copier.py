@@ -24,6 +24,9 @@ deduplication.  For every manifest node the engine
 Tags are written last: a job tags a destination only when every node selected
 under its root (children, blobs, referrers, recursively) is confirmed there.  A
 failure therefore never leaves a destination tag pointing at an incomplete graph.
+A root that is absent and whose graph below is already all confirmed when it is
+pushed (no referrers selected, or its referrer walk finished with none left to
+copy) is pushed directly under its first tag, in one request; the other tags follow.
 
 Deadlock freedom: a node only ever waits for nodes whose digest its own bytes
 contain (children, blobs, its ``subject``), which is a DAG by construction of
@@ -188,6 +191,12 @@ class CopyEngine:
         self._stats_before: dict[int, dict[str, int]] = {}
         self._cancel: anyio.CancelScope | None = None
         self._current_tags: dict[tuple[str, str, str], str] = {}
+        # Tags a root may be pushed under directly, per (location, repository, digest),
+        # and the tags so written (then skipped by :meth:`_set_tags`).
+        self._root_tags: dict[tuple[str, str, str], tuple[str, ...]] = {}
+        self._pushed_tags: set[tuple[str, str, str]] = set()
+        # (node, destination) whose referrer walk finished without error.
+        self._referrers_walked: set[tuple[NodeKey, DestKey]] = set()
         self._first_root_error: ReplicatorError | None = None
         self._stopping = False
         self._active_pushes = 0
@@ -268,6 +277,12 @@ class CopyEngine:
                 tg.start_soon(self._run_job, job, result, deferred)
         for job, result, root in deferred:
             await self._finish_job(job, result, root, final=True)
+        flush = getattr(self.ledger, "flush", None)
+        if flush is not None:
+            # The run's confirmations are committed before it returns: whoever
+            # reads the journal next (leftover upload sessions) sees them all.
+            with contextlib.suppress(ReplicatorError):
+                await flush()
         for result in results:
             if result.status == "pending":
                 result.status = "failed"
@@ -349,6 +364,10 @@ class CopyEngine:
                 return
         dests = [d.endpoint for d in job.destinations]
         node_key: NodeKey = (src.location, src.repository, root.digest)
+        for d in job.destinations:
+            if d.tags:
+                ep = d.endpoint
+                self._root_tags.setdefault((ep.location, ep.repository, root.digest), d.tags)
         async with anyio.create_task_group() as tg:
             # The root's referrers are listed at the source while the destinations
             # are asked where their tags point and whether they hold the root.
@@ -509,6 +528,10 @@ class CopyEngine:
         ep = d.endpoint
         desc = _descriptor_of(root)
         for tag in d.tags:
+            if (ep.location, ep.repository, tag) in self._pushed_tags and self._current_tags.get(
+                (ep.location, ep.repository, tag)
+            ) == root.digest:
+                continue  # written with the root's own push
             if self._current_tags.get((ep.location, ep.repository, tag)) == root.digest:
                 self.report.tags_unchanged += 1
                 continue
@@ -725,8 +748,9 @@ class CopyEngine:
                 if responsible:
                     for blob in manifest.blobs():
                         tg.start_soon(self._blob, src, blob, responsible)
+                    root = depth == 0 and subject is None
                     for d in responsible:
-                        tg.start_soon(self._commit, src, desc, manifest, d, subject)
+                        tg.start_soon(self._commit, src, desc, manifest, d, subject, root)
 
     def _follows(self, key: NodeKey, depth: int) -> bool:
         """Whether the referrers of the node ``key`` at ``depth`` are walked."""
@@ -874,8 +898,17 @@ class CopyEngine:
         manifest: Manifest,
         d: Endpoint,
         subject: Descriptor | None,
+        root: bool = False,
     ) -> None:
-        """Push ``manifest`` to ``d`` once its blobs, children (and subject) are there."""
+        """Push ``manifest`` to ``d`` once its blobs, children (and subject) are there.
+
+        A job's ``root`` whose whole graph below is already confirmed at ``d``
+        (children, blobs, and referrers: none selected, or the walk of its own
+        referrers finished having copied none that waits for it) is pushed
+        directly under its job's first tag: one request instead of a push by
+        digest and a tag, and the tag still only ever names a complete graph.
+        Otherwise it is pushed by digest and the job tags it last.
+        """
         cell = self._commit_cell(d, desc.digest)
         try:
             waits = [self._blob_cell(d, b.digest) for b in manifest.blobs()]
@@ -886,12 +919,26 @@ class CopyEngine:
                 if await w.wait() is not None:
                     raise DependencyFailed(f"{desc.digest}: a dependency failed at {d}")
             push_desc = Descriptor(manifest.media_type, desc.digest, len(manifest.raw))
+            key: NodeKey = (src.location, src.repository, desc.digest)
+            tags: tuple[str, ...] = ()
+            if root:
+                job_tags = self._root_tags.get((d.location, d.repository, desc.digest), ())
+                if job_tags and not self.options.filter.follows_referrers_at(0):
+                    # No referrer is walked in this run: a child's walk covers only
+                    # its own subtree (a DAG below the root), so waiting for it
+                    # cannot deadlock; it ends right after its confirmed push.
+                    for c in manifest.children():
+                        walk = self._walks.get(((src.location, src.repository, c.digest), d.key))
+                        if walk is not None:
+                            await walk.wait()
+                if job_tags and self._complete_below(key, manifest, d.key):
+                    tags = job_tags[:1]
 
             async def push() -> PushResult:
                 return await self._limited(
                     "meta",
                     d.location,
-                    lambda: d.target.push_manifest(d.repository, push_desc, manifest.raw),
+                    lambda: d.target.push_manifest(d.repository, push_desc, manifest.raw, tags),
                 )
 
             try:
@@ -911,6 +958,13 @@ class CopyEngine:
                     media_type=manifest.media_type,
                 )
             )
+            for tag in tags:
+                await self.ledger.record(
+                    Confirmation("tag", "tagged", d.location, d.repository, desc.digest, tag=tag)
+                )
+                self._current_tags[(d.location, d.repository, tag)] = desc.digest
+                self._pushed_tags.add((d.location, d.repository, tag))
+                self.report.tags_set += 1
             if result.referrers_updated and manifest.subject is not None:
                 self.report.referrer_indexes_updated += 1
                 await self.ledger.record(
@@ -933,6 +987,44 @@ class CopyEngine:
         except BaseException as exc:
             cell.set(error=exc)
             raise
+
+    def _complete_below(self, root: NodeKey, manifest: Manifest, dest: DestKey) -> bool:
+        """True when everything under ``root`` (not itself) is confirmed at ``dest`` now.
+
+        Never waits: a root's push must not depend on its descendants' referrer
+        walks (a referrer may contain the root).  Its own referrers must have
+        been walked completely (when they are followed); any referrer found is
+        then an edge of the root, checked like the children.
+        """
+        if root in self._referrer_errors:
+            return False
+        if self._follows(root, 0) and (root, dest) not in self._referrers_walked:
+            return False
+        children = {(root[0], root[1], c.digest) for c in manifest.children()}
+        seen = {root}
+        stack: list[NodeKey] = []
+        for nxt in children | self._edges.get(root, set()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+        while stack:
+            key = stack.pop()
+            if key in self._referrer_errors:
+                return False
+            walk = self._walks.get((key, dest))
+            if walk is None:
+                if key in children:
+                    return False  # not visited yet for this destination
+                continue  # under a node present there (as in _closure_state)
+            commit = self._committed.get((dest[0], dest[1], key[2]))
+            for cell in (commit, walk):
+                if cell is None or not cell.done or cell.error is not None:
+                    return False
+            for nxt in self._edges.get(key, ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return True
 
     async def _repair(self, src: Endpoint, manifest: Manifest, d: Endpoint) -> bool:
         """After MANIFEST_BLOB_UNKNOWN: re-send blobs a stale ledger claimed were there.
@@ -1010,6 +1102,7 @@ class CopyEngine:
                 seen.add(r.digest)
                 self.report.referrers_found += 1
                 tg.start_soon(self._maybe_referrer, src, r, dests, depth, desc, key, fresh)
+        self._referrers_walked.update((key, d.key) for d in dests)
 
     async def _maybe_referrer(
         self,

@@ -412,3 +412,84 @@ def test_referrers_are_listed_at_the_source_while_the_destination_is_asked(
             await assert_same_graph(src, unique_repo, "v1", dst, dst_repo, "v1")
 
     run(main)
+
+
+def test_cold_copy_pushes_a_complete_root_under_its_tag_in_one_request(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            img = await GraphBuilder(reg, unique_repo).image("one", tags=["v1"])
+            idx, kids = await GraphBuilder(reg, unique_repo).multiarch("multi", tags=["m1"])
+        proxy = fault_proxy(registry_open)
+        no_referrers = GraphFilter(referrers=False)
+        dst_repo = unique_repo + "-one"
+        async with target(registry_open) as src, target(proxy) as dst:
+            ledger = MemoryLedger()
+            report = await CopyEngine(CopyOptions(filter=no_referrers), ledger=ledger).run(
+                [job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))]
+            )
+            assert report.ok, report.failures
+            stats = proxy.stats()
+            # the root goes straight under its tag: no push by digest, then a tag
+            assert stats.requests("PUT", "manifest") == 1
+            assert list(stats.paths("PUT", "manifest")) == [f"/v2/{dst_repo}/manifests/v1"]
+            # the tag was absent: the root's presence was still asked by digest
+            assert stats.requests("HEAD", "manifest") == 2
+            assert report.tags_set == 1 and report.manifests_pushed == 1
+            assert await ledger.tagged(dst.display, dst_repo, "v1") == img.digest
+            assert await ledger.lookup(dst.display, dst_repo, img.digest) is not None
+            await assert_same_graph(src, unique_repo, "v1", dst, dst_repo, "v1")
+
+            # a second tag still costs one request; a re-run none
+            proxy.reset()
+            report = await copy(
+                [job(src, unique_repo, "v1", (dst, dst_repo + "b", ("a", "b")))], flt=no_referrers
+            )
+            assert report.ok, report.failures
+            assert proxy.stats().requests("PUT", "manifest") == 2
+            proxy.reset()
+            report = await copy(
+                [job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))], flt=no_referrers
+            )
+            assert report.ok, report.failures
+            assert proxy.stats().requests("PUT", "manifest") == 0
+            assert proxy.stats().requests("HEAD", "manifest") == 1  # the tag: no digest HEAD
+
+            # an index: its children by digest, then the index under its tag
+            proxy.reset()
+            report = await copy(
+                [job(src, unique_repo, "m1", (dst, dst_repo + "m", ("m1",)))], flt=no_referrers
+            )
+            assert report.ok, report.failures
+            puts = proxy.stats().paths("PUT", "manifest")
+            assert sum(puts.values()) == report.manifests_pushed == 1 + len(kids) + 2
+            assert puts[f"/v2/{dst_repo}m/manifests/m1"] == 1
+            assert f"/v2/{dst_repo}m/manifests/{idx.digest}" not in puts
+            await assert_same_graph(src, unique_repo, "m1", dst, dst_repo + "m", "m1")
+
+    run(main)
+
+
+def test_a_root_with_referrers_is_still_tagged_last(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("s", tags=["v1"])
+        proxy = fault_proxy(registry_open)
+        dst_repo = unique_repo + "-s"
+        async with target(registry_open) as src, target(proxy) as dst:
+            report = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert report.ok, report.failures
+            # the root's referrers wait for it: pushed by digest, tagged at the end
+            puts = [
+                r.path.split("?", 1)[0]
+                for r in proxy.stats().log
+                if r.method == "PUT" and r.kind == "manifest"
+            ]
+            assert puts[-1] == f"/v2/{dst_repo}/manifests/v1"
+            assert puts.count(f"/v2/{dst_repo}/manifests/{signed.image.digest}") == 1
+            await assert_same_graph(src, unique_repo, "v1", dst, dst_repo, "v1")
+
+    run(main)
