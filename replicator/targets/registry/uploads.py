@@ -58,7 +58,7 @@ from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import DigestVerifier
 from replicator.targets.base import BlobOpener, BlobPushResult, ProgressCallback, UploadProgress
 from replicator.targets.registry.errors import protocol_error
-from replicator.targets.registry.transport import Reply, RequestSpec, Transport
+from replicator.targets.registry.transport import BodyFactory, Reply, RequestSpec, Transport
 
 log = structlog.get_logger("replicator.registry.uploads")
 
@@ -592,7 +592,22 @@ class Uploader:
             raise
         self._check_confirmed(reply, repository, desc)
 
-    async def _send_close(self, repository: str, desc: Descriptor, location: URL) -> Reply:
+    async def _send_close(
+        self,
+        repository: str,
+        desc: Descriptor,
+        location: URL,
+        *,
+        data: bytes = b"",
+        body: BodyFactory | None = None,
+        retry: bool = True,
+    ) -> Reply:
+        """The closing ``PUT <location>?digest=``: empty after PATCHes, or carrying the blob."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if body is not None:
+            headers["Content-Length"] = str(desc.size)  # a stream: aiohttp cannot know it
+        elif not data:
+            headers["Content-Length"] = "0"
         return await self.transport.request(
             RequestSpec(
                 method="PUT",
@@ -602,8 +617,10 @@ class Uploader:
                 repository=repository,
                 what=f"blob {desc.digest}",
                 ok=(201, 204),
-                headers={"Content-Length": "0", "Content-Type": "application/octet-stream"},
-                data=b"",
+                headers=headers,
+                data=None if body is not None else data,
+                body=body,
+                retry=retry,
             )
         )
 
@@ -677,19 +694,7 @@ class Uploader:
                 reused = False
             try:
                 await self._opened(repository, desc, location, on_progress)
-                reply = await self.transport.request(
-                    RequestSpec(
-                        method="PUT",
-                        url=with_query(location, "digest", desc.digest),
-                        kind="blob_put",
-                        scopes=push_scopes(repository),
-                        repository=repository,
-                        what=f"blob {desc.digest}",
-                        ok=(201, 204),
-                        headers={"Content-Type": "application/octet-stream"},
-                        data=data,
-                    )
-                )
+                reply = await self._send_close(repository, desc, location, data=data)
                 self._check_confirmed(reply, repository, desc)
             except NotFoundError:
                 # A retried PUT after a lost answer finds its session closed.
@@ -737,22 +742,12 @@ class Uploader:
                 reused = False
             try:
                 await self._opened(repository, desc, location, on_progress)
-                reply = await self.transport.request(
-                    RequestSpec(
-                        method="PUT",
-                        url=with_query(location, "digest", desc.digest),
-                        kind="blob_put",
-                        scopes=push_scopes(repository),
-                        repository=repository,
-                        what=f"blob {desc.digest}",
-                        ok=(201, 204),
-                        headers={
-                            "Content-Type": "application/octet-stream",
-                            "Content-Length": str(desc.size),
-                        },
-                        body=lambda: self._whole_body(desc, opener, verify),
-                        retry=False,
-                    )
+                reply = await self._send_close(
+                    repository,
+                    desc,
+                    location,
+                    body=lambda: self._whole_body(desc, opener, verify),
+                    retry=False,
                 )
                 self._check_confirmed(reply, repository, desc)
                 return desc.size
