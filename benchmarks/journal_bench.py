@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import REPLICATOR, measure
+from benchmarks.run import Registries
 from benchmarks.world import BenchWorld, build_big_image, build_world
 from replicator.observe.logging import configure_logging
 from replicator.targets.registry import RegistryTarget
 from replicator.targets.registry.options import RegistryOptions
-from tests.infra.registry import RunningRegistry, start_open
+from tests.infra.registry import RunningRegistry
 
 OUT = Path(__file__).resolve().parent
 
@@ -60,30 +61,6 @@ def stored_bytes(reg: RunningRegistry) -> int:
                     with contextlib.suppress(FileNotFoundError):
                         total += os.stat(os.path.join(dirpath, f)).st_size
     return total
-
-
-class Fresh:
-    """Registries under one temporary directory, each deleted after use."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.n = 0
-        self.live: list[RunningRegistry] = []
-
-    def start(self, label: str) -> RunningRegistry:
-        self.n += 1
-        reg = start_open(self.root / f"{self.n:03d}-{label}")
-        self.live.append(reg)
-        return reg
-
-    def drop(self, reg: RunningRegistry) -> None:
-        reg.stop()
-        self.live.remove(reg)
-        shutil.rmtree(reg.workdir, ignore_errors=True)
-
-    def close(self) -> None:
-        for reg in list(self.live):
-            self.drop(reg)
 
 
 def copy_argv(journal: Path | None, src: str, dst: str, *extra: str) -> list[str]:
@@ -115,7 +92,7 @@ def stopped_copy(
 
 
 def bench_resume(
-    regs: Fresh, src: RunningRegistry, total: int, work: Path, reps: int
+    regs: Registries, src: RunningRegistry, total: int, work: Path, reps: int
 ) -> dict[str, Any]:
     """Uninterrupted copy vs stopped-at-50% + rerun, for SIGTERM and SIGKILL."""
     s = src.instance.host
@@ -156,12 +133,12 @@ def bench_resume(
             row = {"rep": rep, "kind": label} | fn(dst, journal)
             log(f"  {row}")
             rows.append(row)
-            regs.drop(dst)
+            regs.discard(dst)
     return summarise(rows, "uninterrupted")
 
 
 def bench_overhead(
-    regs: Fresh, src: RunningRegistry, world: BenchWorld, work: Path, reps: int
+    regs: Registries, src: RunningRegistry, world: BenchWorld, work: Path, reps: int
 ) -> dict[str, Any]:
     """``copy -r --from-file`` of the world with a fresh journal vs ``--no-journal``."""
     rows: list[dict[str, Any]] = []
@@ -190,7 +167,7 @@ def bench_overhead(
             m = measure(label, argv, log=work / "commands.log", env={"NO_COLOR": "1"})
             log(f"  {m.wall_s:.2f}s")
             rows.append({"rep": rep, "kind": label, "wall_s": m.wall_s, "cpu_s": m.cpu_s})
-            regs.drop(dst)
+            regs.discard(dst)
     return summarise(rows, "--no-journal")
 
 
@@ -291,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="replicator-journal-bench-"))
     work = root / "work"
     work.mkdir()
-    regs = Fresh(root)
+    regs = Registries(root)
     opts = RegistryOptions(plain_http=True)
     try:
         if not args.skip_overhead:
@@ -305,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             world = asyncio.run(build())
             results["world"] = world.summary()
             results["overhead"] = bench_overhead(regs, src, world, work, args.reps)
-            regs.drop(src)
+            regs.discard(src)
         if not args.skip_resume:
             src = regs.start("big-src")
             layers = max(1, round(args.gib * 4))
@@ -319,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             total = stored_bytes(src)
             results["big_bytes"] = total
             results["resume"] = bench_resume(regs, src, total, work, args.resume_reps)
-            regs.drop(src)
+            regs.discard(src)
     finally:
         regs.close()
         shutil.rmtree(root, ignore_errors=True)
