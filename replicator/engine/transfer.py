@@ -29,12 +29,22 @@ OnBytes = Callable[[int], None]
 def reading_opener(
     target: Target, repository: str, blob: Descriptor, on_bytes: OnBytes
 ) -> BlobOpener:
-    """An opener that streams ``blob`` from ``target`` and reports every chunk read."""
+    """An opener that streams ``blob`` from ``target`` and reports every chunk read.
+
+    An error of the source read (a short, long or corrupt blob, a dropped
+    connection) surfaces inside the destination's upload, which iterates this
+    stream: it is marked as the source's before it leaves, so it is never
+    reported against the destination.
+    """
 
     async def stream(offset: int) -> AsyncIterator[bytes]:
-        async for chunk in target.fetch_blob(repository, blob, offset):
-            on_bytes(len(chunk))
-            yield chunk
+        try:
+            async for chunk in target.fetch_blob(repository, blob, offset):
+                on_bytes(len(chunk))
+                yield chunk
+        except ReplicatorError as exc:
+            exc.side = exc.side or "source"
+            raise
 
     return stream
 

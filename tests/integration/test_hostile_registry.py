@@ -446,11 +446,6 @@ def test_blob_longer_than_its_descriptor(
     assert not blob_exists(registry_open, dst_repo, layer["digest"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a source blob longer than its descriptor is reported as a "
-    "destination failure (the destination's upload verifier sees the overflow)",
-)
 def test_copy_blames_the_source_for_a_blob_longer_than_its_descriptor(
     hostile: Hostile, registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
 ) -> None:
