@@ -1308,7 +1308,10 @@ class CopyEngine:
 
         async def progress(p: UploadProgress) -> None:
             nonlocal parked
-            await self.ledger.record_progress(d.location, p)
+            # A blob sent in one request has nothing to resume: its session is
+            # recorded (so a rerun can cancel one a kill left open) without
+            # holding up the upload for a commit.
+            await self.ledger.record_progress(d.location, p, durable=chunked)
             if p.offset == 0 and chunked and flush is not None:
                 # A session that will carry many bytes is made durable before the
                 # first one is sent: a killed run knows it (to resume or cancel it).

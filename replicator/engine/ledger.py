@@ -77,8 +77,17 @@ class Ledger(Protocol):
         """The digest a tag was last confirmed to point at, if known."""
         ...
 
-    async def record_progress(self, location: str, progress: UploadProgress) -> None:
-        """Remember how far a chunked upload to ``location`` got (for resuming a later run)."""
+    async def record_progress(
+        self, location: str, progress: UploadProgress, *, durable: bool = True
+    ) -> None:
+        """Remember an upload session to ``location`` and how far it got.
+
+        ``durable``: make it durable before returning (a session that will carry
+        chunks: a killed run must know it to resume or cancel it).  False for a
+        blob sent in one request, where there is nothing to resume: the record
+        only lets a later run cancel a session a kill left open, and may land
+        with the next group commit instead of holding up the upload.
+        """
         ...
 
     async def upload_progress(
@@ -126,8 +135,10 @@ class MemoryLedger:
         """Digest of the last confirmed tag."""
         return self._tags.get((location, repository, tag))
 
-    async def record_progress(self, location: str, progress: UploadProgress) -> None:
-        """Remember an upload's confirmed offset."""
+    async def record_progress(
+        self, location: str, progress: UploadProgress, *, durable: bool = True
+    ) -> None:
+        """Remember an upload's confirmed offset (in memory: ``durable`` is moot)."""
         self._uploads[(location, progress.repository, progress.digest)] = progress
 
     async def upload_progress(

@@ -114,14 +114,19 @@ class JournalLedger:
         """Digest this run confirmed for the tag, if any."""
         return self._tags.get((location, repository, tag))
 
-    async def record_progress(self, location: str, progress: UploadProgress) -> None:
+    async def record_progress(
+        self, location: str, progress: UploadProgress, *, durable: bool = True
+    ) -> None:
         """Record an upload session: new (offset 0) or after an acknowledged chunk.
 
-        Committed right away, on this thread: a new session (offset 0) before
-        its first byte is sent, so a killed run knows every session it opened
-        (to resume it, or to cancel it at the end); later offsets after each
-        acknowledged chunk, before the next one is sent.  (The destination's
-        own upload status remains the truth a resume starts from.)
+        With ``durable`` (a chunked upload) committed right away, on this
+        thread: a new session (offset 0) before its first byte is sent, so a
+        killed run knows every session it opened (to resume it, or to cancel it
+        at the end); later offsets after each acknowledged chunk, before the
+        next one is sent.  (The destination's own upload status remains the
+        truth a resume starts from.)  Without it (a blob sent in one request)
+        the record waits for the writer thread's next group commit: a kill in
+        that window can leave one small session the rerun does not know of.
         """
         self._uploads[(location, progress.repository, progress.digest)] = progress
         self.journal.record_upload(
@@ -130,7 +135,8 @@ class JournalLedger:
                 location, progress.repository, progress.digest, progress.location, progress.offset
             ),
         )
-        self.journal.commit_now()
+        if durable:
+            self.journal.commit_now()
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is committed to the journal."""

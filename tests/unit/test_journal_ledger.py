@@ -99,3 +99,31 @@ def test_a_new_upload_session_is_on_disk_before_the_call_returns(tmp_path: Path)
         await j.close()
 
     anyio.run(go)
+
+
+def test_a_one_request_upload_session_lands_with_the_next_group_commit(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+
+    def on_disk() -> list[tuple[str, int]]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute("SELECT upload_url, offset FROM uploads").fetchall()
+        finally:
+            conn.close()
+
+    async def go() -> None:
+        j = await Journal.open(path)
+        run_id, _ = j.begin_run("k", {})
+        ledger = JournalLedger(j, run_id)
+        await ledger.record_progress(
+            LOC, UploadProgress("app", D1, "/up/7?_state=s", 0), durable=False
+        )
+        # Known to this run at once (a resume inside the run would find it) ...
+        progress = await ledger.upload_progress(LOC, "app", D1)
+        assert progress is not None and progress.location == "/up/7?_state=s"
+        # ... and on disk once the writer thread commits its group.
+        await ledger.flush()
+        assert on_disk() == [("/up/7?_state=s", 0)]
+        await j.close()
+
+    anyio.run(go)
