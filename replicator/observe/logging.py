@@ -1,8 +1,12 @@
 """Process-wide structured logging with secret redaction.
 
-One pipeline serves both structlog loggers (``get_logger``) and the standard
-library ``logging`` module (aiohttp, asyncio): both end in the same handler on
-``stderr``, rendered either for humans (a TTY) or as JSON lines.
+structlog loggers (``get_logger``) and the standard library ``logging`` module
+(aiohttp, asyncio) write through the same handler on ``stderr``, rendered the
+same way, either for humans (a TTY) or as JSON lines.  structlog events take a
+short path: processed by structlog's chain, rendered and written by the handler
+under its lock, without a ``logging.LogRecord`` (a stdlib record costs several
+times the event itself); stdlib records go through the handler's
+``ProcessorFormatter`` with the same processors.
 
 Guarantees:
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import os
 import re
@@ -35,6 +40,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from types import FrameType
 from typing import Any, Literal, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -147,9 +153,16 @@ _PATTERN_NEEDS: tuple[tuple[str, ...], ...] = (
     ("token", "passw", "secret", "auth"),  # a quote is checked too
 )
 
-#: Matches when any pattern might apply (a superset of the literals above): most log
-#: values (digests, names, numbers as text, media types) are answered by this one search.
-_MIGHT_HOLD_SECRET = re.compile(r"""authorization|bearer|basic|eyj|://|[='"]""", re.IGNORECASE)
+#: Every literal of :data:`_PATTERN_NEEDS`, or a part of it (``auth`` for
+#: ``authorization``): when the lower-cased text holds none of them, no pattern can
+#: match.  Most log values (digests, names, media types) are answered by these tests.
+_ANY_NEEDED = ("auth", "bearer", "basic", "eyj", "://", "token", "passw", "secret")
+
+#: Strings up to this long that :func:`redact_text` found clean are remembered (see
+#: :class:`_SecretState`): log values repeat (event names, media types, destinations).
+_CLEAN_MAX_LEN = 200
+#: How many clean strings are remembered at most; the set is emptied when full.
+_CLEAN_MAX = 2048
 
 #: Keys (lower-case, ``-`` as ``_``) whose values are always masked in event dicts.
 _SECRET_KEYS = frozenset(
@@ -173,21 +186,37 @@ _SECRET_KEYS = frozenset(
 )
 
 
+class _SecretState:
+    """The registered secrets at one moment: the values, one regex matching any of them,
+    and the strings :func:`redact_text` found clean against exactly these secrets.
+
+    A registration replaces the whole state (one reference), so a string found clean
+    before a secret was registered is never taken as clean after: its verdict went
+    into the old state's set, which nobody reads any more.
+    """
+
+    __slots__ = ("clean", "regex", "values")
+
+    def __init__(self, regex: re.Pattern[str] | None, values: tuple[str, ...]) -> None:
+        self.regex = regex
+        self.values = values
+        self.clean: set[str] = set()
+
+
 class _SecretRegistry:
     """The set of registered secret values and one compiled regex matching any of them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: set[str] = set()
-        # The regex and the values it was built from, swapped together (one reference).
-        self._state: tuple[re.Pattern[str], tuple[str, ...]] | None = None
+        self.state = _SecretState(None, ())
 
     def add(self, value: str) -> None:
         if not value or value in self._values:
             return
         with self._lock:
             self._values.add(value)
-            self._state = (self._compile(self._values), tuple(self._values))
+            self.state = _SecretState(self._compile(self._values), tuple(self._values))
 
     def __len__(self) -> int:
         return len(self._values)
@@ -204,15 +233,19 @@ class _SecretRegistry:
         return re.compile("|".join(parts))
 
     def sub(self, text: str) -> str:
-        state = self._state
-        if state is None:
-            return text
-        regex, values = state
-        # Every match is one of the values verbatim: when none occurs, nothing to do.
-        for value in values:
-            if value in text:
-                return regex.sub(MASK, text)
+        return _sub_secrets(self.state, text)
+
+
+def _sub_secrets(state: _SecretState, text: str) -> str:
+    """``text`` with the secrets of ``state`` masked."""
+    regex = state.regex
+    if regex is None:
         return text
+    # Every match is one of the values verbatim: when none occurs, nothing to do.
+    for value in state.values:
+        if value in text:
+            return regex.sub(MASK, text)
+    return text
 
 
 _SECRETS = _SecretRegistry()
@@ -255,15 +288,37 @@ def redact_text(text: str) -> str:
     :data:`_PATTERN_NEEDS`) are skipped.  Non-ASCII text always takes every
     pattern: case-insensitive matching knows letters (such as the Kelvin sign)
     that ``str.lower`` does not fold to ASCII.
+
+    Short strings found clean are remembered until the next registration (the
+    result depends only on the text and the registered secrets).
     """
-    text = _SECRETS.sub(text)
+    state = _SECRETS.state
+    if type(text) is not str or len(text) > _CLEAN_MAX_LEN:
+        return _redact(state, text)
+    clean = state.clean
+    if text in clean:
+        return text
+    redacted = _redact(state, text)
+    if redacted == text:
+        if len(clean) >= _CLEAN_MAX:
+            clean.clear()
+        clean.add(text)
+    return redacted
+
+
+def _redact(state: _SecretState, text: str) -> str:
+    """:func:`redact_text` against the secrets of ``state``, without remembering."""
+    text = _sub_secrets(state, text)
     if not text.isascii():
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
-    if _MIGHT_HOLD_SECRET.search(text) is None:
-        return text
     lower = text.lower()
+    for literal in _ANY_NEEDED:
+        if literal in lower:
+            break
+    else:
+        return text
     for index, (pattern, replacement) in enumerate(_PATTERNS):
         if _may_match(index, text, lower):
             new = pattern.sub(replacement, text)
@@ -295,10 +350,10 @@ def redact_value(value: Any) -> Any:
     numbers, booleans and ``None`` pass unchanged; anything else is turned into
     its redacted ``repr`` so a renderer cannot leak it later.
     """
-    if value is None or isinstance(value, bool | int | float):
-        return value
     if isinstance(value, str):
         return redact_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, bytes | bytearray):
         return redact_text(bytes(value).decode("utf-8", "replace"))
     if isinstance(value, Mapping):
@@ -327,20 +382,55 @@ def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
     """structlog processor: mask secrets in every value of ``event_dict``.
 
     Keys starting with ``_`` belong to structlog's stdlib bridge (the log
-    record) and are left alone; they are never rendered.
+    record) and are left alone.
     """
+    return _redact_items(event_dict, frozenset())
+
+
+#: Keys whose values the processors before :func:`_redact_stamped_event` always set
+#: themselves (``add_log_level``, ``TimeStamper``), overwriting whatever the caller
+#: passed: a level name chosen by code (``info``, ``warning``...) or an ISO timestamp
+#: (digits and ``-:.TZ``).  No secret pattern can match those (each needs a literal
+#: such as ``token`` or ``://``), and a registered secret occurring in one is masked
+#: by the pass over the rendered line (:class:`_RedactingRenderer`), where the value
+#: stands verbatim (nothing in it needs escaping).
+_STAMPED_KEYS = frozenset({"level", "timestamp"})
+
+
+def _redact_stamped_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """:func:`redact_event` for our chains, skipping the values in :data:`_STAMPED_KEYS`."""
+    return _redact_items(event_dict, _STAMPED_KEYS)
+
+
+def _redact_items(event_dict: EventDict, skip: frozenset[str]) -> EventDict:
     for key, value in list(event_dict.items()):
-        if key.startswith("_"):
+        if key.startswith("_") or key in skip:
             continue
-        if _is_secret_key(key) and value:
+        secret_key = _KEY_IS_SECRET.get(key)
+        if secret_key is None:
+            secret_key = _is_secret_key(key)
+        if secret_key and value:
             event_dict[key] = MASK
-        else:
+        elif type(value) is str:  # the common case, as redact_value would do it
+            event_dict[key] = redact_text(value)
+        elif value is not None and type(value) not in _PLAIN_TYPES:
             event_dict[key] = redact_value(value)
     return event_dict
 
 
+#: Types :func:`redact_value` returns unchanged (exactly these, not subclasses).
+_PLAIN_TYPES = frozenset({int, float, bool})
+
+
 class _RedactingRenderer:
-    """Wrap a renderer and redact its output string once more (defence in depth)."""
+    """Wrap a renderer and redact its output string once more (defence in depth).
+
+    :func:`redact_event` has masked every value already, but not what only the
+    rendered line shows: mapping keys, values under keys starting with ``_``, the
+    ``repr`` a renderer gives to an object the dict pass let through (a subclass of
+    ``int`` or ``float``), a secret-shaped run of text spanning two values.  This
+    pass costs a few substring tests for an ordinary line.
+    """
 
     def __init__(self, renderer: Processor) -> None:
         self._renderer = renderer
@@ -349,10 +439,131 @@ class _RedactingRenderer:
         rendered = self._renderer(logger, method, event_dict)
         if isinstance(rendered, bytes):
             rendered = rendered.decode("utf-8", "replace")
-        return redact_text(str(rendered))
+        # Not redact_text: lines are unique (timestamps), remembering them would only churn.
+        return _redact(_SECRETS.state, str(rendered))
+
+
+def _json_fallback(obj: Any) -> Any:
+    """What JSON cannot encode: ``__structlog__()`` if it has one, else its ``repr``."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+#: ``json.dumps(event_dict, default=_json_fallback)``, without building an encoder per line.
+_JSON_ENCODER = json.JSONEncoder(default=_json_fallback)
+
+
+def _render_json(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+    """structlog renderer: one JSON object (what ``structlog.processors.JSONRenderer`` gives)."""
+    return _JSON_ENCODER.encode(event_dict)
 
 
 _HANDLER_MARK = "_replicator_handler"
+
+
+class _LogHandler(logging.StreamHandler[TextIO]):
+    """The process's one log output: stdlib records through :meth:`emit` (and the
+    ``ProcessorFormatter``), structlog events through :meth:`write_event`; both render
+    with the same redacting renderer and write whole lines under the handler's lock.
+    """
+
+    def __init__(self, stream: TextIO, render: _RedactingRenderer) -> None:
+        super().__init__(stream)
+        self.render = render
+
+    def write_event(self, logger: _EventWriter, method: str, event_dict: EventDict) -> None:
+        """Render a processed structlog event and write it as one line.
+
+        Errors are reported like a failing ``emit`` (``handleError``), never raised
+        into the code that logs.
+        """
+        try:
+            line = self.render(logger, method, event_dict) + self.terminator
+            self.acquire()
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            finally:
+                self.release()
+        except RecursionError:
+            raise
+        except Exception:
+            level = logging.getLevelName(method.upper())
+            self.handleError(
+                logging.LogRecord(
+                    logger.name,
+                    level if isinstance(level, int) else logging.INFO,
+                    "",
+                    0,
+                    event_dict,
+                    None,
+                    None,
+                )
+            )
+
+
+class _Output:
+    """The handler configured last; the structlog path looks it up at every event."""
+
+    handler: _LogHandler | None = None
+
+
+_OUTPUT = _Output()
+
+
+class _EventWriter:
+    """The logger structlog's bound loggers wrap: it hands each processed event to the
+    handler configured last, so a logger bound before a reconfiguration follows it
+    (as a stdlib logger follows the root handlers).
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def msg(self, method: str, event_dict: EventDict) -> None:
+        handler = _OUTPUT.handler
+        if handler is not None:
+            handler.write_event(self, method, event_dict)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+_WRITERS: dict[str, _EventWriter] = {}
+
+
+def _caller_module() -> str:
+    """The module name of the first caller outside structlog and this module."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", "?"))
+        if module != __name__ and module != "structlog" and not module.startswith("structlog."):
+            return module
+        frame = frame.f_back
+    return "?"
+
+
+def _writer_factory(*args: Any) -> _EventWriter:
+    """structlog logger factory: the writer for the name given to ``get_logger``
+    (or, without one, the calling module's name, as ``structlog.stdlib.LoggerFactory``)."""
+    name = args[0] if args and isinstance(args[0], str) else _caller_module()
+    writer = _WRITERS.get(name)
+    if writer is None:
+        writer = _EventWriter(name)
+        if len(_WRITERS) < 1024:  # logger names are module names: a small set
+            _WRITERS[name] = writer
+    return writer
+
+
+def _hand_over(
+    _logger: WrappedLogger, method: str, event_dict: EventDict
+) -> tuple[tuple[str, EventDict], dict[str, Any]]:
+    """Last structlog processor: the arguments of :meth:`_EventWriter.msg`."""
+    return (method, event_dict), {}
 
 
 def _wants_console(fmt: LogFormat, stream: TextIO) -> bool:
@@ -388,7 +599,8 @@ def configure_logging(
             colors=colors, exception_formatter=structlog.dev.plain_traceback
         )
     else:
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        renderer = _render_json
+    render = _RedactingRenderer(renderer)
 
     shared: list[Processor] = [
         structlog.stdlib.add_log_level,
@@ -396,17 +608,15 @@ def configure_logging(
         timestamper,
         structlog.processors.StackInfoRenderer(),
         _format_exception,
-        redact_event,
+        _redact_stamped_event,
     ]
 
+    # stdlib records (aiohttp, asyncio, warnings): LogRecord -> ProcessorFormatter.
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            _RedactingRenderer(renderer),
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, render],
     )
-    handler = logging.StreamHandler(out)
+    handler = _LogHandler(out, render)
     handler.setFormatter(formatter)
     setattr(handler, _HANDLER_MARK, True)
 
@@ -417,15 +627,13 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    _OUTPUT.handler = handler
 
+    # structlog events: the same processors, then straight to the handler.
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *shared, _hand_over],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=_writer_factory,
         context_class=dict,
         cache_logger_on_first_use=False,
     )
