@@ -5,7 +5,8 @@ and its destinations) with shared limits, a shared ledger and shared
 deduplication.  For every manifest node the engine
 
 1. decides per destination whether it is already there (ledger, implied by a
-   present parent, a tag already pointing at it, else ``manifest_exists``);
+   present parent, a tag already pointing at it, absent from a repository the
+   registry does not know yet, else ``manifest_exists``);
 2. reads the source manifest only when some destination lacks it (or when its
    children must be visited to find their referrers);
 3. starts the blobs and children right away (discovery never waits for
@@ -181,6 +182,8 @@ class CopyEngine:
         self._committed: dict[tuple[str, str, str], Once] = {}
         self._blobs: dict[tuple[str, str, str], Once] = {}
         self._walks: dict[tuple[NodeKey, DestKey], Once] = {}
+        # Per destination repository: did the registry say it does not exist yet?
+        self._new_repos: dict[DestKey, Once] = {}
         self._edges: dict[NodeKey, set[NodeKey]] = {}
         self._referrer_errors: dict[NodeKey, ReplicatorError] = {}
         self._admitted_unread: dict[NodeKey, str] = {}
@@ -331,21 +334,26 @@ class CopyEngine:
         deferred: list[tuple[CopyJob, JobResult, Manifest]],
     ) -> None:
         src = job.source
-        try:
-            desc, raw = await self._limited(
-                "meta",
-                src.location,
-                lambda: src.target.fetch_manifest(src.repository, job.reference),
-            )
-            root = _parse(raw, desc.media_type, src)
-        except ReplicatorError as exc:
-            exc.side = exc.side or "source"
-            result.status = "failed"
-            result.error = str(exc)
-            if self._first_root_error is None:
-                self._first_root_error = exc
-            self._fail(f"{job.display}: {exc}", exc)
-            return
+        async with anyio.create_task_group() as tg:
+            # Whether each destination repository is new is asked while the
+            # source root is read: the tag checks below need the answer.
+            for d in job.destinations:
+                tg.start_soon(self._repository_new, d.endpoint)
+            try:
+                desc, raw = await self._limited(
+                    "meta",
+                    src.location,
+                    lambda: src.target.fetch_manifest(src.repository, job.reference),
+                )
+                root = _parse(raw, desc.media_type, src)
+            except ReplicatorError as exc:
+                exc.side = exc.side or "source"
+                result.status = "failed"
+                result.error = str(exc)
+                if self._first_root_error is None:
+                    self._first_root_error = exc
+                self._fail(f"{job.display}: {exc}", exc)
+                return
         result.source_digest = root.digest
         root_key: NodeKey = (src.location, src.repository, root.digest)
         self._seed_manifest(root_key, root)
@@ -443,6 +451,8 @@ class CopyEngine:
             ep = d.endpoint
             for tag in d.tags:
                 known = await self.ledger.tagged(ep.location, ep.repository, tag)
+                if known is None and await self._repository_new(ep):
+                    continue  # a repository that does not exist has no tag
                 if known is None:
                     try:
                         cur = await self._limited(
@@ -874,6 +884,8 @@ class CopyEngine:
             return True
         if d.key in fresh:
             return False
+        if await self._repository_new(d):
+            return False
         exists = await self._limited(
             "meta", d.location, lambda: d.target.manifest_exists(d.repository, desc)
         )
@@ -890,6 +902,36 @@ class CopyEngine:
                 )
             )
         return exists
+
+    async def _repository_new(self, d: Endpoint) -> bool:
+        """Whether the registry said ``d``'s repository did not exist (asked once per run).
+
+        In a repository the registry does not know (no tag listed: ``404
+        NAME_UNKNOWN``), no manifest is asked about before it is pushed: that
+        saves a ``HEAD`` per manifest and per tag in a cold copy.  The answer is
+        taken when the run first needs it; what this run pushes there since is
+        in the ledger, which is asked first.  Only untagged manifests an earlier
+        run left there without recording them (a ``--no-journal`` run that
+        failed before its tags) are pushed again — the same bytes, so the
+        result is the same.  Targets without the question (OCI layouts, where a
+        lookup costs no request) and any failure to answer mean "not new".
+        """
+        probe = getattr(d.target, "repository_is_new", None)
+        if probe is None:
+            return False
+        cell = self._new_repos.get(d.key)
+        if cell is not None:
+            await cell.wait()
+            return bool(cell.value)
+        cell = self._new_repos[d.key] = Once()
+        new = False
+        try:
+            new = bool(await self._limited("meta", d.location, partial(probe, d.repository)))
+        except ReplicatorError as exc:
+            _log.debug("repository_probe_failed", destination=str(d), error=str(exc))
+        finally:
+            cell.set(new)
+        return new
 
     async def _commit(
         self,

@@ -434,8 +434,10 @@ def test_cold_copy_pushes_a_complete_root_under_its_tag_in_one_request(
             # the root goes straight under its tag: no push by digest, then a tag
             assert stats.requests("PUT", "manifest") == 1
             assert list(stats.paths("PUT", "manifest")) == [f"/v2/{dst_repo}/manifests/v1"]
-            # the tag was absent: the root's presence was still asked by digest
-            assert stats.requests("HEAD", "manifest") == 2
+            # the repository is new (one tag-list probe: 404 NAME_UNKNOWN): neither
+            # the tag nor the root's digest is asked about
+            assert stats.requests("GET", "tags") == 1
+            assert stats.requests("HEAD", "manifest") == 0
             assert report.tags_set == 1 and report.manifests_pushed == 1
             assert await ledger.tagged(dst.display, dst_repo, "v1") == img.digest
             assert await ledger.lookup(dst.display, dst_repo, img.digest) is not None
@@ -491,5 +493,54 @@ def test_a_root_with_referrers_is_still_tagged_last(
             assert puts[-1] == f"/v2/{dst_repo}/manifests/v1"
             assert puts.count(f"/v2/{dst_repo}/manifests/{signed.image.digest}") == 1
             await assert_same_graph(src, unique_repo, "v1", dst, dst_repo, "v1")
+
+    run(main)
+
+
+def test_a_new_destination_repository_is_filled_without_presence_questions(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    """A repository the registry does not know: one tag-list probe, no manifest HEAD.
+
+    A repository that exists (it has a tag) is asked about as before; one that
+    holds untagged manifests (what a failed ``--no-journal`` run leaves) is
+    reported new by the registry: its manifests are pushed again, same bytes,
+    and the graph comes out the same.
+    """
+
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            img = await GraphBuilder(reg, unique_repo).image("one", tags=["v1"])
+            await GraphBuilder(reg, unique_repo + "-old").image("other", tags=["old"])
+            assert await reg.repository_is_new(unique_repo + "-nothing")
+            assert not await reg.repository_is_new(unique_repo)
+        proxy = fault_proxy(registry_open)
+        async with target(registry_open) as src, target(proxy) as dst:
+            # new: one probe, no HEAD, the root straight under its tag
+            report = await copy([job(src, unique_repo, "v1", (dst, unique_repo + "-new", ("v1",)))])
+            assert report.ok, report.failures
+            stats = proxy.stats()
+            assert stats.requests("GET", "tags") == 1
+            assert stats.requests("HEAD", "manifest") == 0
+            await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-new", "v1")
+
+            # existing (another tag there): the tag and the root are asked about
+            proxy.reset()
+            report = await copy([job(src, unique_repo, "v1", (dst, unique_repo + "-old", ("v1",)))])
+            assert report.ok, report.failures
+            assert proxy.stats().requests("GET", "tags") == 1
+            assert proxy.stats().requests("HEAD", "manifest") == 2
+            await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-old", "v1")
+
+            # untagged content only: the registry calls it new; pushed again, same graph
+            report = await copy([job(src, unique_repo, "v1", (dst, unique_repo + "-untagged", ()))])
+            assert report.ok, report.failures
+            assert await dst.manifest_exists(unique_repo + "-untagged", img)
+            assert await dst.repository_is_new(unique_repo + "-untagged")
+            report = await copy(
+                [job(src, unique_repo, "v1", (dst, unique_repo + "-untagged", ("v1",)))]
+            )
+            assert report.ok, report.failures
+            await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-untagged", "v1")
 
     run(main)

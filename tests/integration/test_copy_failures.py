@@ -110,6 +110,9 @@ def test_fan_out_with_one_failing_destination_completes_and_tags_the_other(
         if broken == "blob-upload":
             bad.status("PUT", r"/blobs/uploads/", 500, times=None)
         else:
+            # The new-repository probe fails too, so the engine falls back to
+            # asking about each manifest: those questions fail.
+            bad.status("GET", r"/tags/list", 503, times=None)
             bad.status("HEAD", r"/manifests/sha256:", 503, times=None)
         async with (
             RegistryTarget(registry_open.host, registry_open.options()) as src,

@@ -158,6 +158,33 @@ class RegistryTarget:
             )
         )
 
+    async def repository_is_new(self, repository: str) -> bool:
+        """True when the registry says ``repository`` does not exist yet.
+
+        One ``GET tags/list?n=1``: ``404 NAME_UNKNOWN`` means the registry holds
+        no tag there (distribution answers so for a repository it has never
+        seen).  Any other answer — a list, another error, a 404 without that
+        code — is "not known to be new".  The copy engine uses it to push into a
+        new repository without asking about each manifest first.
+        """
+        try:
+            await self._transport.request(
+                RequestSpec(
+                    method="GET",
+                    url=self._transport.repo_url(repository, "tags/list", {"n": "1"}),
+                    kind="tags",
+                    scopes=pull_scopes(repository),
+                    repository=repository,
+                    what="tag list",
+                    ok=(200,),
+                    headers={"Accept": "application/json"},
+                ),
+                max_body=_LIST_BODY_CAP,
+            )
+        except NotFoundError as exc:
+            return exc.code == "NAME_UNKNOWN"
+        return False
+
     async def catalog(self, *, page_size: int | None = None) -> list[str]:
         """All repositories the registry lists in ``/v2/_catalog``, sorted."""
         query = {"n": str(page_size)} if page_size else None
