@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -428,6 +429,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BROKEN_PIPE
         return report_failure(exc, debug=debug, stderr=sys.stderr)
     return code
+
+
+def console_main() -> int:
+    """The console script: :func:`main`, then a quick exit.
+
+    Once the command returned, everything it owns is closed (journal, sessions,
+    files) and only the interpreter's own teardown is left: tens of
+    milliseconds of module and object finalization with aiohttp and friends
+    loaded (~45 ms measured), a visible share of a short command.  Standard
+    streams and log handlers are flushed, then the process exits with the
+    command's status without that teardown.  (Exceptions — ``SystemExit`` from
+    argparse included — leave the normal way.)
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or EXIT_BROKEN_PIPE
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
