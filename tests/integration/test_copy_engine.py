@@ -544,3 +544,66 @@ def test_a_new_destination_repository_is_filled_without_presence_questions(
             await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-untagged", "v1")
 
     run(main)
+
+
+def test_fallback_referrers_indexes_in_a_new_repository_are_written_without_reads(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    """A new repository on a registry without the referrers API: no index is read back.
+
+    Every fallback index ends up listing exactly the source's referrers (the
+    engine's own later writes merge into what it wrote before), and the same
+    copy into a repository that exists reads the indexes as before.
+    """
+
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("app", tags=["v1"])
+            await GraphBuilder(reg, unique_repo + "-old").image("other", tags=["old"])
+        proxy = fault_proxy(registry_open)
+        index_tag = referrers_tag(signed.image.digest)
+        async with target(registry_open) as src, target(proxy) as dst:
+            report = await copy([job(src, unique_repo, "v1", (dst, unique_repo + "-new", ("v1",)))])
+            assert report.ok, report.failures
+            reads = [p for p in proxy.stats().paths("GET", "manifest") if "/sha256-" in p]
+            assert reads == [], reads
+            snap = await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-new", "v1")
+            assert snap.referrers[signed.image.digest] == {
+                signed.signature.digest,
+                signed.sbom.digest,
+            }
+            assert snap.referrers[signed.sbom.digest] == {signed.sbom_signature.digest}
+            listed = await dst.referrers(unique_repo + "-new", signed.image)
+            assert {d.digest for d in listed} == {signed.signature.digest, signed.sbom.digest}
+
+            proxy.reset()
+            report = await copy([job(src, unique_repo, "v1", (dst, unique_repo + "-old", ("v1",)))])
+            assert report.ok, report.failures
+            reads = proxy.stats().paths("GET", "manifest")
+            assert any(p.endswith(f"/manifests/{index_tag}") for p in reads), reads
+            await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-old", "v1")
+
+    run(main)
+
+
+def test_a_new_repositorys_fallback_index_merges_later_referrers_without_reading(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    proxy = fault_proxy(registry_open)
+
+    async def main() -> None:
+        async with target(proxy) as dst:
+            assert await dst.repository_is_new(unique_repo)
+            g = GraphBuilder(dst, unique_repo)
+            image = await g.image("app", tags=["v1"])
+            first = await g.referrer(image, "application/vnd.example.signature")
+            second = await g.referrer(image, "application/vnd.example.sbom")
+            tag = referrers_tag(image.digest)
+            assert not [p for p in proxy.stats().paths("GET", "manifest") if tag in p]
+            # the second write carried the first referrer, and replaced the first index
+            assert proxy.stats().requests("DELETE", "manifest") == 1
+        async with target(registry_open) as fresh:  # a reader that knows nothing
+            listed = await fresh.referrers(unique_repo, image)
+            assert {d.digest for d in listed} == {first.digest, second.digest}
+
+    run(main)

@@ -165,7 +165,9 @@ class RegistryTarget:
         no tag there (distribution answers so for a repository it has never
         seen).  Any other answer — a list, another error, a 404 without that
         code — is "not known to be new".  The copy engine uses it to push into a
-        new repository without asking about each manifest first.
+        new repository without asking about each manifest first; the fallback
+        referrers indexes of a new repository are then maintained without
+        reading them back (see :mod:`.referrers`).
         """
         try:
             await self._transport.request(
@@ -182,7 +184,10 @@ class RegistryTarget:
                 max_body=_LIST_BODY_CAP,
             )
         except NotFoundError as exc:
-            return exc.code == "NAME_UNKNOWN"
+            if exc.code != "NAME_UNKNOWN":
+                return False
+            self._referrers.mark_new(repository)
+            return True
         return False
 
     async def catalog(self, *, page_size: int | None = None) -> list[str]:

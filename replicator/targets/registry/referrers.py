@@ -18,6 +18,12 @@ Guarantees:
   write that carried its own change is done (or fails with it).
 * A fallback tag that does not hold a valid image index counts as "no
   referrers" (with a warning), never as an error.
+* In a repository the registry reported as new (:meth:`mark_new`, from the
+  copy engine's probe at the start of a run), this process is taken to be the
+  only writer of its fallback tags for the rest of the run: an index it has not
+  written yet is known absent and one it wrote is known by its last write, so
+  the read of the read-modify-write costs no request.  Elsewhere every update
+  reads the index first.
 """
 
 from __future__ import annotations
@@ -143,6 +149,13 @@ class ReferrersSupport:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pending: dict[tuple[str, str], list[_Change]] = {}
         self._probes: dict[str, asyncio.Lock] = {}
+        # Repositories reported new, and the fallback indexes written there since.
+        self._new_repos: set[str] = set()
+        self._written: dict[tuple[str, str], tuple[Descriptor, list[Descriptor]] | None] = {}
+
+    def mark_new(self, repository: str) -> None:
+        """The registry reported ``repository`` new: its fallback tags are ours to know."""
+        self._new_repos.add(repository)
 
     # -- API detection ---------------------------------------------------------------------
 
@@ -386,10 +399,13 @@ class ReferrersSupport:
         for the next lock holder.
         """
         key = (repository, subject)
-        current = await self._read_fallback(repository, subject)
+        if repository in self._new_repos:
+            current = self._written.get(key)
+        else:
+            current = await self._read_fallback(repository, subject)
         batch = self._pending.pop(key, [])
         try:
-            await self._write(repository, subject, current, batch)
+            written = await self._write(repository, subject, current, batch)
         except Exception as exc:
             for c in batch:
                 c.done, c.error = True, exc
@@ -397,6 +413,8 @@ class ReferrersSupport:
         except BaseException:
             self._pending.setdefault(key, [])[:0] = batch
             raise
+        if repository in self._new_repos:
+            self._written[key] = written
         for c in batch:
             c.done = True
 
@@ -406,7 +424,8 @@ class ReferrersSupport:
         subject: str,
         current: tuple[Descriptor, list[Descriptor]] | None,
         batch: list[_Change],
-    ) -> None:
+    ) -> tuple[Descriptor, list[Descriptor]] | None:
+        """Apply ``batch`` to ``current``; the index as it now is (None: no index)."""
         old_desc, entries = current if current is not None else (None, [])
         new_entries = list(entries)
         for c in batch:
@@ -416,11 +435,12 @@ class ReferrersSupport:
             else:
                 new_entries = [e for e in new_entries if e.digest != c.remove]
         if [e.digest for e in new_entries] == [e.digest for e in entries]:
-            return
+            return current
         tag = referrers_tag(subject)
         if new_entries:
             raw = build_index(new_entries)
             new_digest = await self._target.put_manifest_bytes(repository, tag, raw, OCI_INDEX)
+            written = (Descriptor(OCI_INDEX, new_digest, len(raw)), new_entries)
             log.debug(
                 "registry.referrers.index_updated",
                 host=self._transport.host,
@@ -431,8 +451,10 @@ class ReferrersSupport:
             )
             if old_desc is not None and old_desc.digest != new_digest:
                 await self._drop_index(repository, old_desc.digest)
-        elif old_desc is not None:
+            return written
+        if old_desc is not None:
             await self._drop_index(repository, old_desc.digest)
+        return None
 
     async def _drop_index(self, repository: str, digest: str) -> None:
         try:
