@@ -328,9 +328,9 @@ async def _all_tags_jobs(ctx: CliContext, src_text: str, dst_texts: list[str]) -
 
 def _observer(ctx: CliContext) -> tuple[CopyObserver, contextlib.AbstractContextManager[Any]]:
     if ctx.is_tty:
-        from replicator.observe.progress import RichProgress
+        from replicator.observe.progress import TerminalProgress
 
-        progress = RichProgress()
+        progress = TerminalProgress()
         return progress, progress
     return LogObserver(), contextlib.nullcontext()
 
