@@ -1,6 +1,6 @@
 """What the engine tells the outside world while it runs (progress, logs).
 
-The engine calls a :class:`CopyObserver` at each step; the CLI plugs in a rich
+The engine calls a :class:`CopyObserver` at each step; the CLI plugs in its
 live display on a terminal (``replicator.observe.progress``) or
 :class:`LogObserver`, which emits structlog events (CI logs).  Observers must be
 cheap and must never raise: they are called from the transfer path.
