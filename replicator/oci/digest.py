@@ -55,6 +55,14 @@ class DigestVerifier:
             )
         self._h.update(chunk)
 
+    def copy(self) -> DigestVerifier:
+        """An independent verifier in the same state (the bytes fed so far, hashed)."""
+        twin = DigestVerifier.__new__(DigestVerifier)
+        twin.digest, twin.algorithm, twin._want_hex = self.digest, self.algorithm, self._want_hex
+        twin.size, twin.seen = self.size, self.seen
+        twin._h = self._h.copy()
+        return twin
+
     @property
     def current(self) -> str:
         """The digest of what was fed so far."""

@@ -274,3 +274,16 @@ def test_platform_parse_and_match() -> None:
 def test_platform_from_json_ignores_non_string_extras() -> None:
     p = Platform.from_json({"os": "linux", "architecture": "amd64", "variant": 7})
     assert p == Platform("linux", "amd64")
+
+
+def test_a_verifier_copy_goes_on_independently() -> None:
+    data = b"hello, copies"
+    v = DigestVerifier("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    v.update(data[:5])
+    twin = v.copy()
+    twin.update(data[5:])
+    twin.verify()  # the copy saw the first part, then the rest
+    assert v.seen == 5 and twin.seen == len(data)
+    v.update(b"X" * (len(data) - 5))
+    with pytest.raises(IntegrityError):
+        v.verify()  # the original went its own way

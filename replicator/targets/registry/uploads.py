@@ -120,12 +120,7 @@ def repository_of_location(location: URL) -> str | None:
 
 def _fork(verifier: DigestVerifier | None) -> DigestVerifier | None:
     """An independent copy of ``verifier`` (same bytes hashed so far), or None."""
-    if verifier is None:
-        return None
-    twin = DigestVerifier(verifier.digest, verifier.size)
-    twin._h = verifier._h.copy()
-    twin.seen = verifier.seen
-    return twin
+    return verifier.copy() if verifier is not None else None
 
 
 async def _close_stream(stream: AsyncIterator[bytes]) -> None:
