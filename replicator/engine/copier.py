@@ -1134,6 +1134,7 @@ class CopyEngine:
             self._fail(f"referrers of {desc.digest}: {exc}", exc)
             return
         seen: set[str] = set()
+        selected: list[Descriptor] = []
         async with anyio.create_task_group() as tg:
             for r in found:
                 if r.digest == desc.digest:
@@ -1143,8 +1144,51 @@ class CopyEngine:
                     continue
                 seen.add(r.digest)
                 self.report.referrers_found += 1
-                tg.start_soon(self._maybe_referrer, src, r, dests, depth, desc, key, fresh)
+                tg.start_soon(
+                    self._maybe_referrer, src, r, dests, depth, desc, key, fresh, selected
+                )
+        if selected:
+            async with anyio.create_task_group() as tg:
+                for d in dests:
+                    tg.start_soon(self._relist, d, desc, key, selected)
         self._referrers_walked.update((key, d.key) for d in dests)
+
+    async def _relist(
+        self, d: Endpoint, subject: Descriptor, key: NodeKey, selected: list[Descriptor]
+    ) -> None:
+        """Make the referrers of ``subject`` that ``d`` already held findable there.
+
+        A referrer this run pushed was listed by its push.  One found present
+        (asked, or from the journal) may not be: an earlier run can have pushed
+        it and then failed to update the subject's fallback index, and another
+        tool can have rewritten that index.  The destination is asked once per
+        subject — nothing on a registry with the referrers API, which lists by
+        ``subject`` itself — and the missing entries are added.  A failure keeps
+        the tags above this subject unset, like any failed node.
+        """
+        present = []
+        for r in selected:
+            cell = self._committed.get((d.location, d.repository, r.digest))
+            if cell is not None and cell.ok and cell.value == "exists":
+                present.append(r)
+        ensure = getattr(d.target, "ensure_referrers_listed", None)
+        if not present or ensure is None:
+            return
+        try:
+            added = await self._limited(
+                "meta", d.location, partial(ensure, d.repository, subject, present)
+            )
+        except ReplicatorError as exc:
+            exc.side = exc.side or "destination"
+            self._referrer_errors.setdefault(key, exc)
+            self._fail(f"referrers index of {subject.digest} at {d}: {exc}", exc)
+            return
+        if added:
+            self.report.referrer_indexes_updated += 1
+            self._warn(
+                f"{d}: {added} referrer(s) of {subject.digest[:19]} were there but not "
+                "listed in its referrers index; added"
+            )
 
     async def _maybe_referrer(
         self,
@@ -1155,8 +1199,9 @@ class CopyEngine:
         subject: Descriptor,
         subject_key: NodeKey,
         fresh: frozenset[DestKey],
+        selected: list[Descriptor],
     ) -> None:
-        """Apply the artifact-type filter, then walk the referrer.
+        """Apply the artifact-type filter, then walk the referrer (noted in ``selected``).
 
         A listing entry without ``artifactType`` (written by a tool that left it
         out) is judged by the manifest's own artifact type, read for that.
@@ -1171,6 +1216,7 @@ class CopyEngine:
         if not flt.accepts_referrer(r):
             self.report.referrers_filtered += 1
             return
+        selected.append(r)
         await self._node(src, r, dests, depth + 1, subject, subject_key, frozenset(), fresh)
 
     # ------------------------------------------------------------------ blobs

@@ -18,6 +18,7 @@ from replicator.engine.copier import (
 from replicator.errors import IncompleteCopyError, NotFoundError
 from replicator.graph.filters import GraphFilter
 from replicator.oci.descriptor import Descriptor
+from replicator.oci.reference import referrers_tag
 from replicator.targets.registry.client import RegistryTarget
 from replicator.targets.registry.options import RetryPolicy
 from tests.infra.registry import RegistryInstance
@@ -172,5 +173,58 @@ def test_source_cut_mid_blob_during_fan_out_recovers(
             assert layer_gets == 2
             for t, repo in ((d1, unique_repo + "-1"), (d2, unique_repo + "-2")):
                 assert (await t.resolve(repo, "v1")).digest == report.jobs[0].digest
+
+    asyncio.run(main())
+
+
+def test_rerun_lists_referrers_an_earlier_run_pushed_but_could_not_index(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: str
+) -> None:
+    """The subject's fallback index refused its update after the referrers' manifests
+    were stored: the failed run sets no tag, and the rerun — which finds the
+    referrers present — adds them to the index instead of calling the copy done
+    with a signature nobody can discover.
+    """
+    dst_repo = unique_repo + "-dst"
+
+    async def main() -> None:
+        async with RegistryTarget(registry_open.host, registry_open.options()) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("app", tags=["v1"])
+            # The destination repository exists (another tag): presence is asked there.
+            await GraphBuilder(reg, dst_repo).image("other", tags=["old"])
+        proxy = fault_proxy(registry_open)
+        proxy.status("PUT", "/manifests/" + referrers_tag(signed.image.digest), 400, times=None)
+
+        def job(dst: RegistryTarget) -> CopyJob:
+            return CopyJob(
+                Endpoint(src, src.display, unique_repo),
+                "v1",
+                (Destination(Endpoint(dst, dst.display, dst_repo), ("v1",)),),
+            )
+
+        async with (
+            RegistryTarget(registry_open.host, registry_open.options()) as src,
+            RegistryTarget(proxy.host, registry_open.options(retry=FAST_RETRY)) as dst,
+        ):
+            first = await CopyEngine().run([job(dst)])
+            assert not first.ok and first.tags_set == 0
+            assert await dst.manifest_exists(dst_repo, signed.signature)
+            assert await dst.referrers(dst_repo, signed.image) == []
+        fixed = fault_proxy(registry_open)
+        async with (
+            RegistryTarget(registry_open.host, registry_open.options()) as src,
+            RegistryTarget(fixed.host, registry_open.options()) as dst,
+        ):
+            second = await CopyEngine().run([job(dst)])
+            assert second.ok, second.failures
+            assert second.tags_set == 1
+            listed = {d.digest for d in await dst.referrers(dst_repo, signed.image)}
+            assert listed == {signed.signature.digest, signed.sbom.digest}
+            assert any("not listed" in w for w in second.warnings), second.warnings
+            # and a third run finds everything listed: no index write
+            fixed.reset()
+            third = await CopyEngine().run([job(dst)])
+            assert third.ok and third.manifests_pushed == 0
+            assert fixed.stats().requests("PUT", "manifest") == 0
 
     asyncio.run(main())

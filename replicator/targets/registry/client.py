@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import structlog
@@ -517,6 +517,17 @@ class RegistryTarget:
     ) -> list[Descriptor]:
         """Manifests whose subject is ``desc``: the referrers API, else the fallback tag."""
         return await self._referrers.find(repository, desc, artifact_type)
+
+    async def ensure_referrers_listed(
+        self, repository: str, subject: Descriptor, referrers: Sequence[Descriptor]
+    ) -> int:
+        """Make ``referrers`` (already in ``repository``) findable under ``subject``.
+
+        Nothing to do with the referrers API (the registry lists by ``subject``);
+        otherwise one read of the fallback index and, for the entries it lacks,
+        an update.  Returns how many were missing.
+        """
+        return await self._referrers.ensure_listed(repository, subject.digest, referrers)
 
     async def referrers_api_supported(self, repository: str) -> bool:
         """Whether the registry serves the referrers API for ``repository`` (cached)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -352,6 +353,22 @@ class ReferrersSupport:
             return True
         await self._update(repository, subject.digest, add=manifest.descriptor)
         return True
+
+    async def ensure_listed(
+        self, repository: str, subject: str, referrers: Sequence[Descriptor]
+    ) -> int:
+        """Add to ``subject``'s fallback index those of ``referrers`` it lacks; how many."""
+        if not referrers or await self.api_supported(repository):
+            return 0
+        if repository in self._new_repos:
+            current = self._written.get((repository, subject))
+        else:
+            current = await self._read_fallback(repository, subject)
+        listed = {e.digest for e in current[1]} if current is not None else set()
+        missing = [r for r in referrers if r.digest not in listed]
+        if missing:
+            await asyncio.gather(*(self._update(repository, subject, add=r) for r in missing))
+        return len(missing)
 
     async def after_delete(self, repository: str, digest: str, subject_digest: str) -> None:
         """Drop a deleted referrer from its subject's fallback index (no-op with the API)."""
