@@ -200,6 +200,8 @@ class CopyEngine:
         self._pushed_tags: set[tuple[str, str, str]] = set()
         # (node, destination) whose referrer walk finished without error.
         self._referrers_walked: set[tuple[NodeKey, DestKey]] = set()
+        # Referrers pushed with their index update deferred to _relist.
+        self._unindexed: set[tuple[str, str, str]] = set()
         self._first_root_error: ReplicatorError | None = None
         self._stopping = False
         self._active_pushes = 0
@@ -976,11 +978,18 @@ class CopyEngine:
                 if job_tags and self._complete_below(key, manifest, d.key):
                     tags = job_tags[:1]
 
+            # A referrer's entry in its subject's referrers index is written by
+            # _relist, once for all the subject's referrers (stores without such
+            # an index ignore the request).
+            defer = subject is not None and hasattr(d.target, "ensure_referrers_listed")
+
             async def push() -> PushResult:
                 return await self._limited(
                     "meta",
                     d.location,
-                    lambda: d.target.push_manifest(d.repository, push_desc, manifest.raw, tags),
+                    lambda: d.target.push_manifest(
+                        d.repository, push_desc, manifest.raw, tags, defer_referrers=defer
+                    ),
                 )
 
             try:
@@ -1007,7 +1016,9 @@ class CopyEngine:
                 self._current_tags[(d.location, d.repository, tag)] = desc.digest
                 self._pushed_tags.add((d.location, d.repository, tag))
                 self.report.tags_set += 1
-            if result.referrers_updated and manifest.subject is not None:
+            if defer and not result.referrers_updated:
+                self._unindexed.add((d.location, d.repository, desc.digest))
+            elif result.referrers_updated and manifest.subject is not None:
                 self.report.referrer_indexes_updated += 1
                 await self.ledger.record(
                     Confirmation(
@@ -1156,27 +1167,39 @@ class CopyEngine:
     async def _relist(
         self, d: Endpoint, subject: Descriptor, key: NodeKey, selected: list[Descriptor]
     ) -> None:
-        """Make the referrers of ``subject`` that ``d`` already held findable there.
+        """List the referrers of ``subject`` at ``d`` once they are all there: one write.
 
-        A referrer this run pushed was listed by its push.  One found present
-        (asked, or from the journal) may not be: an earlier run can have pushed
-        it and then failed to update the subject's fallback index, and another
-        tool can have rewritten that index.  The destination is asked once per
-        subject — nothing on a registry with the referrers API, which lists by
-        ``subject`` itself — and the missing entries are added.  A failure keeps
-        the tags above this subject unset, like any failed node.
+        Runs when the walk of ``subject``'s referrers is over at ``d``.  The
+        referrers this run pushed there with their index update deferred
+        (:meth:`_commit`) are added to the subject's referrers index in one
+        update — one fallback-index write per subject instead of one per
+        referrer, and no superseded index to delete.  A referrer found already
+        present (asked, or from the journal) is checked too: an earlier run can
+        have stored it and then failed to update the index, and another tool can
+        have rewritten the index.  Nothing happens on a registry with the
+        referrers API (it lists by ``subject`` itself).  A failure keeps the tags
+        above this subject unset, like any failed node; a rerun finds the
+        referrers present and lists them then.
         """
-        present = []
-        for r in selected:
-            cell = self._committed.get((d.location, d.repository, r.digest))
-            if cell is not None and cell.ok and cell.value == "exists":
-                present.append(r)
         ensure = getattr(d.target, "ensure_referrers_listed", None)
-        if not present or ensure is None:
+        if ensure is None:
+            return
+        found: list[Descriptor] = []
+        pushed: list[Descriptor] = []
+        for r in selected:
+            node = (d.location, d.repository, r.digest)
+            cell = self._committed.get(node)
+            if cell is None or not cell.ok:
+                continue
+            if cell.value == "exists":
+                found.append(r)
+            elif node in self._unindexed:
+                pushed.append(r)
+        if not found and not pushed:
             return
         try:
             added = await self._limited(
-                "meta", d.location, partial(ensure, d.repository, subject, present)
+                "meta", d.location, partial(ensure, d.repository, subject, [*pushed, *found])
             )
         except ReplicatorError as exc:
             exc.side = exc.side or "destination"
@@ -1185,8 +1208,22 @@ class CopyEngine:
             return
         if added:
             self.report.referrer_indexes_updated += 1
+        for r in pushed:
+            self._unindexed.discard((d.location, d.repository, r.digest))
+            await self.ledger.record(
+                Confirmation(
+                    "referrers",
+                    "updated",
+                    d.location,
+                    d.repository,
+                    r.digest,
+                    subject=subject.digest,
+                )
+            )
+        stray = [r.digest for r in found if r.digest in added]
+        if stray:
             self._warn(
-                f"{d}: {added} referrer(s) of {subject.digest[:19]} were there but not "
+                f"{d}: {len(stray)} referrer(s) of {subject.digest[:19]} were there but not "
                 "listed in its referrers index; added"
             )
 

@@ -140,9 +140,21 @@ class Target(Protocol):
         ...
 
     async def push_manifest(
-        self, repository: str, desc: Descriptor, raw: bytes, tags: tuple[str, ...] = ()
+        self,
+        repository: str,
+        desc: Descriptor,
+        raw: bytes,
+        tags: tuple[str, ...] = (),
+        *,
+        defer_referrers: bool = False,
     ) -> PushResult:
-        """Store ``raw`` under its digest (and each tag), maintaining referrers."""
+        """Store ``raw`` under its digest (and each tag), maintaining referrers.
+
+        ``defer_referrers``: a store that keeps a referrers index of its own (a
+        registry's fallback tag) leaves it alone for this push and says so with
+        ``referrers_updated=False``; the caller lists the referrer later
+        (``ensure_referrers_listed``).  Stores that need no such write ignore it.
+        """
         ...
 
     async def tag(self, repository: str, desc: Descriptor, raw: bytes, tag: str) -> None:

@@ -713,9 +713,18 @@ class OCILayoutTarget:
         return desc, raw
 
     async def push_manifest(
-        self, repository: str, desc: Descriptor, raw: bytes, tags: tuple[str, ...] = ()
+        self,
+        repository: str,
+        desc: Descriptor,
+        raw: bytes,
+        tags: tuple[str, ...] = (),
+        *,
+        defer_referrers: bool = False,
     ) -> PushResult:
         """Store ``raw`` (verified against ``desc``) and list it in ``index.json``.
+
+        ``defer_referrers`` is ignored: a layout finds referrers by their
+        ``subject``, so listing the manifest is all a referrer needs.
 
         With tags, each tag's entry is replaced; without, the manifest is
         listed untagged unless some entry already lists it.  Pushing an index

@@ -567,6 +567,12 @@ def test_fallback_referrers_indexes_in_a_new_repository_are_written_without_read
             assert report.ok, report.failures
             reads = [p for p in proxy.stats().paths("GET", "manifest") if "/sha256-" in p]
             assert reads == [], reads
+            # one index write per subject (the image, the SBOM), none superseded
+            writes = {
+                p: n for p, n in proxy.stats().paths("PUT", "manifest").items() if "/sha256-" in p
+            }
+            assert sorted(writes.values()) == [1, 1], writes
+            assert proxy.stats().requests("DELETE", "manifest") == 0
             snap = await assert_same_graph(src, unique_repo, "v1", dst, unique_repo + "-new", "v1")
             assert snap.referrers[signed.image.digest] == {
                 signed.signature.digest,

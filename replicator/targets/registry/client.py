@@ -453,9 +453,20 @@ class RegistryTarget:
         return expected, bool(reply.headers.get("OCI-Subject"))
 
     async def push_manifest(
-        self, repository: str, desc: Descriptor, raw: bytes, tags: tuple[str, ...] = ()
+        self,
+        repository: str,
+        desc: Descriptor,
+        raw: bytes,
+        tags: tuple[str, ...] = (),
+        *,
+        defer_referrers: bool = False,
     ) -> PushResult:
-        """Store ``raw`` under its digest (or under each of ``tags``); maintain referrers."""
+        """Store ``raw`` under its digest (or under each of ``tags``); maintain referrers.
+
+        With ``defer_referrers`` the fallback index is not touched (see
+        :meth:`ensure_referrers_listed`); a registry that acknowledged the
+        subject (``OCI-Subject``) lists the referrer itself either way.
+        """
         verify_bytes(raw, desc.digest, desc.size)
         manifest = self._parse_for_push(repository, desc, raw)
         subject_ack = False
@@ -466,7 +477,7 @@ class RegistryTarget:
         if manifest is not None and manifest.subject is not None:
             if subject_ack:
                 updated = True
-            else:
+            elif not defer_referrers:
                 updated = await self._referrers.after_push(repository, manifest)
         return PushResult(descriptor=desc, referrers_updated=updated)
 
@@ -520,12 +531,13 @@ class RegistryTarget:
 
     async def ensure_referrers_listed(
         self, repository: str, subject: Descriptor, referrers: Sequence[Descriptor]
-    ) -> int:
+    ) -> list[str]:
         """Make ``referrers`` (already in ``repository``) findable under ``subject``.
 
         Nothing to do with the referrers API (the registry lists by ``subject``);
-        otherwise one read of the fallback index and, for the entries it lacks,
-        an update.  Returns how many were missing.
+        otherwise one read of the fallback index (none in a repository this run
+        found new) and one update adding the entries it lacks.  Returns their
+        digests.
         """
         return await self._referrers.ensure_listed(repository, subject.digest, referrers)
 

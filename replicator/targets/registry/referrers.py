@@ -356,10 +356,10 @@ class ReferrersSupport:
 
     async def ensure_listed(
         self, repository: str, subject: str, referrers: Sequence[Descriptor]
-    ) -> int:
-        """Add to ``subject``'s fallback index those of ``referrers`` it lacks; how many."""
+    ) -> list[str]:
+        """Add to ``subject``'s fallback index those of ``referrers`` it lacks (their digests)."""
         if not referrers or await self.api_supported(repository):
-            return 0
+            return []
         if repository in self._new_repos:
             current = self._written.get((repository, subject))
         else:
@@ -367,8 +367,8 @@ class ReferrersSupport:
         listed = {e.digest for e in current[1]} if current is not None else set()
         missing = [r for r in referrers if r.digest not in listed]
         if missing:
-            await asyncio.gather(*(self._update(repository, subject, add=r) for r in missing))
-        return len(missing)
+            await self._apply_changes(repository, subject, [_Change(r, None) for r in missing])
+        return [r.digest for r in missing]
 
     async def after_delete(self, repository: str, digest: str, subject_digest: str) -> None:
         """Drop a deleted referrer from its subject's fallback index (no-op with the API)."""
@@ -391,21 +391,25 @@ class ReferrersSupport:
         add: Descriptor | None = None,
         remove: str | None = None,
     ) -> None:
+        await self._apply_changes(repository, subject, [_Change(add, remove)])
+
+    async def _apply_changes(self, repository: str, subject: str, changes: list[_Change]) -> None:
+        """Queue ``changes`` together and return once the write carrying them is done."""
         key = (repository, subject)
-        change = _Change(add, remove)
-        self._pending.setdefault(key, []).append(change)
+        self._pending.setdefault(key, []).extend(changes)
         try:
             async with self._lock(repository, subject):
-                if not change.done:
+                if not all(c.done for c in changes):
                     await self._apply_pending(repository, subject)
         finally:
-            if not change.done:
-                # Cancelled before its write: it must not be applied later.
-                pending = self._pending.get(key, [])
-                if change in pending:
-                    pending.remove(change)
-        if change.error is not None:
-            raise change.error
+            # Cancelled before its write: what was not applied must not be later.
+            pending = self._pending.get(key, [])
+            for c in changes:
+                if not c.done and c in pending:
+                    pending.remove(c)
+        for c in changes:
+            if c.error is not None:
+                raise c.error
 
     async def _apply_pending(self, repository: str, subject: str) -> None:
         """Under the subject's lock: apply every pending change in one read-modify-write.
