@@ -81,6 +81,10 @@ def _cells(text: str) -> int:
     return sum(_char_cells(ch) for ch in text)
 
 
+#: Columns and rows assumed when the terminal reports none.
+_FALLBACK_SIZE = (80, 24)
+
+
 def _cut(text: str, width: int) -> str:
     """The longest prefix of ``text`` that fits in ``width`` columns."""
     if text.isascii():
@@ -389,6 +393,12 @@ class TerminalProgress:
                 width = int(env_columns) if env_columns.isdigit() else size.columns
             if height is None:
                 height = int(env_lines) if env_lines.isdigit() else size.lines
+            # A pseudo-terminal nobody gave a size (``script``, ``docker run -t``
+            # in some set-ups) reports 0 x 0: draw for 80 x 24 then.
+            if width <= 0:
+                width = _FALLBACK_SIZE[0]
+            if height <= 0:
+                height = _FALLBACK_SIZE[1]
         return max(1, width), max(1, height)
 
     def _style(self, text: str, style: str) -> str:

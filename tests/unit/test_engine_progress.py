@@ -283,6 +283,37 @@ def test_no_line_is_wider_than_a_narrow_terminal(width: int) -> None:
         assert long_title in text and wide_title in text and "x" * 200 in text
 
 
+def test_a_terminal_that_reports_no_size_is_drawn_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pty nobody sized (``script``, some ``docker run -t``) says 0 x 0."""
+    import os
+
+    import replicator.observe.progress as progress_module
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+    def zero(fd: int = 0) -> os.terminal_size:
+        return os.terminal_size((0, 0))
+
+    class SizedTTY(FakeTTY):
+        def fileno(self) -> int:
+            return 2
+
+    monkeypatch.setattr(progress_module.os, "get_terminal_size", zero)
+    stream = SizedTTY()
+    with TerminalProgress(stream, max_bars=4, auto_refresh=False) as progress:
+        blob = _blob(1, 100, "a-file-name-long-enough-to-fold-at-a-tiny-width.json")
+        progress.blob_started(blob, 1)
+        progress.blob_finished(blob, "uploaded", "dst")
+    screen = Screen(80).feed(stream.getvalue())
+    assert screen.overflow == []
+    assert any(
+        "a-file-name-long-enough-to-fold-at-a-tiny-width.json" in line for line in screen.text
+    )
+
+
 def test_the_live_area_fits_a_short_terminal() -> None:
     stream = FakeTTY()
     with TerminalProgress(stream, max_bars=8, width=100, height=5, auto_refresh=False) as p:
