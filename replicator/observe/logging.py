@@ -99,9 +99,14 @@ def _mask_scheme_credential(match: re.Match[str]) -> str:
 # Order matters: the header pattern swallows the whole value, so a later
 # ``Bearer`` pattern never sees half of it.
 _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
-    # Authorization / Proxy-Authorization header values, up to end of line or a quote.
+    # Authorization / Proxy-Authorization header values, up to end of line or a quote
+    # (an escaped one too: in a rendered JSON line the value ends before `\"`, and
+    # masking the backslash with it would leave an unescaped quote, invalid JSON).
     (
-        re.compile(r"((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\r\n,}]+", re.IGNORECASE),
+        re.compile(
+            r"((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:[^'\"\\\r\n,}]|\\(?!['\"]))+",
+            re.IGNORECASE,
+        ),
         rf"\1{MASK}",
     ),
     # Bearer / Basic credentials (but not challenge parameters such as `Bearer realm=`,

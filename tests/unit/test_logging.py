@@ -297,3 +297,18 @@ def test_reconfiguring_does_not_duplicate_lines() -> None:
     logging.getLogger("aiohttp.client").warning("once")
     assert first.getvalue() == ""
     assert len(_lines(second)) == 1
+
+
+def test_a_masked_header_value_before_a_quote_keeps_the_json_line_valid(
+    json_log: io.StringIO,
+) -> None:
+    log = get_logger("t")
+    log.info('header Authorization: Bearer abc123token" and more')
+    log.info("h", header='Proxy-Authorization: Basic dXNlcjpwYXNz\\tail" rest')
+    logging.getLogger("aiohttp.client").warning('Authorization: Bearer qwe789" quoted')
+    lines = _lines(json_log)  # every line parses
+    text = json_log.getvalue()
+    for leak in ("abc123token", "dXNlcjpwYXNz", "tail", "qwe789"):
+        assert leak not in text, leak
+    assert lines[0]["event"] == f'header Authorization: {MASK}" and more'
+    assert lines[1]["header"] == f'Proxy-Authorization: {MASK}" rest'
