@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import secrets
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -23,22 +22,7 @@ from replicator.observe.logging import (
     redact_text,
     register_secret,
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
-
-
-def _lines(buf: io.StringIO) -> list[dict[str, object]]:
-    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+from tests.unit.test_logging import _lines, _restore_logging  # noqa: F401  (autouse fixture)
 
 
 def test_structlog_events_make_no_log_record_but_stdlib_ones_still_do() -> None:

@@ -360,10 +360,7 @@ class ReferrersSupport:
         """Add to ``subject``'s fallback index those of ``referrers`` it lacks (their digests)."""
         if not referrers or await self.api_supported(repository):
             return []
-        if repository in self._new_repos:
-            current = self._written.get((repository, subject))
-        else:
-            current = await self._read_fallback(repository, subject)
+        current = await self._current(repository, subject)
         listed = {e.digest for e in current[1]} if current is not None else set()
         missing = [r for r in referrers if r.digest not in listed]
         if missing:
@@ -411,6 +408,15 @@ class ReferrersSupport:
             if c.error is not None:
                 raise c.error
 
+    async def _current(
+        self, repository: str, subject: str
+    ) -> tuple[Descriptor, list[Descriptor]] | None:
+        """The subject's fallback index now: this run's last write in a new repository
+        (no request), else read from the registry."""
+        if repository in self._new_repos:
+            return self._written.get((repository, subject))
+        return await self._read_fallback(repository, subject)
+
     async def _apply_pending(self, repository: str, subject: str) -> None:
         """Under the subject's lock: apply every pending change in one read-modify-write.
 
@@ -420,10 +426,7 @@ class ReferrersSupport:
         for the next lock holder.
         """
         key = (repository, subject)
-        if repository in self._new_repos:
-            current = self._written.get(key)
-        else:
-            current = await self._read_fallback(repository, subject)
+        current = await self._current(repository, subject)
         batch = self._pending.pop(key, [])
         try:
             written = await self._write(repository, subject, current, batch)
