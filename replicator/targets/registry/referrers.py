@@ -132,12 +132,16 @@ class _Unsupported(Exception):
 
 @dataclass(eq=False, slots=True)
 class _Change:
-    """One pending change of a fallback index: add a descriptor or remove a digest."""
+    """One pending change of a fallback index: add a descriptor or remove a digest.
+
+    ``added``: the index lacked the descriptor, and the write put it in.
+    """
 
     add: Descriptor | None
     remove: str | None
     done: bool = False
     error: BaseException | None = None
+    added: bool = False
 
 
 class ReferrersSupport:
@@ -360,12 +364,11 @@ class ReferrersSupport:
         """Add to ``subject``'s fallback index those of ``referrers`` it lacks (their digests)."""
         if not referrers or await self.api_supported(repository):
             return []
-        current = await self._current(repository, subject)
-        listed = {e.digest for e in current[1]} if current is not None else set()
-        missing = [r for r in referrers if r.digest not in listed]
-        if missing:
-            await self._apply_changes(repository, subject, [_Change(r, None) for r in missing])
-        return [r.digest for r in missing]
+        # One read-modify-write: entries already listed change nothing, and
+        # when none is missing the index is not written.
+        changes = [_Change(r, None) for r in referrers]
+        await self._apply_changes(repository, subject, changes)
+        return [c.add.digest for c in changes if c.added and c.add is not None]
 
     async def after_delete(self, repository: str, digest: str, subject_digest: str) -> None:
         """Drop a deleted referrer from its subject's fallback index (no-op with the API)."""
@@ -456,6 +459,7 @@ class ReferrersSupport:
             if c.add is not None:
                 if not any(e.digest == c.add.digest for e in new_entries):
                     new_entries.append(c.add)
+                    c.added = True
             else:
                 new_entries = [e for e in new_entries if e.digest != c.remove]
         if [e.digest for e in new_entries] == [e.digest for e in entries]:
