@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 
 from replicator.errors import (
@@ -44,6 +43,7 @@ from replicator.errors import (
     ServerError,
     TLSError,
 )
+from replicator.targets.registry._aiohttp import aiohttp
 from replicator.targets.registry.options import Credentials
 
 log = structlog.get_logger("replicator.auth")

@@ -25,7 +25,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 
-import aiohttp
 import structlog
 from yarl import URL
 
@@ -48,6 +47,7 @@ from replicator.targets.base import (
     PushResult,
     UploadProgress,
 )
+from replicator.targets.registry._aiohttp import aiohttp
 from replicator.targets.registry.auth import Authenticator
 from replicator.targets.registry.errors import connection_error, protocol_error
 from replicator.targets.registry.options import RegistryOptions

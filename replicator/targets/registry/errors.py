@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import aiohttp
-
 from replicator.errors import (
     AuthenticationError,
     ConnectionFailedError,
@@ -36,6 +34,7 @@ from replicator.errors import (
     ServerError,
     TLSError,
 )
+from replicator.targets.registry._aiohttp import aiohttp
 
 _MAX_MESSAGE = 200
 #: OpenSSL reasons that mean "the peer answered, but not with TLS".

@@ -29,13 +29,13 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
-import aiohttp
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from replicator.errors import ConnectionFailedError, ReferenceError, ReplicatorError
 from replicator.oci.reference import MAX_REPOSITORY_LENGTH, REPOSITORY_RE
+from replicator.targets.registry._aiohttp import aiohttp
 from replicator.targets.registry.errors import (
     connection_error,
     error_from_response,
@@ -198,8 +198,9 @@ class Transport:
         """TLS settings of the connector: built only when the options ask for more than the default.
 
         ``True`` is aiohttp's own verifying context (``ssl.create_default_context()``,
-        made once when aiohttp is imported): building another one per target costs
-        ~35 ms (``set_default_verify_paths``), for nothing on plain-HTTP hosts.
+        made once when aiohttp is imported, its system CA roots read on first use:
+        see :mod:`._aiohttp`): building another one per target costs ~35 ms
+        (``set_default_verify_paths``), for nothing on plain-HTTP hosts.
         """
         if self.options.insecure:
             return False
