@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from replicator.cli.cmd_copy import register, run_key
+import pytest
+
+from replicator.cli.cmd_copy import _pairs, register, run_key
+from replicator.errors import ConfigError
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -62,3 +65,31 @@ def test_from_file_lines_are_part_of_the_key(tmp_path: Path) -> None:
     assert one == run_key(_args("-r", "a.example/x:1", "b.example/x:1"))
     f.write_text("a.example/x:1 b.example/x:1\na.example/y:1 b.example/y:1\n")
     assert run_key(_args("-r", "--from-file", str(f))) != one
+
+
+def test_from_file_lines_split_like_a_shell(tmp_path: Path) -> None:
+    """Plain lines split at blanks, quoted ones through shlex; comments and blank lines skipped."""
+    f = tmp_path / "pairs.txt"
+    f.write_text(
+        "# promotion\n"
+        "\n"
+        "a.example/x:1\tb.example/x:1  c.example/x:1   # two destinations\n"
+        "  a.example/y:1 'ocidir://my dir/y:1'\r\n"
+        'a.example/z:1 "b.example/z:1"\n'
+    )
+    pairs = _pairs(_args("--from-file", str(f)))
+    assert [(src, dsts) for src, dsts, _ in pairs] == [
+        ("a.example/x:1", ["b.example/x:1", "c.example/x:1"]),
+        ("a.example/y:1", ["ocidir://my dir/y:1"]),
+        ("a.example/z:1", ["b.example/z:1"]),
+    ]
+    assert [where for _, _, where in pairs] == [f"{f}:3", f"{f}:4", f"{f}:5"]
+
+
+def test_from_file_bad_lines_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "pairs.txt"
+    for text, fragment in (("a.example/x:1\n", "expected"), ("a 'b\n", "quotation")):
+        f.write_text("# header\n" + text)
+        with pytest.raises(ConfigError) as info:
+            _pairs(_args("--from-file", str(f)))
+        assert f"{f}:2" in str(info.value) and fragment in str(info.value)
