@@ -40,18 +40,28 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def _world_series(results: dict[str, Any], tool: str, phase: str, key: str) -> list[float]:
-    runs = results.get("world_runs", {}).get("runs", [])
+#: The (a)+(c) series: registries' storage on the VM's disk, and in RAM (tmpfs).
+DISK, RAM = "world_runs", "world_runs_ram"
+
+
+def _world_series(
+    results: dict[str, Any], tool: str, phase: str, key: str, series: str = DISK
+) -> list[float]:
+    runs = results.get(series, {}).get("runs", [])
     return [float(r[phase][key]) for r in runs if r["tool"] == tool]
 
 
-def _world_extra(results: dict[str, Any], tool: str, phase: str) -> list[dict[str, Any]]:
-    runs = results.get("world_runs", {}).get("runs", [])
+def _world_extra(
+    results: dict[str, Any], tool: str, phase: str, series: str = DISK
+) -> list[dict[str, Any]]:
+    runs = results.get(series, {}).get("runs", [])
     return [r[phase]["extra"] for r in runs if r["tool"] == tool]
 
 
-def _paired_ratio(results: dict[str, Any], num: str, den: str, phase: str) -> list[float]:
-    runs = results.get("world_runs", {}).get("runs", [])
+def _paired_ratio(
+    results: dict[str, Any], num: str, den: str, phase: str, series: str = DISK
+) -> list[float]:
+    runs = results.get(series, {}).get("runs", [])
     by_rep: dict[int, dict[str, float]] = {}
     for r in runs:
         by_rep.setdefault(r["rep"], {})[r["tool"]] = r[phase]["wall_s"]
@@ -67,9 +77,9 @@ def _registry_cpu(extras: list[dict[str, Any]]) -> list[float]:
     return [sum(e.get("registry_cpu_s", {}).values()) for e in extras]
 
 
-def _total_cpu(results: dict[str, Any], tool: str, phase: str) -> list[float]:
-    cpu = _world_series(results, tool, phase, "cpu_s")
-    regs = _registry_cpu(_world_extra(results, tool, phase))
+def _total_cpu(results: dict[str, Any], tool: str, phase: str, series: str = DISK) -> list[float]:
+    cpu = _world_series(results, tool, phase, "cpu_s", series)
+    regs = _registry_cpu(_world_extra(results, tool, phase, series))
     return [a + b for a, b in zip(cpu, regs, strict=True)]
 
 
@@ -260,6 +270,49 @@ def rerun_section(results: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def ram_section(results: dict[str, Any]) -> list[str]:
+    """(a) and (c) again with the registries' storage in RAM."""
+    if RAM not in results:
+        return []
+    out = [
+        "## Scenarios (a) and (c) again, registries' storage in RAM",
+        "",
+        f"The same world and commands, every registry's storage on "
+        f"{results[RAM].get('storage', 'a tmpfs')} instead of the VM's disk: distribution "
+        "then does the same requests without its fsyncs (three per blob upload) on a disk "
+        "shared with other tenants.  Same method: fresh destination per run, order "
+        "alternating, N as above.",
+        "",
+        "| tool | cold wall s (median) | raw | CPU s | registries' CPU s | total CPU s | "
+        "re-run wall s (median) | re-run / cold | tags verified |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for tool in (SKOPEO_SYNC, NOREF, RECURSIVE):
+        cold = _world_series(results, tool, "cold", "wall_s", RAM)
+        if not cold:
+            continue
+        warm = _world_series(results, tool, "warm", "wall_s", RAM)
+        extras = _world_extra(results, tool, "cold", RAM)
+        out.append(
+            f"| {tool} | {med(cold):.2f} | {raw(cold)} | "
+            f"{med(_world_series(results, tool, 'cold', 'cpu_s', RAM)):.2f} | "
+            f"{med(_registry_cpu(extras)):.2f} | {med(_total_cpu(results, tool, 'cold', RAM)):.2f} | "
+            f"{med(warm):.2f} | {med(warm) / med(cold):.2f} | "
+            f"{', '.join(str(e.get('tags_ok')) for e in extras)} of 60 |"
+        )
+    s = med(_world_series(results, SKOPEO_SYNC, "cold", "wall_s", RAM))
+    r = med(_world_series(results, NOREF, "cold", "wall_s", RAM))
+    paired = _paired_ratio(results, NOREF, SKOPEO_SYNC, "cold", RAM)
+    if s:
+        out += [
+            "",
+            f"**In RAM: replicator --no-referrers / skopeo sync = {r / s:.2f}** (ratio of "
+            f"medians; per repetition: {raw(paired)}, median {med(paired):.2f}). "
+            f"Target ≤ 0.5: {verdict(r / s <= 0.5)}.",
+        ]
+    return [*out, ""]
+
+
 def big_section(results: dict[str, Any]) -> list[str]:
     """Scenario (b): one large image."""
     big = results.get("big")
@@ -377,6 +430,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
         groups.append(
             ("(c) re-run -r", {"replicator": _world_series(results, RECURSIVE, "warm", "wall_s")})
         )
+    if RAM in results:
+        groups.append(
+            (
+                "(a) 60 tags cold,\nregistries in RAM",
+                {
+                    "skopeo": _world_series(results, SKOPEO_SYNC, "cold", "wall_s", RAM),
+                    "replicator": _world_series(results, NOREF, "cold", "wall_s", RAM),
+                },
+            )
+        )
     if "big" in results:
         groups.append(
             (
@@ -429,6 +492,7 @@ def render(results: dict[str, Any]) -> str:
         *machine_section(results),
         *world_section(results),
         *rerun_section(results),
+        *ram_section(results),
         *big_section(results),
         *floor_section(results),
         "![wall time per scenario](results.png)",

@@ -408,6 +408,51 @@ def scenario_big(
     return {"image": {"size": big.size, "digest": big.digest}, "runs": runs}
 
 
+def ram_dir(path: Path) -> Path | None:
+    """``path`` when it is a writable tmpfs with at least 1 GiB free, else None."""
+    if str(path) == "none" or not path.is_dir() or not os.access(path, os.W_OK):
+        return None
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    on_tmpfs = any(
+        line.split()[1] == str(path) and line.split()[2] == "tmpfs"
+        for line in mounts
+        if len(line.split()) > 2
+    )
+    if not on_tmpfs or shutil.disk_usage(path).free < 1 << 30:
+        return None
+    return path
+
+
+def scenario_world_in_ram(ram: Path, world: BenchWorld, work: Path, reps: int) -> dict[str, Any]:
+    """(a) and (c) again with every registry's storage on a tmpfs.
+
+    The same world (its builder is seeded: same digests) in a source registry
+    whose storage, like each fresh destination's, lives in RAM.  On this VM
+    each blob upload costs distribution three fsyncs on a disk shared with
+    other tenants; in RAM the registries do the same requests without them,
+    and what remains is closer to the tools' own work (see NOTES.md).
+    """
+    root = Path(tempfile.mkdtemp(prefix="replicator-bench-ram-", dir=ram))
+    regs = Registries(root)
+    try:
+        src = regs.start("src-ram")
+        log("building the world again, registries in RAM")
+
+        async def build() -> BenchWorld:
+            async with RegistryTarget(src.instance.host, RegistryOptions(plain_http=True)) as t:
+                return await build_world(t, src.instance.host)
+
+        again = asyncio.run(build())
+        if [r[3] for r in again.roots] != [r[3] for r in world.roots]:
+            raise RuntimeError("the world built in RAM differs from the one on disk")
+        out = scenario_world(regs, src, again, work, reps)
+        out["storage"] = f"tmpfs ({ram})"
+        return out
+    finally:
+        regs.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- machine ---------------------------------------------------------------------------
 
 
@@ -484,6 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-world", action="store_true", help="skip scenarios (a) and (c)")
     p.add_argument("--big-layer-mib", type=int, default=256, help="layer size of (b) in MiB")
     p.add_argument("--tmp", type=Path, default=None, help="parent of the temporary directory")
+    p.add_argument(
+        "--ram",
+        type=Path,
+        default=Path("/dev/shm"),
+        help="a tmpfs for the second (a)+(c) series with the registries' storage in RAM "
+        "(default /dev/shm; 'none' to skip it)",
+    )
     args = p.parse_args(argv)
     configure_logging(debug=False, fmt="console")
     results: dict[str, Any] = {"machine": machine(), "reps": args.reps}
@@ -519,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
             cold = results["counted"]["replicator -r"]["cold"]["measurement"]["extra"]["report"]
             warm = results["counted"]["replicator -r"]["warm"]["dst"]["requests_total"]
             results["floor"] = scenario_floor(regs, int(cold["new_blobs"]), max(100, int(warm)))
+            ram = ram_dir(args.ram)
+            if ram is None:
+                log(f"no RAM series: {args.ram} is not a writable tmpfs with 1 GiB free")
+            else:
+                results["world_runs_ram"] = scenario_world_in_ram(ram, world, work, args.reps)
         if not args.skip_big:
             log(f"building the big image ({4 * args.big_layer_mib} MiB)")
 
