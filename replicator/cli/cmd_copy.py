@@ -55,6 +55,7 @@ from typing import Any
 import anyio
 import structlog
 
+from replicator.cli import heap
 from replicator.cli.context import CliContext
 from replicator.cli.output import human_duration, human_size, pluralize
 from replicator.engine.copier import (
@@ -474,6 +475,7 @@ async def _run_engine(engine: CopyEngine, jobs: list[CopyJob], stop: _Stop) -> C
 
         with anyio.CancelScope() as scope:
             tg.start_soon(watch, scope)
+            heap.settle()  # everything is imported and built: the copy starts
             report = await engine.run(jobs)
         tg.cancel_scope.cancel()
     return None if interrupted else report

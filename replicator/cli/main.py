@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import anyio
 
 from replicator import __version__
+from replicator.cli import heap
 from replicator.cli.context import CliContext
 from replicator.errors import (
     EXIT_AUTH,
@@ -360,8 +361,14 @@ def _cancel_on_sigterm(scope: anyio.CancelScope) -> Iterator[list[bool]]:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+#: Commands that call :func:`.heap.settle` themselves, once their own start-up is done.
+_SETTLE_THEMSELVES = frozenset({"copy", "cp"})
+
+
 async def _run_handler(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:
     result: int | None = None
+    if getattr(args, "command", None) not in _SETTLE_THEMSELVES:
+        heap.settle()
     try:
         with anyio.CancelScope() as scope, _cancel_on_sigterm(scope) as terminated:
             result = await handler(args, ctx)
@@ -432,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console_main() -> int:
-    """The console script: :func:`main`, then a quick exit.
+    """The console script's body (after :func:`replicator.cli.console_main`): :func:`main`, quick exit.
 
     Once the command returned, everything it owns is closed (journal, sessions,
     files) and only the interpreter's own teardown is left: tens of
