@@ -344,8 +344,31 @@ def test_rerun_reads_no_referrer_manifest_the_destination_has(
             assert second.referrers_found == 3
         stats = proxy.stats()
         assert _referrer_manifest_gets(stats, unique_repo, referrers) == 0
-        # the root (by tag) and the four fallback tags: nothing else read at the source
-        assert stats.requests("GET", "manifest") == 5, stats.paths("GET", "manifest")
+        # the root (by tag) and the two fallback tags that exist (the image's and the
+        # SBOM's), known from one tag listing: nothing else read at the source
+        assert stats.requests("GET", "manifest") == 3, stats.paths("GET", "manifest")
+        assert stats.requests("GET", "tags") == 1
+
+    run(main)
+
+
+def test_a_refused_tag_listing_falls_back_to_reading_each_fallback_tag(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            await GraphBuilder(reg, unique_repo).signed_image("rf", tags=["v1"])
+        proxy = fault_proxy(registry_open)  # the source, without the referrers API
+        proxy.status("GET", r"/tags/list", 403, times=None)
+        dst_repo = unique_repo + "-rf"
+        async with target(proxy) as src, target(registry_open) as dst:
+            report = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+        assert report.ok, report.failures
+        assert report.manifests_pushed == 4 and report.referrers_found == 3
+        stats = proxy.stats()
+        assert stats.requests("GET", "tags") == 1  # asked once, refused, not asked again
+        fallback = [p for p in stats.paths("GET", "manifest") if "/manifests/sha256-" in p]
+        assert len(fallback) == 4  # every node's fallback tag read, found or not
 
     run(main)
 

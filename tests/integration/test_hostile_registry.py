@@ -605,6 +605,38 @@ def test_endless_tag_pagination(
     assert took < 60
 
 
+def test_tag_listing_of_a_referrers_walk_gives_up_quietly_after_three_pages(
+    hostile: Hostile, registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    """The walk's tag listing (to skip absent fallback tags) is an optimisation only.
+
+    Endless tag pages at the source: the listing is abandoned after three pages,
+    every fallback tag is then read one by one, and the copy -r completes with
+    the referrer.
+    """
+    real = seed(tmp_path, registry_open, str(unique_repo))
+    ref = f"{registry_open.host}/{real['repo']}:v1"
+    note = tmp_path / "note.txt"
+    note.write_text("a note\n")
+    attached = run_cli(
+        "attach", "--artifact-type", "example/note", ref, str(note), home=tmp_path / "home"
+    )
+    assert attached.code == 0, attached.stderr
+    hostile.rule("GET", "/tags/list", _tags_page(real["repo"], loop=False))
+    dst_repo = str(unique_repo())
+    dst = f"{registry_open.host}/{dst_repo}:v1"
+    result, took = cli(tmp_path, "copy", "-r", f"{hostile.host}/{real['repo']}:v1", dst)
+    assert result.code == 0, result.stderr
+    assert took < 60
+    listings = [path for method, path, _ in hostile.seen if "/tags/list" in path]
+    assert len(listings) == 3, listings
+    fallback_reads = [p for m, p, _ in hostile.seen if m == "GET" and "/manifests/sha256-" in p]
+    assert len(fallback_reads) == 2, fallback_reads  # the artifact's (found) and the note's
+    found = run_cli("discover", "-o", "json", dst, home=tmp_path / "home")
+    assert found.code == 0, found.stderr
+    assert "example/note" in found.stdout
+
+
 @pytest.mark.parametrize("loop", [True, False], ids=["same-page-again", "endless-pages"])
 def test_endless_referrers_pagination(
     hostile: Hostile,

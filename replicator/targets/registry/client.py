@@ -65,6 +65,10 @@ log = structlog.get_logger("replicator.registry")
 _LIST_BODY_CAP = 32 * 1024 * 1024
 
 
+class _PageCapReached(Exception):
+    """A listing asked to stop after a number of pages had more."""
+
+
 def _is_digest(reference: str) -> bool:
     return ":" in reference
 
@@ -158,6 +162,29 @@ class RegistryTarget:
             )
         )
 
+    async def tags_within(self, repository: str, pages: int) -> list[str] | None:
+        """The tags of ``repository`` when the listing ends within ``pages`` pages, else None.
+
+        The registry's own page size is used.  A repository the registry does not
+        know (``404 NAME_UNKNOWN``) has no tags.
+        """
+        try:
+            return await self._list_pages(
+                self._transport.repo_url(repository, "tags/list"),
+                key="tags",
+                kind="tags",
+                scopes=pull_scopes(repository),
+                repository=repository,
+                what="tag list",
+                max_pages=pages,
+            )
+        except _PageCapReached:
+            return None
+        except NotFoundError as exc:
+            if exc.code == "NAME_UNKNOWN":
+                return []
+            raise
+
     async def repository_is_new(self, repository: str) -> bool:
         """True when the registry says ``repository`` does not exist yet.
 
@@ -213,7 +240,10 @@ class RegistryTarget:
         scopes: list[str],
         repository: str | None,
         what: str,
+        max_pages: int | None = None,
     ) -> list[str]:
+        """Every item of a paginated listing; ``max_pages``: stop quietly beyond (raises
+        :class:`_PageCapReached`) instead of failing beyond ``options.max_pages``."""
         out: list[str] = []
         url: URL | None = first
         seen: set[str] = set()
@@ -247,6 +277,8 @@ class RegistryTarget:
                     repository,
                     f"{what}: the next-page link loops to a page already read",
                 )
+            if max_pages is not None and pages >= max_pages:
+                raise _PageCapReached
             if pages >= self.options.max_pages:
                 raise protocol_error(
                     self.host, repository, f"{what}: more than {pages} pages; giving up"

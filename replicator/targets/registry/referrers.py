@@ -18,6 +18,9 @@ Guarantees:
   write that carried its own change is done (or fails with it).
 * A fallback tag that does not hold a valid image index counts as "no
   referrers" (with a warning), never as an error.
+* Without the API, a repository's tags are listed once per run (when the
+  listing fits in ``_TAG_LIST_PAGES`` pages) and only the fallback tags that
+  exist are read: nodes without referrers (most of a graph) cost no request.
 * In a repository the registry reported as new (:meth:`mark_new`, from the
   copy engine's probe at the start of a run), this process is taken to be the
   only writer of its fallback tags for the rest of the run: an index it has not
@@ -44,6 +47,7 @@ from replicator.errors import (
     NotFoundError,
     RateLimitedError,
     RegistryError,
+    ReplicatorError,
 )
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.manifest import Manifest, build_index
@@ -122,6 +126,10 @@ def index_entries(raw: bytes) -> list[Descriptor] | None:
     return out
 
 
+#: Pages of a repository's tag listing worth reading to skip fallback-tag lookups.
+_TAG_LIST_PAGES = 3
+
+
 class _Unsupported(Exception):
     """The referrers API answered 404 (``cacheable``: the answer speaks for the registry)."""
 
@@ -157,10 +165,14 @@ class ReferrersSupport:
         # Repositories reported new, and the fallback indexes written there since.
         self._new_repos: set[str] = set()
         self._written: dict[tuple[str, str], tuple[Descriptor, list[Descriptor]] | None] = {}
+        # Tags of a repository from one listing (None: not listed, or not usable).
+        self._tag_sets: dict[str, set[str] | None] = {}
+        self._tag_locks: dict[str, asyncio.Lock] = {}
 
     def mark_new(self, repository: str) -> None:
         """The registry reported ``repository`` new: its fallback tags are ours to know."""
         self._new_repos.add(repository)
+        self._tag_sets[repository] = set()
 
     # -- API detection ---------------------------------------------------------------------
 
@@ -322,8 +334,52 @@ class ReferrersSupport:
         return entries, next_url
 
     async def _from_tag(self, repository: str, digest: str) -> list[Descriptor]:
+        tags = await self._tags(repository)
+        if tags is not None and referrers_tag(digest) not in tags:
+            return []  # no fallback tag: nothing to read
         current = await self._read_fallback(repository, digest)
         return current[1] if current is not None else []
+
+    async def _tags(self, repository: str) -> set[str] | None:
+        """The repository's tags from one listing per run, or None when not known.
+
+        Without the referrers API every node's referrers are read from its
+        fallback tag, and most nodes have none (signatures, platform manifests):
+        one 404 each.  One tag listing per repository tells which fallback tags
+        exist, so only those are read.  A listing longer than
+        ``_TAG_LIST_PAGES`` pages, or one the registry refuses, is not used (the
+        tags are then read one by one, as without it).  The set follows this
+        run's own fallback-index writes; tags someone else pushes during the run
+        are not seen.
+        """
+        if repository in self._tag_sets:
+            return self._tag_sets[repository]
+        lock = self._tag_locks.setdefault(repository, asyncio.Lock())
+        async with lock:
+            if repository in self._tag_sets:
+                return self._tag_sets[repository]
+            try:
+                tags = await self._target.tags_within(repository, _TAG_LIST_PAGES)
+            except ReplicatorError as exc:
+                log.debug(
+                    "registry.referrers.tag_list_unused",
+                    host=self._transport.host,
+                    repository=repository,
+                    error=str(exc),
+                )
+                tags = None
+            known = set(tags) if tags is not None else None
+            self._tag_sets[repository] = known
+            return known
+
+    def _tag_written(self, repository: str, tag: str, *, present: bool) -> None:
+        """Keep a listed tag set true to this run's own writes."""
+        known = self._tag_sets.get(repository)
+        if known is not None:
+            if present:
+                known.add(tag)
+            else:
+                known.discard(tag)
 
     async def _read_fallback(
         self, repository: str, digest: str
@@ -468,6 +524,7 @@ class ReferrersSupport:
         if new_entries:
             raw = build_index(new_entries)
             new_digest = await self._target.put_manifest_bytes(repository, tag, raw, OCI_INDEX)
+            self._tag_written(repository, tag, present=True)
             written = (Descriptor(OCI_INDEX, new_digest, len(raw)), new_entries)
             log.debug(
                 "registry.referrers.index_updated",
@@ -482,6 +539,7 @@ class ReferrersSupport:
             return written
         if old_desc is not None:
             await self._drop_index(repository, old_desc.digest)
+            self._tag_written(repository, tag, present=False)
         return None
 
     async def _drop_index(self, repository: str, digest: str) -> None:
