@@ -188,14 +188,14 @@ def counted_section(results: dict[str, Any]) -> list[str]:
                 new = int(rep["new_blobs"])
             else:
                 new = int(e["dst"]["requests_by_kind"].get("POST upload", 0))
-            per = f"{e['dst']['requests_total'] / new:.2f}" if new else "-"
-            per_blob = f"{e['dst']['requests_blob'] / new:.2f}" if new else "-"
+            per_text = f"{e['dst']['requests_total'] / new:.2f}" if new else "-"
+            per_blob_text = f"{e['dst']['requests_blob'] / new:.2f}" if new else "-"
             out.append(
                 f"| {tool} | {phase} | {e['measurement']['wall_s']:.2f} | "
                 f"{e['src']['requests_total']} | {e['src']['blob_gets']} | "
                 f"{e['src']['duplicate_blob_gets']} | {e['src']['manifest_gets']} "
                 f"({e['src']['manifest_get_paths']}) | {e['dst']['requests_total']} | "
-                f"{e['dst']['requests_blob']} | {new} | {per} | {per_blob} | "
+                f"{e['dst']['requests_blob']} | {new} | {per_text} | {per_blob_text} | "
                 f"{e['src']['blob_bytes_down']} | {e['dst']['blob_bytes_up']} |"
             )
     out += ["", "Requests by method and kind (cold runs):", ""]
