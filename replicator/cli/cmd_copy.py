@@ -531,6 +531,9 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     """Run the copy; print results and the summary; raise unless complete."""
     flt = _filter(args)
     key = run_key(args) if not args.no_journal else ""
+    if args.all_tags:
+        # Listing tags talks to registries: their garbage must stay collectable.
+        heap.settle()
     jobs = await build_jobs(args, ctx)
     out = ctx.out
     if not jobs:

@@ -6,6 +6,12 @@ is over (``copy`` right before the engine runs, every other command before its
 handler).  :func:`settle` freezes what start-up built into the permanent
 generation and turns the collector back on.  Code that calls
 :func:`replicator.cli.main.main` directly keeps its collector as it was.
+
+The few cycles start-up leaves behind (about 1 600 objects, 0.4 MB, measured
+after importing everything ``copy`` needs) are frozen with the rest and never
+collected: a deliberate trade.  Work that talks to registries and can produce
+garbage in proportion to its size settles first (``copy --all-tags`` before
+listing tags).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The console script turns the garbage collector back on once start-up is over.
 
 Through the real ``replicator`` script against a real registry: ``copy`` settles
-right before its engine runs, every other command before its handler, each
-exactly once (the DEBUG event ``startup.heap_settled``).
+right before its engine runs (``--all-tags`` before listing tags), every other
+command before its handler, each exactly once (the DEBUG event
+``startup.heap_settled``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ def test_copy_and_other_commands_settle_once(
         assert isinstance(frozen, int) and frozen > 10_000
     assert resolve.stdout.strip() == digest
     # copy settles after its targets are opened: aiohttp and the engine are frozen too.
-    assert (
-        _settled(copy.stderr)[0]["frozen_objects"] > _settled(resolve.stderr)[0]["frozen_objects"]
-    )  # type: ignore[operator]
+    copy_frozen = _settled(copy.stderr)[0]["frozen_objects"]
+    resolve_frozen = _settled(resolve.stderr)[0]["frozen_objects"]
+    assert isinstance(copy_frozen, int) and isinstance(resolve_frozen, int)
+    assert copy_frozen > resolve_frozen
+    # --all-tags lists tags (network) before the engine: it settles before that.
+    all_tags = run_cli(
+        "--debug",
+        "copy",
+        "--all-tags",
+        f"{registry_open.host}/{unique_repo}",
+        f"{registry_open.host}/{unique_repo}-all",
+        home=tmp_path,
+    )
+    assert all_tags.code == EXIT_OK, all_tags.stderr
+    settled = _settled(all_tags.stderr)
+    assert len(settled) == 1, all_tags.stderr
+    all_tags_frozen = settled[0]["frozen_objects"]
+    assert isinstance(all_tags_frozen, int) and all_tags_frozen < copy_frozen
