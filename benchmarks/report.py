@@ -310,6 +310,20 @@ def ram_section(results: dict[str, Any]) -> list[str]:
             f"medians; per repetition: {raw(paired)}, median {med(paired):.2f}). "
             f"Target ≤ 0.5: {verdict(r / s <= 0.5)}.",
         ]
+    reruns = []
+    for tool in (NOREF, RECURSIVE):
+        cold = _world_series(results, tool, "cold", "wall_s", RAM)
+        warm = _world_series(results, tool, "warm", "wall_s", RAM)
+        if cold and warm:
+            ratio = med(warm) / med(cold)
+            reruns.append(f"{tool} {ratio:.2f} ({verdict(ratio <= 0.2)})")
+    if reruns:
+        out += [
+            "",
+            "In RAM, (c) re-run / cold (target ≤ 0.2; blob bytes as counted on disk): "
+            + "; ".join(reruns)
+            + ".",
+        ]
     return [*out, ""]
 
 
