@@ -1,6 +1,6 @@
 """Run every benchmark scenario and write ``results.json``.
 
-    python -m benchmarks.run [--reps N] [--out DIR] [--skip-big] [--big-layer-mib M]
+    python -m benchmarks.run [--reps N] [--out DIR] [--skip-big] [--big-layer-mib M] [--ram DIR]
 
 Scenarios (see benchmarks/RESULTS.md for the latest figures):
 
@@ -11,6 +11,9 @@ Scenarios (see benchmarks/RESULTS.md for the latest figures):
   whole graph (referrers included) into another fresh destination.
 * **c** — each cold run of (a) is followed by the same command again against the
   destination it just filled (everything present).
+* **a and c in RAM** — the same again with every registry's storage on a tmpfs
+  (``--ram``, default ``/dev/shm``; skipped when it is not a tmpfs with 1 GiB
+  free): the same seeded world, without the disk's fsyncs (see NOTES.md).
 * **b** — a 1 GiB image (4 x 256 MiB layers): ``skopeo copy`` vs ``replicator
   copy``, fresh destination each time: wall time, CPU seconds, peak RSS.
 

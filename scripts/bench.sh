@@ -7,7 +7,8 @@
 # Set-up first (scripts/setup.sh --bench: docker-registry, skopeo, .venv), then
 # python -m benchmarks.run (arguments are passed on), then python -m benchmarks.report.
 # Registries run on 127.0.0.1 only, with storage in a temporary directory that is
-# removed at the end; every process started is stopped, also on Ctrl-C.
+# removed at the end (and, for the second (a)+(c) series, in a temporary directory
+# under /dev/shm); every process started is stopped, also on Ctrl-C.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
