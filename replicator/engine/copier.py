@@ -1020,16 +1020,7 @@ class CopyEngine:
                 self._unindexed.add((d.location, d.repository, desc.digest))
             elif result.referrers_updated and manifest.subject is not None:
                 self.report.referrer_indexes_updated += 1
-                await self.ledger.record(
-                    Confirmation(
-                        "referrers",
-                        "updated",
-                        d.location,
-                        d.repository,
-                        desc.digest,
-                        subject=manifest.subject.digest,
-                    )
-                )
+                await self._record_indexed(d, desc.digest, manifest.subject.digest)
             self.report.manifests_pushed += 1
             self.observer.manifest_finished(desc, "pushed", str(d))
             cell.set("pushed")
@@ -1164,6 +1155,14 @@ class CopyEngine:
                     tg.start_soon(self._relist, d, desc, key, selected)
         self._referrers_walked.update((key, d.key) for d in dests)
 
+    async def _record_indexed(self, d: Endpoint, referrer: str, subject: str) -> None:
+        """Confirm that ``d``'s referrers index of ``subject`` lists ``referrer``."""
+        await self.ledger.record(
+            Confirmation(
+                "referrers", "updated", d.location, d.repository, referrer, subject=subject
+            )
+        )
+
     async def _relist(
         self, d: Endpoint, subject: Descriptor, key: NodeKey, selected: list[Descriptor]
     ) -> None:
@@ -1210,16 +1209,7 @@ class CopyEngine:
             self.report.referrer_indexes_updated += 1
         for r in pushed:
             self._unindexed.discard((d.location, d.repository, r.digest))
-            await self.ledger.record(
-                Confirmation(
-                    "referrers",
-                    "updated",
-                    d.location,
-                    d.repository,
-                    r.digest,
-                    subject=subject.digest,
-                )
-            )
+            await self._record_indexed(d, r.digest, subject.digest)
         stray = [r.digest for r in found if r.digest in added]
         if stray:
             self._warn(

@@ -721,6 +721,29 @@ def test_concurrent_listings_ask_the_referrers_api_once_per_repository(
     run(lambda: scenario(registry_referrers, True))
 
 
+def test_listed_tags_follow_this_targets_own_fallback_writes(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: str
+) -> None:
+    """The tag listing is taken once; the fallback tags this target writes or drops update it."""
+
+    async def scenario() -> None:
+        proxy = fault_proxy(registry_open)
+        async with target_for(proxy) as target:
+            image = await _push_image(target, unique_repo, "v1")
+            assert await target.referrers(unique_repo, image) == []
+            note = await _attach(target, unique_repo, image, "note/x", "n")
+            found = await target.referrers(unique_repo, image)
+            assert [d.digest for d in found] == [note.digest]
+            await target.delete_manifest(unique_repo, note)
+            proxy.reset()
+            assert await target.referrers(unique_repo, image) == []
+            # the dropped fallback tag is known gone: nothing read, nothing listed again
+            assert proxy.stats().requests("GET") == 0, proxy.stats().paths("GET")
+        assert proxy.stats().requests("GET", "tags") == 0
+
+    run(scenario)
+
+
 # -- listings -----------------------------------------------------------------------------
 
 

@@ -172,7 +172,6 @@ class ReferrersSupport:
     def mark_new(self, repository: str) -> None:
         """The registry reported ``repository`` new: its fallback tags are ours to know."""
         self._new_repos.add(repository)
-        self._tag_sets[repository] = set()
 
     # -- API detection ---------------------------------------------------------------------
 
