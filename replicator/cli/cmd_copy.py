@@ -204,6 +204,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--keep-going", action="store_true", help="copy everything possible before failing"
     )
     p.add_argument(
+        "--deep-check",
+        action="store_true",
+        help=(
+            "ask the destination about every manifest, also those a present index or a "
+            "referrers listing already vouches for: finds and copies again manifests "
+            "deleted there out of band (one request per manifest)"
+        ),
+    )
+    p.add_argument(
         "--journal",
         metavar="PATH",
         help=(
@@ -558,7 +567,12 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
             )
     observer, display = _observer(ctx)
     engine = CopyEngine(
-        CopyOptions(filter=flt, keep_going=args.keep_going, chunk_size=args.chunk_size),
+        CopyOptions(
+            filter=flt,
+            keep_going=args.keep_going,
+            chunk_size=args.chunk_size,
+            deep_check=args.deep_check,
+        ),
         ledger=ledger,
         limits=Limits(settings),
         observer=observer,

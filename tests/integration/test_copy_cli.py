@@ -482,3 +482,31 @@ def test_all_tags_from_an_oci_layout_to_a_registry(
                 await assert_same_graph(t, unique_repo, tag, t, dst, tag)
 
     run(check)
+
+
+def test_deep_check_restores_a_signature_deleted_out_of_band(
+    registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    signed = make_signed(registry_open, unique_repo)
+    host = registry_open.host
+    src, dst = f"{host}/{unique_repo}:v1", f"{host}/{unique_repo}-dst:v1"
+    assert run_cli("copy", "-r", src, dst, home=tmp_path).code == 0
+
+    async def lose_it() -> None:
+        # a plain DELETE, as a tool unaware of fallback indexes sends: the listing stays
+        async with target(registry_open) as t:
+            await t.delete_manifest_digest(f"{unique_repo}-dst", signed.signature.digest)
+
+    async def present() -> bool:
+        async with target(registry_open) as t:
+            return await t.manifest_exists(f"{unique_repo}-dst", signed.signature)
+
+    run(lose_it)
+    trusting = tmp_path / "trusting.json"
+    res = run_cli("copy", "-r", src, dst, "--report", str(trusting), home=tmp_path)
+    assert res.code == 0, res.stderr
+    assert report_of(trusting)["manifests_pushed"] == 0 and not run(present)
+    deep = tmp_path / "deep.json"
+    res = run_cli("copy", "-r", "--deep-check", src, dst, "--report", str(deep), home=tmp_path)
+    assert res.code == 0, res.stderr
+    assert report_of(deep)["manifests_pushed"] == 1 and run(present)

@@ -373,7 +373,40 @@ def test_a_refused_tag_listing_falls_back_to_reading_each_fallback_tag(
     run(main)
 
 
-def test_rerun_after_a_lost_referrer_checks_and_copies_only_that_one(
+def test_rerun_takes_the_referrers_the_destination_lists_as_present(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            signed = await GraphBuilder(reg, unique_repo).signed_image("tl", tags=["v1"])
+        referrers = [signed.signature.digest, signed.sbom.digest, signed.sbom_signature.digest]
+        proxy = fault_proxy(registry_open)  # the destination, without the referrers API
+        dst_repo = unique_repo + "-tl"
+        async with target(registry_open) as src, target(proxy) as dst:
+            first = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert first.ok, first.failures
+        proxy.reset()
+        async with target(registry_open) as src, target(proxy) as dst:  # a new run
+            second = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert second.ok, second.failures
+            assert second.manifests_pushed == 0 and second.manifests_skipped == 4
+        stats = proxy.stats()
+        heads = stats.paths("HEAD", "manifest")
+        # the tag is asked about; the referrers are not: the image's and the SBOM's
+        # fallback indexes name them (one read each, which also checks their listing)
+        assert heads == {f"/v2/{dst_repo}/manifests/v1": 1}, heads
+        assert not any(d in p for p in stats.paths("GET", "manifest") for d in referrers)
+        fallback = [p for p in stats.paths("GET", "manifest") if "/manifests/sha256-" in p]
+        assert sorted(fallback) == sorted(
+            f"/v2/{dst_repo}/manifests/{referrers_tag(d)}"
+            for d in (signed.image.digest, signed.sbom.digest)
+        )
+        assert stats.requests("PUT") == 0
+
+    run(main)
+
+
+def test_deep_check_finds_a_referrer_lost_under_its_listing_and_copies_only_that_one(
     registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
 ) -> None:
     async def main() -> None:
@@ -387,16 +420,59 @@ def test_rerun_after_a_lost_referrer_checks_and_copies_only_that_one(
         # the destination loses the SBOM's signature (and its fallback entry stays)
         async with target(registry_open) as reg:
             await reg.delete_manifest_digest(dst_repo, signed.sbom_signature.digest)
-        proxy.reset()
         async with target(proxy) as src, target(registry_open) as dst:
-            second = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
-            assert second.ok, second.failures
-            assert second.manifests_pushed == 1
+            # by default the listing vouches for it: the loss is not seen
+            trusting = await copy([job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))])
+            assert trusting.ok and trusting.manifests_pushed == 0
+            proxy.reset()
+            deep = await copy(
+                [job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))], deep_check=True
+            )
+            assert deep.ok, deep.failures
+            assert deep.manifests_pushed == 1
             assert await dst.manifest_exists(dst_repo, signed.sbom_signature)
         paths = proxy.stats().paths("GET", "manifest")
         assert paths[f"/v2/{unique_repo}/manifests/{signed.sbom_signature.digest}"] == 1
         assert paths[f"/v2/{unique_repo}/manifests/{signed.signature.digest}"] == 0
         assert paths[f"/v2/{unique_repo}/manifests/{signed.sbom.digest}"] == 0
+
+    run(main)
+
+
+def test_deep_check_finds_an_index_child_lost_under_its_index(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: Any
+) -> None:
+    async def main() -> None:
+        async with target(registry_open) as reg:
+            _, images = await GraphBuilder(reg, unique_repo).multiarch("ic", tags=["v1"])
+        dst_repo = unique_repo + "-ic"
+        proxy = fault_proxy(registry_open)  # the destination
+        async with target(registry_open) as src, target(proxy) as dst:
+            first = await copy(
+                [job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))],
+                flt=GraphFilter(referrers=False),
+            )
+            assert first.ok, first.failures
+            await dst.delete_manifest_digest(dst_repo, images[1].digest)
+            proxy.reset()
+            trusting = await copy(
+                [job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))],
+                flt=GraphFilter(referrers=False),
+            )
+            assert trusting.ok and trusting.manifests_pushed == 0
+            assert proxy.stats().requests("HEAD", "manifest") == 1  # the tag only
+            proxy.reset()
+            deep = await copy(
+                [job(src, unique_repo, "v1", (dst, dst_repo, ("v1",)))],
+                flt=GraphFilter(referrers=False),
+                deep_check=True,
+            )
+            assert deep.ok, deep.failures
+            assert deep.manifests_pushed == 1
+            # the tag, then each of the 4 children (2 images, 2 attestations)
+            assert proxy.stats().requests("HEAD", "manifest") == 5
+            assert await dst.manifest_exists(dst_repo, images[1])
+            await assert_same_graph(src, unique_repo, "v1", dst, dst_repo, "v1")
 
     run(main)
 

@@ -573,6 +573,16 @@ class RegistryTarget:
         """
         return await self._referrers.ensure_listed(repository, subject.digest, referrers)
 
+    async def listed_referrers(self, repository: str, subject: Descriptor) -> frozenset[str]:
+        """Digests of the referrers ``repository`` lists for ``subject`` (API or fallback index).
+
+        A registry stores an index only when every manifest it names is there
+        (distribution refuses the ``PUT`` otherwise), and the referrers API lists
+        only stored manifests: the copy engine takes a listed referrer as present
+        instead of asking about each one.
+        """
+        return await self._referrers.listed(repository, subject.digest)
+
     async def referrers_api_supported(self, repository: str) -> bool:
         """Whether the registry serves the referrers API for ``repository`` (cached)."""
         return await self._referrers.api_supported(repository)

@@ -401,6 +401,19 @@ class ReferrersSupport:
             return None
         return desc, entries
 
+    async def listed(self, repository: str, subject: str) -> frozenset[str]:
+        """Digests ``repository`` lists as referrers of ``subject``, read directly.
+
+        With the referrers API, its listing; otherwise the fallback index
+        itself (no tag listing first: this is asked about subjects known to
+        have referrers), or this run's own last write in a repository it found
+        new (no request).
+        """
+        if await self.api_supported(repository):
+            return frozenset(d.digest for d in await self._from_api(repository, subject, None))
+        current = await self._current(repository, subject)
+        return frozenset(e.digest for e in current[1]) if current is not None else frozenset()
+
     # -- maintenance -----------------------------------------------------------------------
 
     async def after_push(self, repository: str, manifest: Manifest) -> bool:
