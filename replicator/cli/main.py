@@ -361,12 +361,33 @@ def _cancel_on_sigterm(scope: anyio.CancelScope) -> Iterator[list[bool]]:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _leftover_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler of errors nobody awaited.
+
+    A request cancelled while its connection was being opened (the run stopped
+    at its first failure) can leave that connection attempt to fail later, in a
+    future nobody awaits any more: asyncio would report it as an error with a
+    traceback after the command's own one-line error.  Such a network error is
+    only a DEBUG event; anything else goes to asyncio's default handler.
+    """
+    exc = context.get("exception")
+    if context.get("message") == "Future exception was never retrieved" and isinstance(
+        exc, OSError
+    ):
+        logging.getLogger("replicator.cli").debug(
+            "unawaited network error: %s: %s", type(exc).__name__, exc
+        )
+        return
+    loop.default_exception_handler(context)
+
+
 #: Commands that call :func:`.heap.settle` themselves, once their own start-up is done.
 _SETTLE_THEMSELVES = frozenset({"copy", "cp"})
 
 
 async def _run_handler(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:
     result: int | None = None
+    asyncio.get_running_loop().set_exception_handler(_leftover_errors)
     if getattr(args, "command", None) not in _SETTLE_THEMSELVES:
         heap.settle()
     try:

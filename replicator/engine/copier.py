@@ -867,12 +867,7 @@ class CopyEngine:
             except ReplicatorError as exc:
                 _log.debug("presence_check_failed", destination=str(d), error=str(exc))
 
-        if len(dests) == 1:
-            await ask(dests[0])
-        else:
-            async with anyio.create_task_group() as tg:
-                for d in dests:
-                    tg.start_soon(ask, d)
+        await _all([partial(ask, d) for d in dests])
         return known
 
     async def _source_has_referrers_api(self, src: Endpoint) -> bool:
@@ -1241,12 +1236,7 @@ class CopyEngine:
             except ReplicatorError as exc:
                 _log.debug("referrers_listing_failed", destination=str(d), error=str(exc))
 
-        if len(dests) == 1:
-            await read(dests[0])
-        else:
-            async with anyio.create_task_group() as tg:
-                for d in dests:
-                    tg.start_soon(read, d)
+        await _all([partial(read, d) for d in dests])
         return out
 
     async def _record_indexed(self, d: Endpoint, referrer: str, subject: str) -> None:

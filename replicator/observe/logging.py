@@ -369,18 +369,32 @@ def redact_value(value: Any) -> Any:
     return redact_text(repr(value))
 
 
-def _format_exception(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Turn ``exc_info`` into an ``exception`` string so it can be redacted."""
-    exc_info = event_dict.pop("exc_info", None)
-    if not exc_info:
+class _ExceptionFormatter:
+    """Turn ``exc_info`` into an ``exception`` string so it can be redacted.
+
+    The traceback only with ``--debug`` (``tracebacks``); otherwise the
+    exception's own line (``SSLCertVerificationError: ...``): a log line, like
+    an error message, never carries a traceback the user did not ask for.
+    """
+
+    def __init__(self, *, tracebacks: bool) -> None:
+        self.tracebacks = tracebacks
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        exc_info = event_dict.pop("exc_info", None)
+        if not exc_info:
+            return event_dict
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        elif not isinstance(exc_info, tuple):
+            exc_info = sys.exc_info()
+        if exc_info[0] is not None:
+            if self.tracebacks:
+                text = "".join(traceback.format_exception(*exc_info))
+            else:
+                text = "".join(traceback.format_exception_only(exc_info[0], exc_info[1]))
+            event_dict["exception"] = text.rstrip()
         return event_dict
-    if isinstance(exc_info, BaseException):
-        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-    elif not isinstance(exc_info, tuple):
-        exc_info = sys.exc_info()
-    if exc_info[0] is not None:
-        event_dict["exception"] = "".join(traceback.format_exception(*exc_info)).rstrip()
-    return event_dict
 
 
 def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -588,8 +602,9 @@ def configure_logging(
     """Configure structlog and the stdlib ``logging`` for the whole process.
 
     ``fmt`` "auto" renders for humans when ``stream`` is a TTY and JSON lines
-    otherwise.  The level is INFO, or DEBUG with ``debug``.  Every line, from
-    structlog or stdlib loggers, passes the secret redaction.  Calling it again
+    otherwise.  The level is INFO, or DEBUG with ``debug``; logged exceptions
+    carry their traceback only with ``debug``.  Every line, from structlog or
+    stdlib loggers, passes the secret redaction.  Calling it again
     replaces the previous configuration (tests do).
     """
     out = stream if stream is not None else sys.stderr
@@ -612,7 +627,7 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         timestamper,
         structlog.processors.StackInfoRenderer(),
-        _format_exception,
+        _ExceptionFormatter(tracebacks=debug),
         _redact_stamped_event,
     ]
 

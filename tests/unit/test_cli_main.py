@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 from typing import Any
 
 import pytest
@@ -232,3 +233,41 @@ def test_context_shares_one_target_per_location_and_closes_them(tmp_path: Any) -
         await ctx.aclose()
 
     asyncio.run(scenario())
+
+
+def _unretrieved(exc: BaseException, debug: bool) -> list[dict[str, Any]]:
+    """What the log shows when a future holding ``exc`` is collected unawaited."""
+    import gc
+
+    from replicator.observe.logging import configure_logging
+
+    buf = io.StringIO()
+    configure_logging(debug=debug, fmt="json", stream=buf)
+
+    async def leave_one_behind() -> None:
+        asyncio.get_running_loop().set_exception_handler(cli_main._leftover_errors)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(exc)
+        del fut
+        gc.collect()
+
+    asyncio.run(leave_one_behind())
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def test_a_network_error_nobody_awaited_is_a_debug_event_without_traceback() -> None:
+    import ssl
+
+    err = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    assert _unretrieved(err, debug=False) == []  # below INFO: not shown
+    (line,) = [x for x in _unretrieved(err, debug=True) if x["logger"] == "replicator.cli"]
+    assert line["level"] == "debug"
+    assert "SSLCertVerificationError" in str(line["event"])
+    assert "Traceback" not in json.dumps(line)
+
+
+def test_any_other_error_nobody_awaited_is_still_reported() -> None:
+    (line,) = _unretrieved(ValueError("a bug"), debug=False)
+    assert line["level"] == "error" and line["logger"] == "asyncio"
+    assert "ValueError: a bug" in str(line["exception"])
+    assert "Traceback" not in str(line["exception"])  # only with --debug

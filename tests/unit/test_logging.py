@@ -238,6 +238,25 @@ def test_exception_text_is_masked(json_log: io.StringIO) -> None:
     assert "RuntimeError: server said ***" in str(line["exception"])
 
 
+def _log_a_failure(debug: bool) -> dict[str, object]:
+    buf = io.StringIO()
+    configure_logging(debug=debug, fmt="json", stream=buf)
+    try:
+        raise ConnectionResetError("peer went away")
+    except ConnectionResetError:
+        logging.getLogger("asyncio").error("callback failed", exc_info=True)
+    (line,) = _lines(buf)
+    return line
+
+
+def test_a_logged_exception_carries_its_traceback_only_with_debug() -> None:
+    quiet = _log_a_failure(debug=False)
+    assert quiet["exception"] == "ConnectionResetError: peer went away"
+    loud = _log_a_failure(debug=True)
+    assert str(loud["exception"]).startswith("Traceback (most recent call last):")
+    assert str(loud["exception"]).endswith("ConnectionResetError: peer went away")
+
+
 def test_stdlib_logging_goes_through_redaction(json_log: io.StringIO) -> None:
     secret = _fresh_secret()
     logging.getLogger("aiohttp.client").warning("headers %s", {"Authorization": f"Bearer {secret}"})
