@@ -231,11 +231,9 @@ def world_section(results: dict[str, Any]) -> list[str]:
             f"{med(_registry_cpu(extras)):.2f} | {med(_total_cpu(results, tool, 'cold')):.2f} | "
             f"{', '.join(str(e.get('tags_ok')) for e in extras)} of 60 |"
         )
-    s = med(_world_series(results, SKOPEO_SYNC, "cold", "wall_s"))
-    r = med(_world_series(results, NOREF, "cold", "wall_s"))
+    ratio = _cold_ratio(results, DISK)
     paired = _paired_ratio(results, NOREF, SKOPEO_SYNC, "cold")
-    if s:
-        ratio = r / s
+    if ratio is not None:
         out += [
             "",
             f"**replicator --no-referrers / skopeo sync = {ratio:.2f}** (ratio of medians; "
@@ -391,22 +389,19 @@ def ram_section(results: dict[str, Any]) -> list[str]:
             f"{med(warm):.2f} | {med(warm) / med(cold):.2f} | "
             f"{', '.join(str(e.get('tags_ok')) for e in extras)} of 60 |"
         )
-    s = med(_world_series(results, SKOPEO_SYNC, "cold", "wall_s", RAM))
-    r = med(_world_series(results, NOREF, "cold", "wall_s", RAM))
+    cold_ratio = _cold_ratio(results, RAM)
     paired = _paired_ratio(results, NOREF, SKOPEO_SYNC, "cold", RAM)
-    if s:
+    if cold_ratio is not None:
         out += [
             "",
-            f"**In RAM: replicator --no-referrers / skopeo sync = {r / s:.2f}** (ratio of "
+            f"**In RAM: replicator --no-referrers / skopeo sync = {cold_ratio:.2f}** (ratio of "
             f"medians; per repetition: {raw(paired)}, median {med(paired):.2f}). "
-            f"Target ≤ 0.5: {verdict(r / s <= 0.5)}.",
+            f"Target ≤ 0.5: {verdict(cold_ratio <= 0.5)}.",
         ]
     reruns = []
     for tool in (NOREF, RECURSIVE):
-        cold = _world_series(results, tool, "cold", "wall_s", RAM)
-        warm = _world_series(results, tool, "warm", "wall_s", RAM)
-        if cold and warm:
-            ratio = med(warm) / med(cold)
+        ratio = _rerun_ratio(results, tool, RAM)
+        if ratio is not None:
             reruns.append(f"{tool} {ratio:.2f} ({verdict(ratio <= 0.2)})")
     if reruns:
         out += [
