@@ -16,10 +16,11 @@ Guarantees an implementation must give:
 * Upload progress (``record_progress``/``upload_progress``) is a hint: the
   target re-asks the destination for the confirmed offset before resuming.
 
-Optional methods, looked up with ``getattr``: ``forget(location, repository,
-digest)`` (the destination lost what the ledger claims: the engine repairs) and
-``flush()`` (make what was recorded durable; awaited after a large upload's new
-session is recorded, before its first byte is sent).
+Optional abilities, each a protocol of its own found with ``isinstance``:
+:class:`RepairableLedger` (``forget``: the destination lost what the ledger
+claims, the engine repairs) and :class:`DurableLedger` (``flush``: make what was
+recorded durable; awaited after a large upload's new session is recorded,
+before its first byte is sent, and at the end of a run).
 """
 
 from __future__ import annotations
@@ -97,6 +98,24 @@ class Ledger(Protocol):
         ...
 
 
+@runtime_checkable
+class DurableLedger(Protocol):
+    """A ledger that batches writes and can be asked to make them durable now."""
+
+    async def flush(self) -> None:
+        """Commit everything recorded so far."""
+        ...
+
+
+@runtime_checkable
+class RepairableLedger(Protocol):
+    """A ledger that can drop a confirmation the destination contradicted."""
+
+    async def forget(self, location: str, repository: str, digest: str) -> None:
+        """Forget what is recorded for ``digest`` in that repository."""
+        ...
+
+
 class MemoryLedger:
     """The default ledger: confirmations of this run, in memory."""
 
@@ -146,3 +165,10 @@ class MemoryLedger:
     ) -> UploadProgress | None:
         """The recorded progress for that upload, if any."""
         return self._uploads.get((location, repository, digest))
+
+    async def forget(self, location: str, repository: str, digest: str) -> None:
+        """Drop the confirmation of ``digest`` there (the destination lost it)."""
+        self._content.pop((location, repository, digest), None)
+        repos = self._blob_repos.get((location, digest))
+        if repos is not None and repository in repos:
+            repos.remove(repository)

@@ -18,12 +18,22 @@ Guarantees every implementation gives:
 * ``push_manifest`` of a manifest with a ``subject`` makes it findable through
   ``referrers(subject)``: on a registry without the referrers API the target
   maintains the fallback tag itself (serialised per subject).
+
+Beyond the :class:`Target` protocol a store may have *optional abilities*, each a
+small runtime-checkable protocol of its own (:class:`ReferrersApiProbe`,
+:class:`ReferrersListing`, :class:`ReferrersIndexKeeper`, :class:`RepositoryProbe`,
+:class:`CountsRequests`, :class:`UploadCanceller`, :class:`CatalogLister`).
+Callers find them with ``isinstance`` (as oras-go finds ``registry.Mounter`` by
+type assertion), never by looking a method up by its name: a store that lacks
+an ability simply does not pass the check, and a third backend learns from this
+module what it may implement.  :func:`abilities_of` answers all the checks once
+per target (``isinstance`` against a protocol costs a lookup per member).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Protocol, runtime_checkable
 
 from replicator.oci.descriptor import Descriptor
@@ -76,6 +86,49 @@ class BlobPushResult:
     bytes_sent: int = 0
 
 
+@dataclass(slots=True)
+class RequestStats:
+    """Counters of requests a store sent, by kind, plus retries and bytes.
+
+    Every attempt counts (a retried request counts twice under its kind and once
+    under ``retries``).  ``token`` counts requests to a token server.  Kinds a
+    store never sends stay 0.
+    """
+
+    manifest_get: int = 0
+    manifest_head: int = 0
+    manifest_put: int = 0
+    manifest_delete: int = 0
+    blob_head: int = 0
+    blob_get: int = 0
+    blob_upload_start: int = 0
+    blob_upload_status: int = 0
+    blob_upload_cancel: int = 0
+    blob_patch: int = 0
+    blob_put: int = 0
+    blob_mount: int = 0
+    referrers: int = 0
+    tags: int = 0
+    catalog: int = 0
+    ping: int = 0
+    token: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def add(self, kind: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``kind`` (unknown kinds are ignored)."""
+        if kind in _STAT_FIELDS:
+            setattr(self, kind, getattr(self, kind) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        """All counters as a plain dict (for metrics and logs)."""
+        return asdict(self)
+
+
+_STAT_FIELDS = frozenset(f.name for f in fields(RequestStats))
+
+
 @runtime_checkable
 class Target(Protocol):
     """One storage location: a registry host or an OCI image layout."""
@@ -83,6 +136,15 @@ class Target(Protocol):
     @property
     def display(self) -> str:
         """Human name of the location (``docker.io``, ``ocidir://./out``)."""
+        ...
+
+    @property
+    def is_local(self) -> bool:
+        """True when asking the store costs no request (a directory on disk).
+
+        The engine then probes freely (``blob_exists`` before any upload) instead
+        of inferring presence to save round trips.
+        """
         ...
 
     async def resolve(self, repository: str, reference: str) -> Descriptor:
@@ -171,10 +233,137 @@ class Target(Protocol):
         """All tags of a repository, sorted."""
         ...
 
-    async def delete_manifest(self, repository: str, desc: Descriptor) -> None:
-        """Delete a manifest by digest, and its entry in its subject's fallback index."""
+    async def delete_manifest(
+        self, repository: str, desc: Descriptor, *, update_referrers: bool = True
+    ) -> None:
+        """Delete a manifest by digest, and its entry in its subject's referrers index.
+
+        ``update_referrers=False`` leaves a client-kept referrers index (a
+        registry's fallback tag) alone: the caller deletes many referrers of
+        one subject and updates that index once
+        (:meth:`ReferrersIndexKeeper.unlist_referrers`).  Stores whose listing
+        follows their content (the referrers API, a layout's scan) ignore it.
+        """
         ...
 
     async def aclose(self) -> None:
         """Release connections and files."""
         ...
+
+
+# ---------------------------------------------------------------------- abilities
+
+
+@runtime_checkable
+class ReferrersApiProbe(Protocol):
+    """A store that can say whether it serves the OCI referrers API."""
+
+    async def referrers_api_supported(self, repository: str) -> bool:
+        """True when ``repository`` answers the referrers API (asked once, cached).
+
+        Its listings are then derived by the store from each manifest's own
+        ``subject``: a listed referrer needs no check of its subject.
+        """
+        ...
+
+
+@runtime_checkable
+class ReferrersListing(Protocol):
+    """A store that can say cheaply which referrers it lists for a subject."""
+
+    async def listed_referrers(self, repository: str, subject: Descriptor) -> frozenset[str]:
+        """Digests the store lists as referrers of ``subject`` (API or fallback index).
+
+        The store stored that listing only with every manifest it names present
+        (distribution refuses an index naming a missing manifest), so a caller
+        may take a listed referrer as present, as a present index vouches for
+        its children.
+        """
+        ...
+
+
+@runtime_checkable
+class ReferrersIndexKeeper(Protocol):
+    """A store whose referrers index the client maintains (the fallback tag schema)."""
+
+    async def ensure_referrers_listed(
+        self, repository: str, subject: Descriptor, referrers: Sequence[Descriptor]
+    ) -> list[str]:
+        """Add the present ``referrers`` the index lacks, in one update; their digests.
+
+        A no-op (``[]``) where the store lists referrers by itself.
+        """
+        ...
+
+    async def unlist_referrers(
+        self, repository: str, subject: Descriptor, digests: Collection[str]
+    ) -> int:
+        """Remove ``digests`` from ``subject``'s index in one update; the number removed.
+
+        The index is deleted when it becomes empty.  A no-op (0) where the store
+        lists referrers by itself.
+        """
+        ...
+
+
+@runtime_checkable
+class RepositoryProbe(Protocol):
+    """A store that can tell, in one request, that a repository does not exist yet."""
+
+    async def repository_is_new(self, repository: str) -> bool:
+        """True when the store does not know ``repository`` (nothing there to ask about)."""
+        ...
+
+
+@runtime_checkable
+class CountsRequests(Protocol):
+    """A store that counts the requests it sends."""
+
+    @property
+    def stats(self) -> RequestStats:
+        """Its live counters."""
+        ...
+
+
+@runtime_checkable
+class UploadCanceller(Protocol):
+    """A store whose upload sessions outlive a process and can be cancelled."""
+
+    async def cancel_upload(self, location: str) -> None:
+        """Cancel the upload session at ``location`` (failures are ignored)."""
+        ...
+
+
+@runtime_checkable
+class CatalogLister(Protocol):
+    """A store that can list its repositories."""
+
+    async def catalog(self) -> list[str]:
+        """Every repository name, sorted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Abilities:
+    """Which optional abilities one target has (see the module doc)."""
+
+    referrers_api_probe: ReferrersApiProbe | None
+    referrers_listing: ReferrersListing | None
+    referrers_index: ReferrersIndexKeeper | None
+    repository_probe: RepositoryProbe | None
+    request_counter: CountsRequests | None
+    upload_canceller: UploadCanceller | None
+    catalog: CatalogLister | None
+
+
+def abilities_of(target: Target) -> Abilities:
+    """Check every optional ability of ``target`` once."""
+    return Abilities(
+        referrers_api_probe=target if isinstance(target, ReferrersApiProbe) else None,
+        referrers_listing=target if isinstance(target, ReferrersListing) else None,
+        referrers_index=target if isinstance(target, ReferrersIndexKeeper) else None,
+        repository_probe=target if isinstance(target, RepositoryProbe) else None,
+        request_counter=target if isinstance(target, CountsRequests) else None,
+        upload_canceller=target if isinstance(target, UploadCanceller) else None,
+        catalog=target if isinstance(target, CatalogLister) else None,
+    )

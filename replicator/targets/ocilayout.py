@@ -210,6 +210,11 @@ class OCILayoutTarget:
         return f"ocidir://{self._path_text}"
 
     @property
+    def is_local(self) -> bool:
+        """A layout is a directory: asking it costs no request."""
+        return True
+
+    @property
     def path(self) -> Path:
         """The layout directory."""
         return self._root
@@ -891,8 +896,13 @@ class OCILayoutTarget:
 
     # ------------------------------------------------------------------ delete
 
-    async def delete_manifest(self, repository: str, desc: Descriptor) -> None:
+    async def delete_manifest(
+        self, repository: str, desc: Descriptor, *, update_referrers: bool = True
+    ) -> None:
         """Delete a manifest: its entries here, its fallback entry, then its file.
+
+        ``update_referrers`` is moot here: a layout finds referrers by scanning
+        its entries' subjects, so there is no separate index to keep.
 
         Removes this repository's tags of the digest and every untagged entry
         of it; the file goes when no other entry and no listed index needs it.

@@ -14,9 +14,10 @@ from yarl import URL
 from replicator.errors import IntegrityError, ReferenceError
 from replicator.oci.digest import DigestVerifier, digest_bytes
 from replicator.oci.mediatype import OCI_INDEX, OCI_MANIFEST
+from replicator.targets.base import RequestStats
 from replicator.targets.registry.options import RegistryOptions
 from replicator.targets.registry.referrers import index_entries, parse_next_link
-from replicator.targets.registry.transport import RequestStats, Transport
+from replicator.targets.registry.transport import Transport
 from replicator.targets.registry.uploads import (
     _ChunkSource,
     _verified,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from replicator.targets.base import RequestStats
     from replicator.targets.registry.client import RegistryTarget
-    from replicator.targets.registry.transport import RequestStats
 
 __all__ = ["RegistryTarget", "RequestStats"]
 
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return RegistryTarget
     if name == "RequestStats":
-        from replicator.targets.registry.transport import RequestStats
+        from replicator.targets.base import RequestStats
 
         return RequestStats
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

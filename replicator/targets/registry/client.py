@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 
 import structlog
 from yarl import URL
@@ -45,6 +45,7 @@ from replicator.targets.base import (
     BlobPushResult,
     ProgressCallback,
     PushResult,
+    RequestStats,
     UploadProgress,
 )
 from replicator.targets.registry._aiohttp import aiohttp
@@ -55,7 +56,6 @@ from replicator.targets.registry.referrers import ReferrersSupport, parse_next_l
 from replicator.targets.registry.transport import (
     AuthProvider,
     RequestSpec,
-    RequestStats,
     Transport,
 )
 from replicator.targets.registry.uploads import Uploader, push_scopes
@@ -110,6 +110,11 @@ class RegistryTarget:
     def display(self) -> str:
         """The host as users write it (``docker.io`` for Docker Hub)."""
         return DOCKER_HUB_DISPLAY if self.host == DOCKER_HUB_REGISTRY else self.host
+
+    @property
+    def is_local(self) -> bool:
+        """A registry is remote: every question costs a request."""
+        return False
 
     @property
     def stats(self) -> RequestStats:
@@ -545,8 +550,17 @@ class RegistryTarget:
             )
         )
 
-    async def delete_manifest(self, repository: str, desc: Descriptor) -> None:
-        """Delete a manifest by digest, and its entry in its subject's fallback index."""
+    async def delete_manifest(
+        self, repository: str, desc: Descriptor, *, update_referrers: bool = True
+    ) -> None:
+        """Delete a manifest by digest, and its entry in its subject's fallback index.
+
+        ``update_referrers=False``: only the ``DELETE`` (the caller unlists the
+        referrers of one subject together, :meth:`unlist_referrers`).
+        """
+        if not update_referrers:
+            await self.delete_manifest_digest(repository, desc.digest)
+            return
         _, raw = await self.fetch_manifest(repository, desc.digest)
         manifest = self._parse_for_push(repository, desc, raw)
         await self.delete_manifest_digest(repository, desc.digest)
@@ -572,6 +586,12 @@ class RegistryTarget:
         digests.
         """
         return await self._referrers.ensure_listed(repository, subject.digest, referrers)
+
+    async def unlist_referrers(
+        self, repository: str, subject: Descriptor, digests: Collection[str]
+    ) -> int:
+        """Remove ``digests`` from ``subject``'s fallback index in one write (see Target)."""
+        return await self._referrers.unlist(repository, subject.digest, list(digests))
 
     async def listed_referrers(self, repository: str, subject: Descriptor) -> frozenset[str]:
         """Digests of the referrers ``repository`` lists for ``subject`` (API or fallback index).

@@ -142,7 +142,8 @@ class _Unsupported(Exception):
 class _Change:
     """One pending change of a fallback index: add a descriptor or remove a digest.
 
-    ``added``: the index lacked the descriptor, and the write put it in.
+    ``added``: the index lacked the descriptor, and the write put it in;
+    ``removed``: the index listed the digest, and the write took it out.
     """
 
     add: Descriptor | None
@@ -150,6 +151,7 @@ class _Change:
     done: bool = False
     error: BaseException | None = None
     added: bool = False
+    removed: bool = False
 
 
 class ReferrersSupport:
@@ -438,6 +440,14 @@ class ReferrersSupport:
         await self._apply_changes(repository, subject, changes)
         return [c.add.digest for c in changes if c.added and c.add is not None]
 
+    async def unlist(self, repository: str, subject: str, digests: Sequence[str]) -> int:
+        """Remove ``digests`` from ``subject``'s fallback index in one update; how many went."""
+        if not digests or await self.api_supported(repository):
+            return 0
+        changes = [_Change(None, d) for d in dict.fromkeys(digests)]
+        await self._apply_changes(repository, subject, changes)
+        return sum(1 for c in changes if c.removed)
+
     async def after_delete(self, repository: str, digest: str, subject_digest: str) -> None:
         """Drop a deleted referrer from its subject's fallback index (no-op with the API)."""
         if await self.api_supported(repository):
@@ -529,7 +539,9 @@ class ReferrersSupport:
                     new_entries.append(c.add)
                     c.added = True
             else:
-                new_entries = [e for e in new_entries if e.digest != c.remove]
+                kept = [e for e in new_entries if e.digest != c.remove]
+                c.removed = len(kept) != len(new_entries)
+                new_entries = kept
         if [e.digest for e in new_entries] == [e.digest for e in entries]:
             return current
         tag = referrers_tag(subject)

@@ -26,7 +26,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -35,6 +35,7 @@ from yarl import URL
 
 from replicator.errors import ConnectionFailedError, ReferenceError, ReplicatorError
 from replicator.oci.reference import MAX_REPOSITORY_LENGTH, REPOSITORY_RE
+from replicator.targets.base import RequestStats
 from replicator.targets.registry._aiohttp import aiohttp
 from replicator.targets.registry.errors import (
     connection_error,
@@ -85,49 +86,6 @@ class AuthProvider(Protocol):
     ) -> dict[str, str]:
         """Answer a 401 challenge; headers to retry with (raises AuthenticationError)."""
         ...
-
-
-@dataclass(slots=True)
-class RequestStats:
-    """Counters of requests sent to one registry host, by kind, plus retries and bytes.
-
-    Every attempt counts (a retried request counts twice under its kind and
-    once under ``retries``).  ``token`` counts the authenticator's requests to its
-    token server (as the authenticator counts them).
-    """
-
-    manifest_get: int = 0
-    manifest_head: int = 0
-    manifest_put: int = 0
-    manifest_delete: int = 0
-    blob_head: int = 0
-    blob_get: int = 0
-    blob_upload_start: int = 0
-    blob_upload_status: int = 0
-    blob_upload_cancel: int = 0
-    blob_patch: int = 0
-    blob_put: int = 0
-    blob_mount: int = 0
-    referrers: int = 0
-    tags: int = 0
-    catalog: int = 0
-    ping: int = 0
-    token: int = 0
-    retries: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-    def add(self, kind: str, n: int = 1) -> None:
-        """Add ``n`` to counter ``kind`` (unknown kinds are ignored)."""
-        if kind in _STAT_FIELDS:
-            setattr(self, kind, getattr(self, kind) + n)
-
-    def as_dict(self) -> dict[str, int]:
-        """All counters as a plain dict (for metrics and logs)."""
-        return asdict(self)
-
-
-_STAT_FIELDS = frozenset(f.name for f in fields(RequestStats))
 
 
 @dataclass(frozen=True, slots=True)
