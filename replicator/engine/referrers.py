@@ -1,0 +1,245 @@
+"""Referrer walks: list a node's referrers, admit the genuine ones, copy, index once.
+
+For each node whose referrers are followed (``GraphFilter.follows_referrers_at``),
+:meth:`ReferrerWalker.walk` lists the referrers at the source (once per run),
+keeps the candidates the graph rules allow (:func:`replicator.graph.rules.referrer_candidates`:
+no self-reference, manifests only, each digest once), applies the artifact-type
+filter, and visits each selected referrer like any node, one referrer level
+deeper.
+
+A listing is a claim: a referrer is *admitted* only when its own manifest
+names the node as its ``subject`` (:func:`replicator.graph.rules.names_subject`)
+— checked before the referrer is claimed, so a bogus listing never blocks the
+genuine one.  The check reads the referrer's manifest, so it is made only when
+the referrer will be copied: one that every destination already holds is
+walked unread (a re-run reads no referrer manifest), and a second listing of it
+under another subject is checked.  A source serving the referrers API derives
+its listing from the ``subject`` fields itself: nothing to check there.
+
+When the walk of a subject's referrers ends at a destination with a client-kept
+referrers index (:class:`~replicator.targets.base.ReferrersIndexKeeper`), the
+referrers this run pushed there, and those found there already, are listed in
+one index update (:meth:`ReferrerWalker.relist`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+from replicator.engine.commit import record_indexed
+from replicator.engine.context import NodeVisit, RunContext, VisitNode, mark_side, run_all
+from replicator.engine.jobs import Endpoint
+from replicator.engine.presence import Presence
+from replicator.engine.sources import SourceReader
+from replicator.engine.state import DestNode, DestRepo, SourceNode, Visit
+from replicator.errors import ReplicatorError
+from replicator.graph import rules
+from replicator.oci.descriptor import Descriptor
+
+
+class ReferrerWalker:
+    """Walks, admits and indexes referrers (see the module doc)."""
+
+    def __init__(
+        self, ctx: RunContext, sources: SourceReader, presence: Presence, visit: VisitNode
+    ) -> None:
+        self._ctx = ctx
+        self._state = ctx.state
+        self._sources = sources
+        self._presence = presence
+        self._visit = visit
+
+    def follows(self, key: SourceNode, depth: int) -> bool:
+        """Whether the referrers of the node ``key`` at referrer level ``depth`` are walked."""
+        return (
+            self._ctx.options.filter.follows_referrers_at(depth)
+            and key not in self._state.synthetic
+        )
+
+    async def walk(
+        self,
+        src: Endpoint,
+        desc: Descriptor,
+        dests: list[Endpoint],
+        depth: int,
+        fresh: frozenset[DestRepo],
+    ) -> None:
+        """Copy the selected referrers of ``desc`` (and theirs, recursively) to ``dests``."""
+        key = SourceNode(src.location, src.repository, desc.digest)
+        try:
+            found = await self._sources.referrers(src, desc)
+        except ReplicatorError as exc:
+            mark_side(exc, "source")
+            for d in dests:
+                self._state.walks[Visit(key, d.key)].set(error=exc)
+            self._ctx.fail(f"referrers of {desc.digest}: {exc}", exc)
+            return
+        candidates = rules.referrer_candidates(desc.digest, found)
+        for warning in candidates.warnings:
+            self._ctx.warn(warning)
+        walked = candidates.kept
+        self._ctx.report.referrers_found += len(walked)
+        listed: dict[DestRepo, frozenset[str]] = {}
+        if walked and not self._ctx.options.deep_check:
+            listed = await self._presence.listed_at(dests, desc, fresh)
+        selected: list[Descriptor] = []
+        child = partial(self._maybe_walk_one, src, dests, depth, desc, key, fresh, selected)
+        await run_all(
+            [
+                partial(child, r, frozenset(k for k, ds in listed.items() if r.digest in ds))
+                for r in walked
+            ]
+        )
+        if selected:
+            await run_all(
+                [partial(self.relist, d, desc, key, selected, listed.get(d.key)) for d in dests]
+            )
+        self._state.referrers_walked.update(Visit(key, d.key) for d in dests)
+
+    async def _maybe_walk_one(
+        self,
+        src: Endpoint,
+        dests: list[Endpoint],
+        depth: int,
+        subject: Descriptor,
+        subject_key: SourceNode,
+        fresh: frozenset[DestRepo],
+        selected: list[Descriptor],
+        r: Descriptor,
+        listed_at: frozenset[DestRepo],
+    ) -> None:
+        """Apply the artifact-type filter, then visit the referrer (noted in ``selected``).
+
+        A listing entry without ``artifactType`` (written by a tool that left it
+        out) is judged by the manifest's own artifact type, read for that.
+        """
+        flt = self._ctx.options.filter
+        if r.artifact_type is None and flt.filters_types:
+            try:
+                kind = (await self._sources.manifest(src, r)).artifact_type
+            except ReplicatorError:
+                kind = None  # the visit reports the read failure if the entry is selected
+            r = replace(r, artifact_type=kind)
+        if not flt.accepts_referrer(r):
+            self._ctx.report.referrers_filtered += 1
+            return
+        selected.append(r)
+        await self._visit(
+            NodeVisit(src, r, dests, depth + 1, subject, subject_key, listed_at, fresh)
+        )
+
+    async def admit(self, v: NodeVisit) -> dict[DestRepo, bool] | None:
+        """Whether a listed referrer is walked: None to skip it, else presence learned."""
+        assert v.subject is not None
+        subject = v.subject
+        key = v.key
+        if await self._sources.has_referrers_api(v.src):
+            return {}
+        if self._sources.is_read(key):
+            # Already read (type filter, another visit): the check costs nothing.
+            return {} if await self._genuine(v) else None
+        pending = list(
+            {d.key: d for d in v.dests if Visit(key, d.key) not in self._state.walks}.values()
+        )
+        accepted = self._state.admitted_unread.get(key)
+        known: dict[DestRepo, bool] = {}
+        if pending and accepted in (None, subject.digest):
+            known = await self._presence.presence(v.desc, pending, v.implied, v.fresh)
+            if len(known) == len(pending) and all(known.values()):
+                self._state.admitted_unread[key] = subject.digest
+                return known
+        elif not pending and accepted == subject.digest:
+            return known
+        return known if await self._genuine(v) else None
+
+    async def _genuine(self, v: NodeVisit) -> bool:
+        """True when the listed referrer's manifest names its subject (see the module doc).
+
+        A referrer that cannot be read is a failure recorded against its
+        subject's graph.
+        """
+        assert v.subject is not None
+        if await self._sources.has_referrers_api(v.src):
+            return True
+        try:
+            manifest = await self._sources.manifest(v.src, v.desc)
+        except ReplicatorError as exc:
+            mark_side(exc, "source")
+            if v.parent is not None:
+                self._state.referrer_errors.setdefault(v.parent, exc)
+            self._ctx.fail(f"referrer {v.desc.digest} of {v.subject.digest}: {exc}", exc)
+            return False
+        if not rules.names_subject(manifest, v.subject.digest):
+            self._ctx.warn(rules.foreign_subject_warning(v.desc.digest, v.subject.digest))
+            return False
+        return True
+
+    async def relist(
+        self,
+        d: Endpoint,
+        subject: Descriptor,
+        key: SourceNode,
+        selected: list[Descriptor],
+        listed: frozenset[str] | None,
+    ) -> None:
+        """List the referrers of ``subject`` at ``d`` once they are all there: one write.
+
+        The referrers this run pushed there with their index update deferred
+        are added to the subject's referrers index in one update — one
+        fallback-index write per subject instead of one per referrer, and no
+        superseded index to delete.  A referrer found already present (asked,
+        or from the journal) is checked too: an earlier run can have stored it
+        and then failed to update the index, and another tool can have
+        rewritten the index.  A failure keeps the tags above this subject
+        unset, like any failed node; a rerun finds the referrers present and
+        lists them then.  When this run pushed none and the index read before
+        the walk (``listed``) names every referrer found, nothing is asked.
+        """
+        keeper = self._ctx.abilities(d.target).referrers_index
+        if keeper is None:
+            return
+        found, pushed = self._present_referrers(d, selected)
+        if not found and not pushed:
+            return
+        if not pushed and listed is not None and all(r.digest in listed for r in found):
+            return
+        try:
+            added = await self._ctx.limited(
+                "meta",
+                d.location,
+                partial(keeper.ensure_referrers_listed, d.repository, subject, [*pushed, *found]),
+            )
+        except ReplicatorError as exc:
+            mark_side(exc, "destination")
+            self._state.referrer_errors.setdefault(key, exc)
+            self._ctx.fail(f"referrers index of {subject.digest} at {d}: {exc}", exc)
+            return
+        if added:
+            self._ctx.report.referrer_indexes_updated += 1
+        for r in pushed:
+            self._state.unindexed.discard(DestNode(d.location, d.repository, r.digest))
+            await record_indexed(self._ctx, d, r.digest, subject.digest)
+        stray = [r.digest for r in found if r.digest in added]
+        if stray:
+            self._ctx.warn(
+                f"{d}: {len(stray)} referrer(s) of {subject.digest[:19]} were there but not "
+                "listed in its referrers index; added"
+            )
+
+    def _present_referrers(
+        self, d: Endpoint, selected: list[Descriptor]
+    ) -> tuple[list[Descriptor], list[Descriptor]]:
+        """Of ``selected``: those found at ``d``, and those pushed there with the index deferred."""
+        found: list[Descriptor] = []
+        pushed: list[Descriptor] = []
+        for r in selected:
+            node = DestNode(d.location, d.repository, r.digest)
+            once = self._state.committed.get(node)
+            if once is None or not once.ok:
+                continue
+            if once.value == "exists":
+                found.append(r)
+            elif node in self._state.unindexed:
+                pushed.append(r)
+        return found, pushed
