@@ -16,6 +16,12 @@ from structlog.typing import FilteringBoundLogger
 from replicator.oci.descriptor import Descriptor
 
 _LOGGER_NAME = "replicator.engine"
+_BLOB_EVENTS = {
+    "uploaded": "engine.blob_copied",
+    "mounted": "engine.blob_mounted",
+    "exists": "engine.blob_present",
+}
+_MANIFEST_EVENTS = {"pushed": "engine.manifest_copied", "exists": "engine.manifest_present"}
 
 
 def label_of(desc: Descriptor) -> str:
@@ -50,7 +56,7 @@ class CopyObserver(Protocol):
 class LogObserver:
     """Emits one structlog event per finished node (readable in CI logs).
 
-    A blob's start (``copying``) is a debug event: at the default level the log
+    A blob's start (``engine.blob_started``) is a debug event: at the default level the log
     holds one line per node, the outcome, which names the digest, title, size and
     destination.  The logger is bound once, when the observer is made (after the
     CLI configured logging), so an event costs no logger lookup, and events below
@@ -63,7 +69,11 @@ class LogObserver:
     def blob_started(self, desc: Descriptor, destinations: int) -> None:
         """Log ``copying <digest> <title>`` (debug)."""
         self._log.debug(
-            "copying", digest=desc.short, name=label_of(desc), size=desc.size, to=destinations
+            "engine.blob_started",
+            digest=desc.short,
+            name=label_of(desc),
+            size=desc.size,
+            to=destinations,
         )
 
     def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
@@ -71,9 +81,8 @@ class LogObserver:
 
     def blob_finished(self, desc: Descriptor, how: str, destination: str) -> None:
         """Log the blob's outcome."""
-        event = "copied" if how == "uploaded" else how
         self._log.info(
-            event,
+            _BLOB_EVENTS.get(how, "engine.blob_copied"),
             digest=desc.short,
             name=label_of(desc),
             size=desc.size,
@@ -82,12 +91,16 @@ class LogObserver:
 
     def manifest_finished(self, desc: Descriptor, how: str, destination: str) -> None:
         """Log the manifest's outcome."""
-        event = "copied" if how == "pushed" else how
-        self._log.info(event, digest=desc.short, name=label_of(desc), destination=destination)
+        self._log.info(
+            _MANIFEST_EVENTS.get(how, "engine.manifest_copied"),
+            digest=desc.short,
+            name=label_of(desc),
+            destination=destination,
+        )
 
     def warning(self, message: str) -> None:
         """Log a warning event."""
-        self._log.warning("skipped", reason=message)
+        self._log.warning("engine.warning", reason=message)
 
 
 class NullObserver:

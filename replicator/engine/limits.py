@@ -32,14 +32,15 @@ cannot hold the global slots that metadata requests (or another location) need.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from replicator.errors import RateLimitedError, ServerError
+import anyio
+
+from replicator.errors import RateLimitedError, RegistryError, ServerError
 
 Kind = Literal["meta", "blob"]
 T = TypeVar("T")
@@ -48,6 +49,16 @@ Signal = Callable[[], int]
 
 #: HTTP statuses that mean "the server is overloaded", triggering a decrease.
 CONGESTION_STATUSES = frozenset({429, 503})
+
+
+class _Waiter:
+    """A task queued for a slot; ``granted`` once a slot was handed to it."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
 
 
 def is_congestion(error: BaseException) -> bool:
@@ -73,7 +84,7 @@ class AdaptiveLimit:
         self.maximum = max(initial, maximum if maximum is not None else initial)
         self._limit = float(initial)
         self._in_flight = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[_Waiter] = []
         self._last_decrease = 0.0
         self.decreases = 0
 
@@ -92,17 +103,17 @@ class AdaptiveLimit:
         if self._in_flight < self.limit and not self._waiters:
             self._in_flight += 1
             return time.monotonic()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        waiter = _Waiter()
+        self._waiters.append(waiter)
         try:
-            await fut
+            await waiter.event.wait()
         except BaseException:
-            if fut in self._waiters:
-                self._waiters.remove(fut)
-            elif not fut.cancelled():
+            if waiter.granted:
                 # We were granted the slot but are going away: pass it on.
                 self._in_flight -= 1
                 self._wake()
+            else:
+                self._waiters.remove(waiter)
             raise
         return time.monotonic()
 
@@ -113,10 +124,10 @@ class AdaptiveLimit:
 
     def _wake(self) -> None:
         while self._waiters and self._in_flight < self.limit:
-            fut = self._waiters.pop(0)
-            if not fut.done():
-                self._in_flight += 1
-                fut.set_result(None)
+            waiter = self._waiters.pop(0)
+            waiter.granted = True
+            self._in_flight += 1
+            waiter.event.set()
 
     def on_success(self, *, quick: bool = True) -> None:
         """Grow after a success: slow start, then about one slot per round.
@@ -169,7 +180,8 @@ class Limits:
 
     def __init__(self, settings: LimitSettings | None = None) -> None:
         self.settings = settings or LimitSettings()
-        self._global = asyncio.Semaphore(max(1, self.settings.concurrency))
+        # fast_acquire: no scheduling round when a slot is free (as asyncio's).
+        self._global = anyio.Semaphore(max(1, self.settings.concurrency), fast_acquire=True)
         self._limiters: dict[tuple[str, Kind], AdaptiveLimit] = {}
 
     def limiter(self, location: str, kind: Kind) -> AdaptiveLimit:
@@ -220,7 +232,7 @@ class Limits:
                     yield
                 except BaseException as exc:
                     if is_congestion(exc):
-                        where = getattr(exc, "registry", None)
+                        where = exc.registry if isinstance(exc, RegistryError) else None
                         blamed = [g for g, loc in zip(granted, order, strict=False) if loc == where]
                         for lim, started in blamed or granted:
                             lim.on_congestion(started)

@@ -392,17 +392,26 @@ def _json_lines(debug: bool) -> list[dict[str, object]]:
 
 def test_log_observer_writes_one_line_per_node_and_the_start_only_with_debug() -> None:
     lines = _json_lines(debug=False)
-    assert [line["event"] for line in lines] == ["copied", "exists", "skipped"]
+    assert [line["event"] for line in lines] == [
+        "engine.blob_copied",
+        "engine.manifest_present",
+        "engine.warning",
+    ]
     assert lines[0] | {"timestamp": ""} == {
         "digest": "111111111111",
         "name": "file1.txt",
         "size": 100,
         "destination": "r.example/x",
-        "event": "copied",
+        "event": "engine.blob_copied",
         "level": "info",
         "logger": "replicator.engine",
         "timestamp": "",
     }
     debug = _json_lines(debug=True)
-    assert [line["event"] for line in debug] == ["copying", "copied", "exists", "skipped"]
+    assert [line["event"] for line in debug] == [
+        "engine.blob_started",
+        "engine.blob_copied",
+        "engine.manifest_present",
+        "engine.warning",
+    ]
     assert debug[0]["size"] == 100 and debug[0]["to"] == 1
