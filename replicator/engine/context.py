@@ -22,9 +22,9 @@ from replicator.engine.events import CopyObserver
 from replicator.engine.jobs import CopyOptions, DependencyFailed, Endpoint
 from replicator.engine.ledger import Ledger
 from replicator.engine.limits import Kind, Limits, Signal
-from replicator.engine.report import CopyReport
+from replicator.engine.report import CopyReport, FailureCause
 from replicator.engine.state import DestRepo, RunState, SourceNode
-from replicator.errors import ReplicatorError
+from replicator.errors import EXIT_INCOMPLETE, ReplicatorError
 from replicator.oci.descriptor import Descriptor
 from replicator.targets.base import Abilities, Target, abilities_of
 
@@ -151,6 +151,11 @@ class RunContext:
         if isinstance(error, DependencyFailed):
             return
         self.report.failures.append(message)
+        if isinstance(error, ReplicatorError):
+            cause = FailureCause(message, error.exit_code, type(error).__name__, error.side)
+        else:
+            cause = FailureCause(message, EXIT_INCOMPLETE, type(error).__name__ if error else "")
+        self.report.causes.append(cause)
         _log.error("engine.copy_failed", reason=message)
         if not self.options.keep_going and self.cancel_scope is not None:
             self.cancel_scope.cancel()

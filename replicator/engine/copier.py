@@ -199,18 +199,28 @@ def raise_for_report(report: CopyReport, root_error: ReplicatorError | None = No
 
     A run whose only failures are roots that could not be read re-raises that
     error (exit 3 for an unknown source, 4 for auth...); anything else is an
-    :class:`IncompleteCopyError` (exit 9) naming the first failure.
+    :class:`IncompleteCopyError` naming the most severe failure and exiting with
+    its code (:data:`~replicator.engine.report.SEVERITY`: a wrong password is 4,
+    content that does not verify 6, a partial copy without a more specific
+    cause 9); the report lists every cause.
     """
     if report.ok:
         return
     failed = [j for j in report.jobs if j.status != "copied"]
     if root_error is not None and all(j.source_digest is None for j in failed):
         raise root_error
-    first = report.failures[0] if report.failures else (failed[0].error if failed else "unknown")
-    raise IncompleteCopyError(
+    cause = report.most_severe_cause()
+    what: str | None
+    if cause is not None:
+        what = cause.message
+    else:
+        what = report.failures[0] if report.failures else (failed[0].error if failed else "unknown")
+    error = IncompleteCopyError(
         f"copy incomplete: {len(failed)} of {len(report.jobs)} job(s) did not complete; "
-        f"first failure: {first}"
+        f"{'cause' if len(report.causes) < 2 else 'most severe cause'}: {what}"
     )
+    error.exit_code = report.exit_code
+    raise error
 
 
 def first_root_error(engine: CopyEngine) -> ReplicatorError | None:

@@ -9,10 +9,64 @@ twice in ``blobs_uploaded`` but its bytes were read from the source once
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from replicator.errors import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_INCOMPLETE,
+    EXIT_INTEGRITY,
+    EXIT_JOURNAL,
+    EXIT_NETWORK,
+    EXIT_NOT_FOUND,
+    EXIT_REGISTRY,
+    EXIT_USAGE,
+)
+
 JobStatus = Literal["copied", "failed", "pending"]
+
+#: Exit codes of a run's failure causes, most severe first: the run exits with
+#: the first of these that any cause has.  What needs a person to change
+#: something (the command, credentials; content that does not verify; a journal
+#: that cannot be used) comes before what may pass on a rerun (a missing
+#: manifest, a registry's error, the network); a failure without a more
+#: specific cause is "incomplete" (9).
+SEVERITY: tuple[int, ...] = (
+    EXIT_USAGE,
+    EXIT_AUTH,
+    EXIT_INTEGRITY,
+    EXIT_JOURNAL,
+    EXIT_NOT_FOUND,
+    EXIT_REGISTRY,
+    EXIT_NETWORK,
+    EXIT_FAILURE,
+    EXIT_INCOMPLETE,
+)
+
+
+def most_severe(codes: Iterable[int]) -> int:
+    """The exit code of the most severe of ``codes`` (see :data:`SEVERITY`); 9 when none."""
+    present = set(codes)
+    for code in SEVERITY:
+        if code in present:
+            return code
+    return min(present) if present else EXIT_INCOMPLETE
+
+
+@dataclass(slots=True)
+class FailureCause:
+    """One failure of a run: what failed, the exit code of its kind, and which side.
+
+    ``error`` is the kind of error (``AuthenticationError``, ``IntegrityError``...),
+    ``side`` is "source", "destination" or None when neither.
+    """
+
+    message: str
+    exit_code: int
+    error: str
+    side: str | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +108,7 @@ class CopyReport:
     tags_unchanged: int = 0
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    causes: list[FailureCause] = field(default_factory=list)
     requests: dict[str, dict[str, int]] = field(default_factory=dict)
     retries: int = 0
     limits: dict[str, int] = field(default_factory=dict)
@@ -66,6 +121,18 @@ class CopyReport:
         return not self.failures and all(j.status == "copied" for j in self.jobs)
 
     @property
+    def exit_code(self) -> int:
+        """0 when ok, else the exit code of the most severe cause (see :data:`SEVERITY`)."""
+        if self.ok:
+            return 0
+        return most_severe(c.exit_code for c in self.causes)
+
+    def most_severe_cause(self) -> FailureCause | None:
+        """The first cause with the run's exit code (None without causes)."""
+        code = self.exit_code
+        return next((c for c in self.causes if c.exit_code == code), None)
+
+    @property
     def new_blobs(self) -> int:
         """Blobs this run made present at a destination (uploaded or mounted)."""
         return self.blobs_uploaded + self.blobs_mounted
@@ -75,4 +142,5 @@ class CopyReport:
         out = asdict(self)
         out["ok"] = self.ok
         out["new_blobs"] = self.new_blobs
+        out["exit_code"] = self.exit_code
         return out

@@ -28,7 +28,7 @@ from replicator.engine.report import JobResult
 from replicator.engine.sources import SourceReader, descriptor_of, parse_source, source_node
 from replicator.engine.state import DestNode
 from replicator.engine.tagging import Tagger
-from replicator.errors import NotFoundError, ReplicatorError
+from replicator.errors import ReplicatorError, UsageError
 from replicator.graph.filters import is_docker_attestation
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
@@ -145,8 +145,14 @@ class JobRunner:
         platforms = ", ".join(str(p) for p in flt.platforms)
         if not kept:
             result.status = "failed"
-            result.error = f"{job.display}: no manifest for platform {platforms}"
-            self._ctx.fail(result.error, NotFoundError(result.error))
+            available = ", ".join(
+                sorted({str(c.platform) for c in children if c.platform is not None})
+            )
+            result.error = (
+                f"{job.display}: no manifest for platform {platforms} "
+                f"(the index has: {available or 'no platform entries'})"
+            )
+            self._ctx.fail(result.error, UsageError(result.error))
             return None
         if len(kept) == len(children):
             return root
