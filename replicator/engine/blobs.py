@@ -29,7 +29,7 @@ import structlog
 
 from replicator.engine.context import RunContext
 from replicator.engine.jobs import DependencyFailed, Endpoint
-from replicator.engine.ledger import Confirmation, DurableLedger
+from replicator.engine.ledger import Confirmation
 from replicator.engine.once import Once
 from replicator.engine.state import LocationBlob, cell, dest_node
 from replicator.engine.transfer import BlobTee, reading_opener
@@ -233,7 +233,7 @@ class BlobMover:
             # recorded (so a rerun can cancel one a kill left open) without
             # holding up the upload for a commit.
             await ledger.record_progress(d.location, p, durable=chunked)
-            if p.offset == 0 and chunked and isinstance(ledger, DurableLedger):
+            if p.offset == 0 and chunked:
                 # A session that will carry many bytes is made durable before the
                 # first one is sent: a killed run knows it (to resume or cancel it).
                 await ledger.flush()

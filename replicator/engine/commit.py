@@ -24,7 +24,7 @@ from functools import partial
 from replicator.engine.blobs import BlobMover
 from replicator.engine.context import RunContext, mark_side
 from replicator.engine.jobs import DependencyFailed, Endpoint
-from replicator.engine.ledger import Confirmation, RepairableLedger
+from replicator.engine.ledger import Confirmation
 from replicator.engine.once import Once
 from replicator.engine.state import DestNode, DestRepo, DestTag, SourceNode, Visit, cell
 from replicator.errors import RegistryError, ReplicatorError
@@ -228,8 +228,7 @@ class ManifestCommitter:
             if exists:
                 continue
             self._ctx.warn(f"{d} lost blob {blob.digest}; sending it again")
-            if isinstance(ledger, RepairableLedger):
-                await ledger.forget(d.location, d.repository, blob.digest)
+            await ledger.forget(d.location, d.repository, blob.digest)
             if await self._blobs.resend(src, blob, d):
                 repaired = True
         return repaired

@@ -20,11 +20,11 @@ import structlog
 
 from replicator.engine.events import CopyObserver
 from replicator.engine.jobs import CopyOptions, DependencyFailed, Endpoint
-from replicator.engine.ledger import Ledger
 from replicator.engine.limits import Kind, Limits, Signal
 from replicator.engine.report import CopyReport, FailureCause
 from replicator.engine.state import DestRepo, RunState, SourceNode
-from replicator.errors import EXIT_INCOMPLETE, ReplicatorError
+from replicator.engine.trust import LedgerView
+from replicator.errors import EXIT_INCOMPLETE, RegistryError, ReplicatorError
 from replicator.oci.descriptor import Descriptor
 from replicator.targets.base import Abilities, Target, abilities_of
 
@@ -124,7 +124,7 @@ class RunContext:
     """The shared parts of one run (see the module doc)."""
 
     options: CopyOptions
-    ledger: Ledger
+    ledger: LedgerView
     limits: Limits
     observer: CopyObserver
     report: CopyReport = field(default_factory=CopyReport)
@@ -151,7 +151,17 @@ class RunContext:
         if isinstance(error, DependencyFailed):
             return
         self.report.failures.append(message)
-        if isinstance(error, ReplicatorError):
+        if isinstance(error, RegistryError):
+            cause = FailureCause(
+                message,
+                error.exit_code,
+                type(error).__name__,
+                error.side,
+                error.code,
+                error.registry,
+                error.repository,
+            )
+        elif isinstance(error, ReplicatorError):
             cause = FailureCause(message, error.exit_code, type(error).__name__, error.side)
         else:
             cause = FailureCause(message, EXIT_INCOMPLETE, type(error).__name__ if error else "")

@@ -44,7 +44,9 @@ from replicator.engine.presence import Presence
 from replicator.engine.report import CopyReport, JobResult
 from replicator.engine.roots import Deferred, JobRunner
 from replicator.engine.sources import SourceReader
+from replicator.engine.state import DestRepo
 from replicator.engine.tagging import Tagger
+from replicator.engine.trust import LedgerView
 from replicator.errors import IncompleteCopyError, ReplicatorError
 from replicator.targets.base import CountsRequests, Target
 
@@ -58,6 +60,33 @@ __all__ = [
     "first_root_error",
     "raise_for_report",
 ]
+
+
+#: OCI error codes with which a destination refuses a write because something the
+#: write names is missing there: where the ledger vouched for it, a contradiction.
+CONTRADICTIONS = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "MANIFEST_UNKNOWN"})
+
+
+class _Pass:
+    """The parts of one pass over the jobs, sharing one context (fresh state)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        sources = SourceReader(ctx)
+        presence = Presence(ctx)
+        visitor = GraphVisitor(ctx, sources, presence)
+        self.tagger = Tagger(ctx, presence)
+        self.jobs = JobRunner(ctx, sources, presence, visitor, self.tagger)
+
+    async def run(self, jobs: Sequence[CopyJob], results: list[JobResult]) -> None:
+        """Visit every job, then tag those that waited for shared work."""
+        deferred: list[Deferred] = []
+        async with anyio.create_task_group() as tg:
+            self.ctx.cancel_scope = tg.cancel_scope
+            for job, result in zip(jobs, results, strict=True):
+                tg.start_soon(self.jobs.run, job, result, deferred)
+        for job, result, root in deferred:
+            await self.tagger.finish_job(job, result, root, final=True)
 
 
 class CopyEngine:
@@ -75,15 +104,10 @@ class CopyEngine:
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.limits = limits or Limits()
         self.observer: CopyObserver = observer or NullObserver()
-        self._ctx = RunContext(self.options, self.ledger, self.limits, self.observer)
-        self.report: CopyReport = self._ctx.report
-        self._sources = SourceReader(self._ctx)
-        self._presence = Presence(self._ctx)
-        self._visitor = GraphVisitor(self._ctx, self._sources, self._presence)
-        self._tagger = Tagger(self._ctx, self._presence)
-        self._jobs = JobRunner(
-            self._ctx, self._sources, self._presence, self._visitor, self._tagger
-        )
+        self._view = LedgerView(self.ledger, distrust_all=self.options.deep_check)
+        self._pass = _Pass(RunContext(self.options, self._view, self.limits, self.observer))
+        self.report: CopyReport = self._pass.ctx.report
+        self._root_error: ReplicatorError | None = None
         self._counters: dict[int, CountsRequests] = {}
         self._counts_before: dict[int, dict[str, int]] = {}
 
@@ -92,7 +116,7 @@ class CopyEngine:
     @property
     def stopping(self) -> bool:
         """True once :meth:`request_stop` was called."""
-        return self._ctx.stop.stopping
+        return self._pass.ctx.stop.stopping
 
     def request_stop(self) -> None:
         """Stop taking new work (SIGTERM/SIGINT): a graceful stop, step one.
@@ -102,21 +126,21 @@ class CopyEngine:
         ledger), so a rerun resumes it without sending any byte twice.  Wait
         for :meth:`wait_quiet`, then cancel the run (:meth:`cancel`).
         """
-        self._ctx.stop.request()
+        self._pass.ctx.stop.request()
 
     async def wait_quiet(self) -> None:
         """Return once no upload is between two acknowledged chunks (after :meth:`request_stop`)."""
-        await self._ctx.stop.wait_quiet()
+        await self._pass.ctx.stop.wait_quiet()
 
     def cancel(self) -> None:
         """Cancel the running :meth:`run` (it returns its partial report)."""
-        if self._ctx.cancel_scope is not None:
-            self._ctx.cancel_scope.cancel()
+        if self._pass.ctx.cancel_scope is not None:
+            self._pass.ctx.cancel_scope.cancel()
 
     @property
     def root_error(self) -> ReplicatorError | None:
         """The first error met reading a job's root, if any."""
-        return self._jobs.root_error
+        return self._root_error or self._pass.jobs.root_error
 
     # ------------------------------------------------------------------ run
 
@@ -128,6 +152,12 @@ class CopyEngine:
         Without ``keep_going`` the first failure stops the run; either way the
         report says which jobs completed.  Use :func:`raise_for_report` to turn an
         incomplete run into the documented error.
+
+        When a destination contradicts what the ledger inherited from an earlier
+        attempt (a write refused because something the journal recorded there is
+        missing), the jobs that did not complete get one more pass in the same
+        run, with the ledger's inherited records of those repositories distrusted
+        (see :mod:`replicator.engine.trust`).
         """
         started = time.monotonic()
         results = [
@@ -136,13 +166,10 @@ class CopyEngine:
         ]
         self.report.jobs = results
         self._register_targets(jobs)
-        deferred: list[Deferred] = []
-        async with anyio.create_task_group() as tg:
-            self._ctx.cancel_scope = tg.cancel_scope
-            for job, result in zip(jobs, results, strict=True):
-                tg.start_soon(self._jobs.run, job, result, deferred)
-        for job, result, root in deferred:
-            await self._tagger.finish_job(job, result, root, final=True)
+        await self._pass.run(jobs, results)
+        contradicted = self._contradicted()
+        if contradicted and not self.stopping:
+            await self._repair_pass(jobs, results, contradicted)
         if isinstance(self.ledger, DurableLedger):
             # The run's confirmations are committed before it returns: whoever
             # reads the journal next (leftover upload sessions) sees them all.
@@ -157,17 +184,59 @@ class CopyEngine:
         self._collect_requests()
         return self.report
 
+    def _contradicted(self) -> set[DestRepo]:
+        """Destination repositories that refused a write the inherited ledger vouched for."""
+        refused = {
+            DestRepo(c.registry, c.repository)
+            for c in self.report.causes
+            if c.code in CONTRADICTIONS and c.registry and c.repository is not None
+        }
+        return refused & self._view.inherited_used
+
+    async def _repair_pass(
+        self, jobs: Sequence[CopyJob], results: list[JobResult], repos: set[DestRepo]
+    ) -> None:
+        """Run the jobs that did not complete again, distrusting the ledger in ``repos``."""
+        for repo in repos:
+            self._view.distrust(repo)
+        first = self.report
+        self._root_error = self._pass.jobs.root_error
+        again = [(j, r) for j, r in zip(jobs, results, strict=True) if r.status != "copied"]
+        retry_results = [
+            JobResult(source=j.display, destinations=[d.display for d in j.destinations])
+            for j, _ in again
+        ]
+        where = ", ".join(sorted(f"{r.location}/{r.repository}" for r in repos))
+        for message in first.failures:
+            first.warnings.append(f"repaired in the same run: {message}")
+        first.warnings.append(
+            f"{where} lost content the journal had recorded there: its records are not "
+            "trusted in this run, and what is missing is copied again"
+        )
+        first.failures.clear()
+        first.causes.clear()
+        ctx = RunContext(self.options, self._view, self.limits, self.observer, report=first)
+        ctx.signals.update(self._pass.ctx.signals)
+        ctx.stop = self._pass.ctx.stop
+        self._pass = _Pass(ctx)
+        await self._pass.run([j for j, _ in again], retry_results)
+        for (_, old), new in zip(again, retry_results, strict=True):
+            index = results.index(old)
+            results[index] = new
+        first.jobs = results
+
     def _register_targets(self, jobs: Sequence[CopyJob]) -> None:
         """Note every target's request counter (before the run) and its retry signal."""
+        ctx = self._pass.ctx
         for j in jobs:
             for e in (j.source, *(d.endpoint for d in j.destinations)):
-                counter = self._ctx.abilities(e.target).request_counter
+                counter = ctx.abilities(e.target).request_counter
                 if counter is None:
                     continue
                 if id(e.target) not in self._counters:
                     self._counters[id(e.target)] = counter
                     self._counts_before[id(e.target)] = counter.stats.as_dict()
-                self._ctx.signals[e.location] = _retry_signal(counter)
+                ctx.signals[e.location] = _retry_signal(counter)
 
     def _collect_requests(self) -> None:
         """Requests each target made during this run (its counters' increase)."""

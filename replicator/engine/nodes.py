@@ -170,7 +170,9 @@ class GraphVisitor:
                 found[d.key] = known[d.key]
                 return
             try:
-                found[d.key] = await self._presence.present(d, v.desc, v.implied, v.fresh)
+                found[d.key] = await self._presence.present(
+                    d, v.desc, v.implied, v.fresh, root=v.depth == 0 and v.parent is None
+                )
             except ReplicatorError as exc:
                 found[d.key] = mark_side(exc, "destination")
 

@@ -47,22 +47,44 @@ class Presence:
         desc: Descriptor,
         implied: frozenset[DestRepo],
         fresh: frozenset[DestRepo],
+        *,
+        root: bool = False,
     ) -> bool:
-        """Whether ``desc`` is at ``d`` (raises the store's error when it cannot tell)."""
+        """Whether ``desc`` is at ``d`` (raises the store's error when it cannot tell).
+
+        A job's ``root`` that only an inherited confirmation (an earlier attempt's
+        journal) places there is checked with the store: one request per job on
+        a resumed run, which finds a repository wiped since.  When it is gone, the
+        ledger is distrusted for that repository for the rest of the run.
+        """
         if d.key in implied:
             return True
         ledger = self._ctx.ledger
         if await ledger.lookup(d.location, d.repository, desc.digest) is not None:
-            return True
+            if not root or ledger.is_own(d.location, d.repository, desc.digest):
+                return True
+            if await self._exists(d, desc):
+                return True
+            ledger.distrust(d.key)
+            await ledger.forget(d.location, d.repository, desc.digest)
+            self._ctx.warn(
+                f"{d} lost {desc.digest[:19]}, which the journal had recorded there: "
+                "the journal's other records for it are not trusted in this run"
+            )
+            return False
         if d.key in fresh:
             return False
         if await self.repository_new(d):
             return False
+        return await self._exists(d, desc)
+
+    async def _exists(self, d: Endpoint, desc: Descriptor) -> bool:
+        """Ask the store; a yes is recorded in the ledger."""
         exists = await self._ctx.limited(
             "meta", d.location, lambda: d.target.manifest_exists(d.repository, desc)
         )
         if exists:
-            await ledger.record(
+            await self._ctx.ledger.record(
                 Confirmation(
                     "manifest",
                     "exists",

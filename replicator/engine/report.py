@@ -60,13 +60,17 @@ class FailureCause:
     """One failure of a run: what failed, the exit code of its kind, and which side.
 
     ``error`` is the kind of error (``AuthenticationError``, ``IntegrityError``...),
-    ``side`` is "source", "destination" or None when neither.
+    ``side`` is "source", "destination" or None when neither; for a registry's
+    error, ``code`` is its OCI error code and ``registry``/``repository`` say where.
     """
 
     message: str
     exit_code: int
     error: str
     side: str | None = None
+    code: str | None = None
+    registry: str | None = None
+    repository: str | None = None
 
 
 @dataclass(slots=True)
