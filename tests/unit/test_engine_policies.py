@@ -262,8 +262,9 @@ def test_a_rerun_against_a_filled_destination_reads_no_blob_and_sends_nothing(ap
         dst = MemoryTarget("dst.example", referrers_api=api)
         await rich_graph(src, "app", "v1")
         assert (await copy([job(src, "app", "v1", to(dst, "app", "v1"))])).ok
-        src.reset_stats()
-        dst.reset_stats()
+        for t in (src, dst):  # the re-run is another process
+            t.reset_stats()
+            t.restart_client()
         report = await copy([job(src, "app", "v1", to(dst, "app", "v1"))])
         assert report.ok, report.failures
         assert report.manifests_pushed == report.blobs_uploaded == report.tags_set == 0
@@ -475,7 +476,9 @@ def test_confirmations_in_the_ledger_let_a_second_engine_skip_the_work_they_reco
             for f in faults:
                 d.faults.remove(f)
             d.reset_stats()
+            d.restart_client()  # the second engine is another process
         src.reset_stats()
+        src.restart_client()
         resumed = await copy([job(src, "app", "v1", to(dsts[0], "app", "v1"))], ledger=ledgers[0])
         assert resumed.ok, resumed.failures
         assert (

@@ -349,6 +349,31 @@ def test_without_the_api_the_fallback_index_follows_pushes_deferrals_and_deletes
     run(main)
 
 
+def test_fallback_reads_cost_the_requests_they_cost_the_registry_target() -> None:
+    async def main() -> None:
+        t = MemoryTarget()
+        image = await put_image(t, "app", b"image", tags=("v1",))
+        bare = await put_image(t, "app", b"bare")
+        await put_image(t, "app", b"sig", subject=image, artifact_type=SIG)
+        t.reset_stats()
+        assert await t.referrers("app", bare) == [] and len(await t.referrers("app", image)) == 1
+        # One API probe, one tag listing, one read: of the one fallback tag that exists.
+        assert (t.stats.referrers, t.stats.tags, t.stats.manifest_get) == (1, 1, 1)
+        fresh = MemoryTarget()
+        probe = abilities_of(fresh).repository_probe
+        assert probe is not None and await probe.repository_is_new("app")
+        subject = await put_image(fresh, "app", b"image")
+        fresh.reset_stats()
+        await put_image(fresh, "app", b"sig", subject=subject, artifact_type=SIG)
+        assert fresh.stats.manifest_get == 0  # found new: the client knows its own index
+        fresh.restart_client()
+        await put_image(fresh, "app", b"sig2", subject=subject, artifact_type=SIG)
+        assert fresh.stats.manifest_get == 1  # a new client reads it first
+        assert len(await fresh.listed_referrers("app", subject)) == 2
+
+    run(main)
+
+
 def test_with_the_api_referrers_are_listed_by_subject_and_no_fallback_tag_is_kept() -> None:
     async def main() -> None:
         t = MemoryTarget(referrers_api=True)

@@ -20,7 +20,10 @@ Guarantees:
   unknown (``NAME_UNKNOWN``) until its first tag; a deleted manifest loses its tags.
 * Without the referrers API each subject's fallback index is kept under the tag
   ``sha256-<hex>``: updated on push unless ``defer_referrers``, one
-  read-modify-write at a time per subject, the replaced index deleted.
+  read-modify-write at a time per subject, the replaced index deleted.  Reading
+  one costs what it costs the registry target: a listing reads only fallback
+  tags that exist (the repository's tags listed once), and nothing is read back
+  in a repository ``repository_is_new`` found new.
 * Every request passes a checkpoint, so concurrent callers interleave as over a
   network.  ``requests`` logs each request and ``writes`` each committed change
   in order: tests read the order of confirmed writes there.

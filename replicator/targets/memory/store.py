@@ -236,6 +236,10 @@ class MemoryStore:
         self.requests.clear()
         self.writes.clear()
 
+    def restart_client(self) -> None:
+        """Forget what the client side learned, as a new process would; the content stays."""
+        self._pending.clear()
+
     @property
     def open_uploads(self) -> list[UploadProgress]:
         """Upload sessions still open (an interrupted chunked upload leaves one)."""

@@ -86,6 +86,8 @@ class MemoryTarget(MemoryStore):
         )
         self.referrers_api, self._local = referrers_api, is_local
         self._probed: set[str] = set()
+        self._new: set[str] = set()  # found new: this client knows every fallback tag there
+        self._listed: set[str] = set()  # tags listed once for the fallback listings
         self._index_locks: dict[tuple[str, str], anyio.Lock] = {}
 
     @property
@@ -100,6 +102,13 @@ class MemoryTarget(MemoryStore):
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+    def restart_client(self) -> None:
+        """Forget the referrers API answers, the repositories found new, the tag listings."""
+        super().restart_client()
+        self._probed.clear()
+        self._new.clear()
+        self._listed.clear()
 
     # ------------------------------------------------------------ manifests
 
@@ -236,10 +245,10 @@ class MemoryTarget(MemoryStore):
             await self._request("referrers", repository, mt.EMPTY_JSON_DIGEST)
         return self.referrers_api
 
-    async def _listing(self, repository: str, subject: str) -> list[Descriptor]:
+    async def _listing(self, repository: str, subject: str, *, listing: bool) -> list[Descriptor]:
         """The API's listing (from ``subject`` fields; one request) or the fallback index's."""
         if not self.referrers_api:
-            return (await self._index_read(repository, subject))[1]
+            return (await self._index_read(repository, subject, listing=listing))[1]
         await self._request("referrers", repository, subject)
         manifests = self.repo(repository).manifests.values()
         return [
@@ -254,12 +263,13 @@ class MemoryTarget(MemoryStore):
         """The API's listing, else the fallback index's entries as stored (they can be anything).
 
         The first listing of a repository asks the API (one ``referrers``); without
-        it, every listing then reads the fallback tag (one ``manifest_get``).
+        it the repository's tags are listed once (one ``tags``) and a fallback tag
+        is read (one ``manifest_get``) only where it exists.
         """
         if repository not in self._probed and not self.referrers_api:
             await self._api_supported(repository)
         self._probed.add(repository)
-        found = await self._listing(repository, desc.digest)
+        found = await self._listing(repository, desc.digest, listing=True)
         return [d for d in found if artifact_type in (None, d.artifact_type)]
 
     async def referrers_api_supported(self, repository: str) -> bool:
@@ -269,21 +279,34 @@ class MemoryTarget(MemoryStore):
     async def listed_referrers(self, repository: str, subject: Descriptor) -> frozenset[str]:
         """Digests listed for ``subject``: the API's listing, else the fallback index's."""
         await self._api_supported(repository)
-        return frozenset(d.digest for d in await self._listing(repository, subject.digest))
+        found = await self._listing(repository, subject.digest, listing=False)
+        return frozenset(d.digest for d in found)
 
     async def _index_read(
-        self, repository: str, subject: str
+        self, repository: str, subject: str, *, listing: bool = False
     ) -> tuple[str | None, list[Descriptor]]:
-        """The fallback index (digest, entries) of ``subject``; (None, []) if absent or no index."""
-        try:
-            desc, _ = await self.fetch_manifest(repository, referrers_tag(subject))
-        except NotFoundError:
+        """The fallback index (digest, entries) of ``subject``; (None, []) if absent or no index.
+
+        As the registry target reads it: in a repository found new, from what this
+        client wrote (no request); for a listing, only a tag that exists (the
+        repository's tags listed once); otherwise with one ``manifest_get``.
+        """
+        tag, known = referrers_tag(subject), repository in self._new
+        if listing and not known and repository not in self._listed:
+            self._listed.add(repository)
+            await self._request("tags", repository)
+        digest = self.repo(repository).tags.get(tag)
+        if not known and (digest is not None or not listing):
+            try:
+                digest = (await self.fetch_manifest(repository, tag))[0].digest
+            except NotFoundError:
+                return None, []
+        stored = self.repo(repository).manifests.get(digest) if digest is not None else None
+        if stored is None or stored.manifest.media_type != mt.OCI_INDEX:
+            if stored is not None:
+                log.warning("memory.fallback_index_ignored", target=self.name, tag=tag)
             return None, []
-        stored = self.repo(repository).manifests[desc.digest].manifest
-        if stored.media_type != mt.OCI_INDEX:
-            log.warning("memory.fallback_index_ignored", target=self.name, subject=subject)
-            return None, []
-        return desc.digest, stored.children()
+        return digest, stored.manifest.children()
 
     async def _index_change(
         self,
@@ -345,7 +368,10 @@ class _RepositoryProbe(MemoryTarget):
     async def repository_is_new(self, repository: str) -> bool:
         """True until the repository's first tag (``tags/list`` answers ``NAME_UNKNOWN``)."""
         await self._request("tags", repository)
-        return not self.repo(repository).named
+        new = not self.repo(repository).named
+        if new:
+            self._new.add(repository)
+        return new
 
 
 class _Catalog(MemoryTarget):
