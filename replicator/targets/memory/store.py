@@ -231,8 +231,9 @@ class MemoryStore:
         return sum(1 for r in self.requests if r.kind == kind and name in (None, r.name))
 
     def reset_stats(self) -> None:
-        """Count afresh: counters, request log and write log emptied."""
-        self.stats = RequestStats()
+        """Count afresh: counters (zeroed in place), request log and write log emptied."""
+        for kind in self.stats.as_dict():
+            setattr(self.stats, kind, 0)
         self.requests.clear()
         self.writes.clear()
 
@@ -340,7 +341,7 @@ class MemoryStore:
             raise
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._drop_session(session.location)
+                await self._drop_session(session.location, session.repository)
             raise
         return BlobPushResult("uploaded", len(data) + len(session.data) - start)
 
@@ -408,11 +409,12 @@ class MemoryStore:
             self._sessions.pop(session.location, None)
             raise IntegrityError(f"{self.name}/{session.repository}: {exc.message}") from None
 
-    async def _drop_session(self, location: str) -> None:
+    async def _drop_session(self, location: str, repository: str | None = None) -> None:
         """Cancel an upload session: one ``DELETE``, whose failure is ignored."""
         session = self._sessions.pop(location, None)
+        repository = repository or (session.repository if session else None)
         try:
-            await self._request("blob_upload_cancel", session.repository if session else None)
+            await self._request("blob_upload_cancel", repository)
         except ReplicatorError as exc:
             log.debug("memory.upload_cancel_failed", target=self.name, error=str(exc))
 

@@ -324,7 +324,11 @@ class MemoryTarget(MemoryStore):
         async with self._index_locks.setdefault((repository, subject), anyio.Lock()):
             old, entries = await self._index_read(repository, subject)
             listed = {e.digest for e in entries}
-            added = [d for d in dict.fromkeys(add) if d.digest not in listed]
+            added: list[Descriptor] = []
+            for d in add:
+                if d.digest not in listed:
+                    listed.add(d.digest)
+                    added.append(d)
             kept = [e for e in [*entries, *added] if e.digest not in remove]
             removed = len(entries) + len(added) - len(kept)
             if not added and not removed:
