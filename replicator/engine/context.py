@@ -11,8 +11,9 @@ uploads in flight (:class:`StopControl`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, TypeVar
 
 import anyio
@@ -79,6 +80,35 @@ class NodeVisit:
 
 #: Visits a node (the graph visitor's entry point, handed to the referrer walk).
 VisitNode = Callable[[NodeVisit], Awaitable[None]]
+
+
+async def run_bounded(calls: Iterable[Call], limit: int) -> None:
+    """Run ``calls`` concurrently, at most ``limit`` at a time, and wait for them all.
+
+    The calls are taken from the iterable as workers free up, so thousands of
+    referrers of one subject (or tags of one run) cost ``limit`` tasks in
+    flight, not one task each: memory stays bounded by what is in flight.
+    Bounding a level of the walk cannot deadlock: a call only ever waits for
+    work its own subtree started or that a running call claimed.
+    """
+    it = iter(calls)
+    head = list(islice(it, max(1, limit)))
+    if not head:
+        return
+    if len(head) == 1:
+        await head[0]()
+        for call in it:
+            await call()
+        return
+
+    async def worker(first: Call) -> None:
+        await first()
+        for call in it:
+            await call()
+
+    async with anyio.create_task_group() as tg:
+        for first in head:
+            tg.start_soon(worker, first)
 
 
 class StopControl:
@@ -179,6 +209,11 @@ class RunContext:
     async def limited(self, kind: Kind, location: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` while holding a ``kind`` slot at ``location``."""
         return await self.limits.call(kind, location, fn, self.signals.get(location))
+
+    @property
+    def fanout(self) -> int:
+        """How many siblings (referrers of one node, jobs of a run) are walked at once."""
+        return max(8, 2 * self.limits.settings.concurrency)
 
     def is_local(self, endpoint: Endpoint) -> bool:
         """Whether asking ``endpoint``'s store costs no request."""

@@ -31,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 
-from replicator.engine.context import RunContext
+from replicator.engine.context import RunContext, run_bounded
 from replicator.engine.events import CopyObserver, NullObserver
 from replicator.engine.jobs import CopyJob, CopyOptions, DependencyFailed, Destination, Endpoint
 from replicator.engine.ledger import DurableLedger, Ledger, MemoryLedger
@@ -81,10 +82,15 @@ class _Pass:
     async def run(self, jobs: Sequence[CopyJob], results: list[JobResult]) -> None:
         """Visit every job, then tag those that waited for shared work."""
         deferred: list[Deferred] = []
-        async with anyio.create_task_group() as tg:
-            self.ctx.cancel_scope = tg.cancel_scope
-            for job, result in zip(jobs, results, strict=True):
-                tg.start_soon(self.jobs.run, job, result, deferred)
+        with anyio.CancelScope() as scope:
+            self.ctx.cancel_scope = scope
+            await run_bounded(
+                (
+                    partial(self.jobs.run, job, result, deferred)
+                    for job, result in zip(jobs, results, strict=True)
+                ),
+                self.ctx.fanout,
+            )
         for job, result, root in deferred:
             await self.tagger.finish_job(job, result, root, final=True)
 

@@ -2,6 +2,11 @@
 
 The first task that needs a thing *claims* its :class:`Once` and does the work;
 every other task awaits the same result instead of repeating the request.
+
+A run holds one cell per node and destination (and per blob), most of them
+settled before anyone waits on them: the event that wakes waiters is made only
+when a task actually has to wait, so a settled cell costs a small object and
+no event.
 """
 
 from __future__ import annotations
@@ -16,35 +21,38 @@ class Once:
 
     ``claimed`` is a flag for the task that took responsibility for setting it;
     later :meth:`set` calls are ignored, so a cleanup path can set an error
-    without overwriting a result.
+    without overwriting a result.  Waiting on a settled cell returns at once.
     """
 
-    __slots__ = ("claimed", "error", "event", "value")
+    __slots__ = ("_event", "claimed", "done", "error", "value")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self._event: anyio.Event | None = None
         self.error: BaseException | None = None
         self.value: Any = None
         self.claimed = False
+        #: True once an outcome is recorded.
+        self.done = False
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         """Record the outcome (first call wins) and wake the waiters."""
-        if not self.event.is_set():
+        if not self.done:
             self.value = value
             self.error = error
-            self.event.set()
-
-    @property
-    def done(self) -> bool:
-        """True once an outcome is recorded."""
-        return self.event.is_set()
+            self.done = True
+            if self._event is not None:
+                self._event.set()
+                self._event = None
 
     @property
     def ok(self) -> bool:
         """True once a successful outcome is recorded."""
-        return self.event.is_set() and self.error is None
+        return self.done and self.error is None
 
     async def wait(self) -> BaseException | None:
         """Wait for the outcome; return its error (None on success)."""
-        await self.event.wait()
+        if not self.done:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
         return self.error

@@ -28,7 +28,14 @@ from dataclasses import replace
 from functools import partial
 
 from replicator.engine.commit import record_indexed
-from replicator.engine.context import NodeVisit, RunContext, VisitNode, mark_side, run_all
+from replicator.engine.context import (
+    NodeVisit,
+    RunContext,
+    VisitNode,
+    mark_side,
+    run_all,
+    run_bounded,
+)
 from replicator.engine.jobs import Endpoint
 from replicator.engine.presence import Presence
 from replicator.engine.sources import SourceReader
@@ -85,11 +92,12 @@ class ReferrerWalker:
             listed = await self._presence.listed_at(dests, desc, fresh)
         selected: list[Descriptor] = []
         child = partial(self._maybe_walk_one, src, dests, depth, desc, key, fresh, selected)
-        await run_all(
-            [
+        await run_bounded(
+            (
                 partial(child, r, frozenset(k for k, ds in listed.items() if r.digest in ds))
                 for r in walked
-            ]
+            ),
+            self._ctx.fanout,
         )
         if selected:
             await run_all(

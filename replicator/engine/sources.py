@@ -49,7 +49,7 @@ class SourceReader:
 
     def seed(self, key: SourceNode, manifest: Manifest) -> None:
         """Remember a manifest read (or built) elsewhere, so it is not read again."""
-        cell(self._state.manifests, key).set(manifest)
+        cell(self._state.manifests, key).set((manifest.raw, manifest.media_type))
 
     def is_read(self, key: SourceNode) -> bool:
         """True when the manifest of ``key`` was read successfully already."""
@@ -70,15 +70,17 @@ class SourceReader:
                 got, raw = await self._ctx.limited(
                     "meta", src.location, lambda: src.target.fetch_manifest(src.repository, desc)
                 )
-                once.set(parse_source(raw, got.media_type or desc.media_type, src))
+                manifest = parse_source(raw, got.media_type or desc.media_type, src)
             except BaseException as exc:
                 once.set(error=exc)
                 raise
+            once.set((manifest.raw, manifest.media_type))
+            return manifest
         error = await once.wait()
         if error is not None:
             raise error
-        value: Manifest = once.value
-        return value
+        raw, media_type = once.value
+        return parse_source(raw, media_type, src)
 
     async def referrers(self, src: Endpoint, desc: Descriptor) -> list[Descriptor]:
         """The referrer listing of ``desc`` at the source, read at most once per run.

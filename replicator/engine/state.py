@@ -90,7 +90,7 @@ def cell(table: dict[K, Once], key: K) -> Once:
 class RunState:
     """Every table of one run (see the module doc for the keys)."""
 
-    #: Source manifests read (parsed), once each.
+    #: Source manifests read, once each: their exact bytes and media type.
     manifests: dict[SourceNode, Once] = field(default_factory=dict)
     #: Referrer listings read at the source, once each.
     referrer_lists: dict[SourceNode, Once] = field(default_factory=dict)
@@ -124,7 +124,6 @@ class RunState:
     unindexed: set[DestNode] = field(default_factory=set)
 
     def edge(self, parent: SourceNode | None, node: SourceNode) -> None:
-        """Record ``node`` (under ``parent``, when given) in the discovered graph."""
+        """Record ``node`` under ``parent`` in the discovered graph (a root has none)."""
         if parent is not None:
             self.edges.setdefault(parent, set()).add(node)
-        self.edges.setdefault(node, set())
