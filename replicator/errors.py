@@ -25,6 +25,7 @@ Tree and exit codes (documented in the README too)::
     ├── LayoutError                     7  an OCI image layout on disk is malformed
     ├── JournalError                    8  the resume journal cannot be used
     ├── IncompleteCopyError             9  a copy finished but something selected is missing
+    ├── GateRefusedError               10  a promotion gate refused a graph (a required referrer is missing)
     └── Interrupted                    75  stopped by SIGTERM/SIGINT; rerun to resume
 
 Errors raised while copying carry ``side`` ("source" or "destination") so the
@@ -45,6 +46,7 @@ EXIT_INTEGRITY = 6
 EXIT_REGISTRY = 7
 EXIT_JOURNAL = 8
 EXIT_INCOMPLETE = 9
+EXIT_REFUSED = 10
 EXIT_INTERRUPTED = 75
 
 _MAX_DETAIL = 300
@@ -196,3 +198,9 @@ class Interrupted(ReplicatorError):
     """The run was stopped by a signal; the journal is flushed and a rerun resumes."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class GateRefusedError(ReplicatorError):
+    """A promotion gate refused a graph: a referrer of a required type is missing at the source."""
+
+    exit_code = EXIT_REFUSED

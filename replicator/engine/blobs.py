@@ -165,6 +165,10 @@ class BlobMover:
         ]
         if src.location == d.location and src.repository != d.repository:
             candidates.append(src.repository)
+        if candidates and self._ctx.options.plan:
+            self._ctx.planned("mount", str(d), blob.digest, blob.size)
+            await self._confirm(d, blob, "mounted")
+            return True
         for repo in dict.fromkeys(candidates):
             try:
                 mounted = await self._ctx.limited(
@@ -191,6 +195,11 @@ class BlobMover:
 
     async def _upload(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
         """Stream the blob from the source to every destination, reading it once."""
+        if self._ctx.options.plan:
+            for d in dests:
+                self._ctx.planned("upload", str(d), blob.digest, blob.size)
+                await self._confirm(d, blob, "uploaded")
+            return
         self._ctx.observer.blob_started(blob, len(dests))
         locations = [src.location, *(d.location for d in dests)]
         signals = {loc: self._ctx.signals[loc] for loc in locations if loc in self._ctx.signals}

@@ -117,6 +117,11 @@ class ManifestCommitter:
         defer: bool,
     ) -> PushResult:
         push_desc = Descriptor(manifest.media_type, desc.digest, len(manifest.raw))
+        if self._ctx.options.plan:
+            self._ctx.planned("push", str(d), desc.digest, len(manifest.raw))
+            for tag in tags:
+                self._ctx.planned("tag", str(d), desc.digest, tag=tag)
+            return PushResult(push_desc, referrers_updated=False)
 
         async def push() -> PushResult:
             return await self._ctx.limited(

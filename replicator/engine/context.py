@@ -22,10 +22,10 @@ import structlog
 from replicator.engine.events import CopyObserver
 from replicator.engine.jobs import CopyOptions, DependencyFailed, Endpoint
 from replicator.engine.limits import Kind, Limits, Signal
-from replicator.engine.report import CopyReport, FailureCause
+from replicator.engine.report import CopyReport, FailureCause, PlannedWrite
 from replicator.engine.state import DestRepo, RunState, SourceNode
 from replicator.engine.trust import LedgerView
-from replicator.errors import EXIT_INCOMPLETE, RegistryError, ReplicatorError
+from replicator.errors import EXIT_INCOMPLETE, EXIT_REFUSED, RegistryError, ReplicatorError
 from replicator.oci.descriptor import Descriptor
 from replicator.targets.base import Abilities, Target, abilities_of
 
@@ -199,6 +199,19 @@ class RunContext:
         _log.error("engine.copy_failed", reason=message)
         if not self.options.keep_going and self.cancel_scope is not None:
             self.cancel_scope.cancel()
+
+    def refuse(self, message: str) -> None:
+        """Record a promotion gate's refusal: exit 10 unless something failed; the run goes on."""
+        self.report.causes.append(FailureCause(message, EXIT_REFUSED, "GateRefusedError"))
+        _log.warning("engine.gate_refused", reason=message)
+
+    def planned(
+        self, action: str, destination: str, digest: str, size: int = 0, tag: str | None = None
+    ) -> None:
+        """Note a write a dry run would make (``CopyOptions.plan``)."""
+        self.report.planned.append(PlannedWrite(action, destination, digest, size, tag))
+        if action == "upload":
+            self.report.planned_bytes += size
 
     def warn(self, message: str) -> None:
         """Record a warning once and tell the observer."""

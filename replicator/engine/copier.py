@@ -42,13 +42,13 @@ from replicator.engine.ledger import DurableLedger, Ledger, MemoryLedger
 from replicator.engine.limits import Limits, Signal
 from replicator.engine.nodes import GraphVisitor
 from replicator.engine.presence import Presence
-from replicator.engine.report import CopyReport, JobResult
+from replicator.engine.report import OK_STATUSES, CopyReport, JobResult
 from replicator.engine.roots import Deferred, JobRunner
 from replicator.engine.sources import SourceReader
 from replicator.engine.state import DestRepo
 from replicator.engine.tagging import Tagger
-from replicator.engine.trust import LedgerView
-from replicator.errors import IncompleteCopyError, ReplicatorError
+from replicator.engine.trust import LedgerView, OverlayLedger
+from replicator.errors import GateRefusedError, IncompleteCopyError, ReplicatorError
 from replicator.targets.base import CountsRequests, Target
 
 __all__ = [
@@ -110,7 +110,9 @@ class CopyEngine:
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.limits = limits or Limits()
         self.observer: CopyObserver = observer or NullObserver()
-        self._view = LedgerView(self.ledger, distrust_all=self.options.deep_check)
+        # A dry run reads the ledger but records nothing in it.
+        inner: Ledger = OverlayLedger(self.ledger) if self.options.plan else self.ledger
+        self._view = LedgerView(inner, distrust_all=self.options.deep_check)
         self._pass = _Pass(RunContext(self.options, self._view, self.limits, self.observer))
         self.report: CopyReport = self._pass.ctx.report
         self._root_error: ReplicatorError | None = None
@@ -176,7 +178,7 @@ class CopyEngine:
         contradicted = self._contradicted()
         if contradicted and not self.stopping:
             await self._repair_pass(jobs, results, contradicted)
-        if isinstance(self.ledger, DurableLedger):
+        if isinstance(self.ledger, DurableLedger) and not self.options.plan:
             # The run's confirmations are committed before it returns: whoever
             # reads the journal next (leftover upload sessions) sees them all.
             with contextlib.suppress(ReplicatorError):
@@ -207,7 +209,11 @@ class CopyEngine:
             self._view.distrust(repo)
         first = self.report
         self._root_error = self._pass.jobs.root_error
-        again = [(j, r) for j, r in zip(jobs, results, strict=True) if r.status != "copied"]
+        again = [
+            (j, r)
+            for j, r in zip(jobs, results, strict=True)
+            if r.status not in OK_STATUSES and r.status != "refused"
+        ]
         retry_results = [
             JobResult(source=j.display, destinations=[d.display for d in j.destinations])
             for j, _ in again
@@ -281,9 +287,14 @@ def raise_for_report(report: CopyReport, root_error: ReplicatorError | None = No
     """
     if report.ok:
         return
-    failed = [j for j in report.jobs if j.status != "copied"]
+    failed = [j for j in report.jobs if j.status not in OK_STATUSES]
     if root_error is not None and all(j.source_digest is None for j in failed):
         raise root_error
+    if failed and not report.failures and all(j.status == "refused" for j in failed):
+        raise GateRefusedError(
+            f"{len(failed)} of {len(report.jobs)} job(s) refused by the promotion gate; "
+            f"first: {failed[0].error}"
+        )
     cause = report.most_severe_cause()
     what: str | None
     if cause is not None:

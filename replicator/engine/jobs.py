@@ -9,6 +9,7 @@ digest in one repository) with the graph selected under it to every
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from replicator.engine.state import DestRepo
 from replicator.errors import IncompleteCopyError, ReplicatorError
@@ -40,28 +41,54 @@ class Endpoint:
         return f"{self.location}/{self.repository}"
 
 
+#: What to do with a destination tag that already exists (see :class:`Destination`).
+Overwrite = Literal["if-changed", "never", "always"]
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where a job writes: an endpoint and the tags to set there once complete.
 
     ``digest`` is set when the user named the destination by digest: the copy
     then fails unless the root copied has that digest.
+
+    ``overwrite``: ``if-changed`` (default) moves a tag that points elsewhere and
+    leaves one already on the root alone (it also proves the root's graph
+    present there); ``never`` leaves a tag that points elsewhere in place and
+    reports it (a destination whose every tag is kept gets nothing copied);
+    ``always`` writes every tag even when it already points at the root, and
+    takes no tag as proof of what is under it (every manifest is asked about).
+
+    ``backup``: a template with ``{tag}`` (e.g. ``{tag}-previous``): before a tag
+    that points elsewhere is moved, its old manifest is tagged with the
+    template's name, in the same run.
     """
 
     endpoint: Endpoint
     tags: tuple[str, ...] = ()
     digest: str | None = None
     display: str = ""
+    overwrite: Overwrite = "if-changed"
+    backup: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CopyJob:
-    """Copy the graph of ``reference`` (tag or digest) in ``source`` to every destination."""
+    """Copy the graph of ``reference`` (tag or digest) in ``source`` to every destination.
+
+    ``require``: a promotion gate — artifact types (globs, as the referrer
+    filters take) of which the root must have at least one genuine referrer at
+    the source; checked before anything is written for this job, a root
+    lacking one is refused (``GateRefusedError``, exit 10) with the missing types.
+    ``name``: the job it belongs to (a sync job's name), for reports.
+    """
 
     source: Endpoint
     reference: str
     destinations: tuple[Destination, ...]
     display: str = ""
+    require: tuple[str, ...] = ()
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +108,12 @@ class CopyOptions:
     them present).  A manifest deleted out of band from under such an index
     is then not noticed; a deep check finds and copies it again, at one
     request per manifest.
+
+    ``plan``: a dry run.  The destinations are asked what they hold (read-only
+    requests), but nothing is written to any store and no blob is read: every
+    upload, mount, manifest push, referrers-index update and tag that the run
+    would make is recorded in the report's ``planned`` list instead, and
+    counted as if done, so the report says what a real run would do.
     """
 
     filter: GraphFilter = field(default_factory=GraphFilter)
@@ -89,6 +122,7 @@ class CopyOptions:
     probe_threshold: int = 1024 * 1024
     fanout_buffer: int = 4
     deep_check: bool = False
+    plan: bool = False
 
 
 class DependencyFailed(ReplicatorError):

@@ -212,6 +212,10 @@ class ReferrerWalker:
             return
         if not pushed and listed is not None and all(r.digest in listed for r in found):
             return
+        if self._ctx.options.plan:
+            self._ctx.planned("index", str(d), subject.digest)
+            self._ctx.report.referrer_indexes_updated += 1
+            return
         try:
             added = await self._ctx.limited(
                 "meta",

@@ -21,28 +21,35 @@ from replicator.errors import (
     EXIT_JOURNAL,
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
+    EXIT_REFUSED,
     EXIT_REGISTRY,
     EXIT_USAGE,
 )
 
-JobStatus = Literal["copied", "failed", "pending"]
+JobStatus = Literal["copied", "up-to-date", "kept", "refused", "failed", "pending"]
+
+#: Job outcomes that leave the run successful.
+OK_STATUSES = frozenset({"copied", "up-to-date", "kept"})
 
 #: Exit codes of a run's failure causes, most severe first: the run exits with
 #: the first of these that any cause has.  What needs a person to change
 #: something (the command, credentials; content that does not verify; a journal
 #: that cannot be used) comes before what may pass on a rerun (a missing
 #: manifest, a registry's error, the network); a failure without a more
-#: specific cause is "incomplete" (9).
+#: specific cause is "incomplete" (9); a promotion gate's refusal (10) is a
+#: policy's answer, not a fault, and counts only when nothing failed.
 SEVERITY: tuple[int, ...] = (
     EXIT_USAGE,
     EXIT_AUTH,
     EXIT_INTEGRITY,
     EXIT_JOURNAL,
     EXIT_NOT_FOUND,
+    EXIT_REFUSED,
     EXIT_REGISTRY,
     EXIT_NETWORK,
     EXIT_FAILURE,
     EXIT_INCOMPLETE,
+    EXIT_REFUSED,
 )
 
 
@@ -73,6 +80,17 @@ class FailureCause:
     repository: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedWrite:
+    """One write a dry run would make: ``upload``, ``mount``, ``push``, ``index``, ``tag``, ``backup``."""
+
+    action: str
+    destination: str
+    digest: str
+    size: int = 0
+    tag: str | None = None
+
+
 @dataclass(slots=True)
 class JobResult:
     """The outcome of one ``SRC -> DST...`` pair.
@@ -80,6 +98,13 @@ class JobResult:
     ``digest`` is the root copied to the destinations (differs from
     ``source_digest`` only when a platform filter rebuilt an index, see
     ``note``).  ``missing`` counts selected nodes absent at some destination.
+
+    What the job changed (or, in a dry run, would change): ``new_manifests``
+    (manifests of its graph pushed, per destination), ``new_referrers`` (of
+    those, referrers), ``root_new`` (the root itself was pushed somewhere),
+    ``tags`` (set or confirmed), ``tags_moved`` (written), ``kept`` (tags left
+    pointing elsewhere: ``overwrite: never``), ``backups`` (``tag -> digest``
+    kept before a move), ``refused`` (required referrer types missing).
     """
 
     source: str
@@ -92,6 +117,14 @@ class JobResult:
     note: str | None = None
     error: str | None = None
     missing: int = 0
+    name: str = ""
+    new_manifests: int = 0
+    new_referrers: int = 0
+    root_new: bool = False
+    tags_moved: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    backups: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -118,11 +151,14 @@ class CopyReport:
     limits: dict[str, int] = field(default_factory=dict)
     wall_time: float = 0.0
     jobs: list[JobResult] = field(default_factory=list)
+    #: A dry run: every write the run would make (``CopyOptions.plan``).
+    planned: list[PlannedWrite] = field(default_factory=list)
+    planned_bytes: int = 0
 
     @property
     def ok(self) -> bool:
         """True when every job copied its whole selected graph to every destination."""
-        return not self.failures and all(j.status == "copied" for j in self.jobs)
+        return not self.failures and all(j.status in OK_STATUSES for j in self.jobs)
 
     @property
     def exit_code(self) -> int:

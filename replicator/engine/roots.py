@@ -18,17 +18,20 @@ a built root has no referrers of its own.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 import anyio
 
 from replicator.engine.context import NodeVisit, RunContext, mark_side
-from replicator.engine.jobs import CopyJob
+from replicator.engine.jobs import CopyJob, Endpoint
 from replicator.engine.nodes import GraphVisitor
 from replicator.engine.presence import Presence
 from replicator.engine.report import JobResult
 from replicator.engine.sources import SourceReader, descriptor_of, parse_source, source_node
-from replicator.engine.state import DestNode
+from replicator.engine.state import DestNode, DestTag
 from replicator.engine.tagging import Tagger
 from replicator.errors import ReplicatorError, UsageError
+from replicator.graph import rules
 from replicator.graph.filters import is_docker_attestation
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
@@ -59,11 +62,14 @@ class JobRunner:
 
     async def run(self, job: CopyJob, result: JobResult, deferred: list[Deferred]) -> None:
         """Copy ``job``'s graph; tag now, or append to ``deferred`` to tag at the end."""
+        result.name = job.name
         root = await self._read_root(job, result)
         if root is None:
             return
         result.source_digest = root.digest
         self._sources.seed(source_node(job.source, root.digest), root)
+        if job.require and not await self._gate(job, result, root):
+            return
         selected = await self._apply_platforms(job, result, root)
         if selected is None:
             return
@@ -72,7 +78,7 @@ class JobRunner:
         result.media_type = root.media_type
         if not self._digest_matches(job, result, root):
             return
-        await self._visit_root(job, root)
+        await self._visit_root(job, result, root)
         if not await self._tagger.finish_job(job, result, root, final=False):
             deferred.append((job, result, root))
 
@@ -111,24 +117,100 @@ class JobRunner:
                 return False
         return True
 
-    async def _visit_root(self, job: CopyJob, root: Manifest) -> None:
+    async def _visit_root(self, job: CopyJob, result: JobResult, root: Manifest) -> None:
         src = job.source
         root_desc = descriptor_of(root)
         key = source_node(src, root.digest)
-        for d in job.destinations:
-            if d.tags:
-                ep = d.endpoint
-                self._ctx.state.root_tags.setdefault(
-                    DestNode(ep.location, ep.repository, root.digest), d.tags
-                )
-        dests = [d.endpoint for d in job.destinations]
         async with anyio.create_task_group() as tg:
             # The root's referrers are listed at the source while the destinations
             # are asked where their tags point and whether they hold the root.
             if self._visitor.referrers.follows(key, 0):
                 tg.start_soon(self._sources.prefetch_referrers, src, root_desc)
-            implied = await self._tagger.check_tags(job, root_desc)
-            await self._visitor.visit(NodeVisit(src, root_desc, dests, 0, implied=implied))
+            checked = await self._tagger.check_tags(job, result, root_desc)
+            if checked.skipped:
+                self._ctx.state.skipped_dests[key] = checked.skipped
+            self._note_direct_tags(job, root)
+            dests = [d.endpoint for d in job.destinations if d.endpoint.key not in checked.skipped]
+            if dests:
+                visit = NodeVisit(src, root_desc, dests, 0, implied=checked.implied)
+                await self._visitor.visit(visit)
+
+    def _note_direct_tags(self, job: CopyJob, root: Manifest) -> None:
+        """The tags a complete root may be pushed under directly (one request, not two).
+
+        Not under ``overwrite: always`` (the tag is written on its own), not a
+        kept tag, and not where a tag that points elsewhere must be backed up
+        first.
+        """
+        state = self._ctx.state
+        for d in job.destinations:
+            ep = d.endpoint
+            if not d.tags or d.overwrite == "always":
+                continue
+            wheres = [DestTag(ep.location, ep.repository, t) for t in d.tags]
+            if d.backup and any(w in state.previous_tags for w in wheres):
+                continue
+            tags = tuple(w.tag for w in wheres if w not in state.kept_tags)
+            if tags:
+                state.root_tags.setdefault(DestNode(ep.location, ep.repository, root.digest), tags)
+
+    async def _gate(self, job: CopyJob, result: JobResult, root: Manifest) -> bool:
+        """The promotion gate: the root must have a genuine referrer of each required type.
+
+        Checked on the source root (an index's signature is attached to the
+        index, also when a platform filter copies less of it), before anything
+        is written for the job.  A refused job is reported with the missing
+        types; the other jobs of the run go on.
+        """
+        src = job.source
+        root_desc = descriptor_of(root)
+        try:
+            listing = await self._sources.referrers(src, root_desc)
+        except ReplicatorError as exc:
+            mark_side(exc, "source")
+            result.status = "failed"
+            result.error = str(exc)
+            self._ctx.fail(f"{job.display}: referrers for the promotion gate: {exc}", exc)
+            return False
+        found = await self._admitted_types(src, root, listing, job.require)
+        missing = [p for p in job.require if not any(fnmatchcase(t, p) for t in found)]
+        if not missing:
+            return True
+        result.status = "refused"
+        result.refused = missing
+        result.error = (
+            f"{job.display}: refused by the promotion gate: no referrer of type "
+            + ", ".join(missing)
+        )
+        self._ctx.refuse(result.error)
+        return False
+
+    async def _admitted_types(
+        self, src: Endpoint, root: Manifest, listing: list[Descriptor], wanted: tuple[str, ...]
+    ) -> set[str]:
+        """Artifact types of the root's genuine referrers that a required pattern may match.
+
+        A listing entry is believed only when the source serves the referrers
+        API; otherwise the referrer's own manifest must name the root as its
+        subject (a forged fallback index must not open the gate).  Entries
+        without an artifact type are read to learn theirs.
+        """
+        api = await self._sources.has_referrers_api(src)
+        types: set[str] = set()
+        for r in rules.referrer_candidates(root.digest, listing).kept:
+            kind = r.artifact_type
+            if kind is not None and not any(fnmatchcase(kind, p) for p in wanted):
+                continue
+            if kind is not None and api:
+                types.add(kind)
+                continue
+            try:
+                manifest = await self._sources.manifest(src, r)
+            except ReplicatorError:
+                continue  # an unreadable referrer does not count; the walk reports it
+            if (api or rules.names_subject(manifest, root.digest)) and manifest.artifact_type:
+                types.add(manifest.artifact_type)
+        return types
 
     async def _apply_platforms(
         self, job: CopyJob, result: JobResult, root: Manifest

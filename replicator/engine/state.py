@@ -116,12 +116,22 @@ class RunState:
     current_tags: dict[DestTag, str] = field(default_factory=dict)
     #: Tags a root may be pushed under directly.
     root_tags: dict[DestNode, tuple[str, ...]] = field(default_factory=dict)
+    #: Where destination tags pointed before this run moved them (for backups).
+    previous_tags: dict[DestTag, str] = field(default_factory=dict)
+    #: Tags left pointing elsewhere (``overwrite: never``).
+    kept_tags: set[DestTag] = field(default_factory=set)
+    #: Per job root: destinations whose every tag is kept (nothing copied there).
+    skipped_dests: dict[SourceNode, frozenset[DestRepo]] = field(default_factory=dict)
     #: Tags written together with their root's push.
     pushed_tags: set[DestTag] = field(default_factory=set)
     #: Visits whose referrer walk finished without error.
     referrers_walked: set[Visit] = field(default_factory=set)
     #: Referrers pushed with their index update deferred to the subject's relist.
     unindexed: set[DestNode] = field(default_factory=set)
+
+    def skipped(self, root: SourceNode) -> frozenset[DestRepo]:
+        """Destinations of the job rooted at ``root`` that get nothing (all tags kept)."""
+        return self.skipped_dests.get(root, frozenset())
 
     def edge(self, parent: SourceNode | None, node: SourceNode) -> None:
         """Record ``node`` under ``parent`` in the discovered graph (a root has none)."""

@@ -20,7 +20,13 @@ their confirmed offset before they continue.
 
 from __future__ import annotations
 
-from replicator.engine.ledger import Confirmation, DurableLedger, Ledger, RepairableLedger
+from replicator.engine.ledger import (
+    Confirmation,
+    DurableLedger,
+    Ledger,
+    MemoryLedger,
+    RepairableLedger,
+)
 from replicator.engine.state import DestRepo
 from replicator.targets.base import UploadProgress
 
@@ -121,3 +127,50 @@ class LedgerView:
         self.hidden += 1
         if isinstance(self.inner, RepairableLedger):
             await self.inner.forget(location, repository, digest)
+
+
+class OverlayLedger:
+    """A read-only view of a ledger with this run's records kept apart (dry runs).
+
+    Lookups see what the inner ledger knows (a resumed run's journal: a dry run
+    plans what is left) and what this run recorded; records never reach the
+    inner ledger, so a dry run leaves the journal as it was.
+    """
+
+    def __init__(self, inner: Ledger) -> None:
+        self.inner = inner
+        self.own = MemoryLedger()
+
+    async def record(self, confirmation: Confirmation) -> None:
+        """Keep the confirmation in memory only."""
+        await self.own.record(confirmation)
+
+    async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
+        """This run's record, else the inner ledger's."""
+        found = await self.own.lookup(location, repository, digest)
+        return found if found is not None else await self.inner.lookup(location, repository, digest)
+
+    async def locate(self, location: str, digest: str) -> list[str]:
+        """Repositories known to hold the blob, this run's first."""
+        repos = await self.own.locate(location, digest)
+        return repos + [r for r in await self.inner.locate(location, digest) if r not in repos]
+
+    async def tagged(self, location: str, repository: str, tag: str) -> str | None:
+        """This run's tag record, else the inner ledger's."""
+        found = await self.own.tagged(location, repository, tag)
+        return found if found is not None else await self.inner.tagged(location, repository, tag)
+
+    async def record_progress(
+        self, location: str, progress: UploadProgress, *, durable: bool = True
+    ) -> None:
+        """Nothing is uploaded in a dry run: ignored."""
+
+    async def upload_progress(
+        self, location: str, repository: str, digest: str
+    ) -> UploadProgress | None:
+        """No session is continued in a dry run."""
+        return None
+
+    async def forget(self, location: str, repository: str, digest: str) -> None:
+        """Forget this run's record only."""
+        await self.own.forget(location, repository, digest)
