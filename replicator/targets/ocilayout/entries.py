@@ -7,6 +7,24 @@ Tags.  One layout holds many repositories.  A tag of the repository ``""`` is
 stored as the plain tag (``ref.name`` = ``v1``, what skopeo and oras write for
 ``oci:PATH:v1``); a tag of any other repository as ``<repository>:<tag>``.
 
+The ``artifactType`` of an entry.  The image-spec describes a descriptor's
+``artifactType`` as the type of an artifact *when the descriptor points to an
+artifact*, and names the config media type as that type for an image manifest
+used as an artifact; its artifact guidance says such a config type is not an
+image config type.  So an entry gets:
+
+1. the manifest's (or index's) own ``artifactType`` when it declares one;
+2. else, for an image manifest whose config media type is neither an image
+   config (``application/vnd.oci.image.config.v1+json``, Docker's
+   ``application/vnd.docker.container.image.v1+json``) nor the empty
+   descriptor's, that config media type (an artifact such as a Helm chart
+   that says what it is through its config);
+3. else none: a plain container image, an index without one.
+
+The referrers listing is a different rule (the referrers API's: the
+``artifactType``, else the config media type, also for images) and is kept in
+:attr:`ManifestInfo.artifact_type`.
+
 Listing.  Untagged manifest pushes are listed without a ``ref.name``, so
 nothing pushed is lost.  When an index is pushed, the untagged entries of its
 children are dropped again (the index reaches them) unless they are referrers
@@ -17,28 +35,37 @@ its last entry that way is kept as an untagged entry.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from replicator.errors import InputError
+from replicator.oci import mediatype
 from replicator.oci.descriptor import Descriptor
-from replicator.oci.manifest import parse_manifest
+from replicator.oci.manifest import Manifest, parse_manifest
 from replicator.oci.reference import TAG_RE
 from replicator.targets.ocilayout.index_store import IndexMutation
 
 #: Annotation that names a tag in ``index.json``.
 REF_NAME = "org.opencontainers.image.ref.name"
 
+_IMAGE_CONFIG_TYPES = frozenset({mediatype.OCI_CONFIG, mediatype.DOCKER_CONFIG})
+
 
 @dataclass(frozen=True, slots=True)
 class ManifestInfo:
-    """What the target remembers about a parsed manifest (content never changes)."""
+    """What the target remembers about a parsed manifest (content never changes).
+
+    ``artifact_type`` follows the referrers listing rule, ``listed_type`` the
+    ``index.json`` entry rule (see the module docstring).
+    """
 
     media_type: str
     size: int
     subject: str | None
     artifact_type: str | None
+    listed_type: str | None
     annotations: Mapping[str, str] | None
     children: frozenset[str]
 
@@ -51,9 +78,32 @@ def manifest_info(raw: bytes, media_type: str | None) -> ManifestInfo:
         size=len(raw),
         subject=manifest.subject.digest if manifest.subject else None,
         artifact_type=manifest.artifact_type,
+        listed_type=listed_artifact_type(manifest),
         annotations=dict(manifest.annotations) if manifest.annotations else None,
         children=frozenset(c.digest for c in manifest.children()),
     )
+
+
+def listed_artifact_type(manifest: Manifest) -> str | None:
+    """The ``artifactType`` of ``manifest``'s ``index.json`` entry (module docstring rule)."""
+    declared = _declared_artifact_type(manifest)
+    if declared:
+        return declared
+    config = manifest.config
+    if config is None or config.media_type in _IMAGE_CONFIG_TYPES:
+        return None
+    if config.media_type == mediatype.OCI_EMPTY:
+        return None
+    return config.media_type
+
+
+def _declared_artifact_type(manifest: Manifest) -> str | None:
+    found = manifest.artifact_type
+    if found is None or manifest.config is None or found != manifest.config.media_type:
+        return found
+    # The parser fills in the config type when the field is absent: look.
+    value = json.loads(manifest.raw).get("artifactType")
+    return value if isinstance(value, str) and value else None
 
 
 def entry_ref_name(entry: Mapping[str, Any]) -> str | None:
@@ -99,8 +149,8 @@ def index_entry(digest: str, info: ManifestInfo, ref_name: str | None) -> dict[s
         "digest": digest,
         "size": info.size,
     }
-    if info.artifact_type:
-        entry["artifactType"] = info.artifact_type
+    if info.listed_type:
+        entry["artifactType"] = info.listed_type
     if ref_name is not None:
         entry["annotations"] = {REF_NAME: ref_name}
     return entry

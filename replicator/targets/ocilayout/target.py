@@ -214,10 +214,7 @@ class OCILayoutTarget:
                 )
         info = await self._parse_unlisted(repository, reference, size)
         return Descriptor(
-            media_type=info.media_type,
-            digest=reference,
-            size=size,
-            artifact_type=info.artifact_type,
+            media_type=info.media_type, digest=reference, size=size, artifact_type=info.listed_type
         )
 
     async def _parse_unlisted(self, repository: str, digest: str, size: int) -> ent.ManifestInfo:
