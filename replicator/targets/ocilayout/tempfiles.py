@@ -158,6 +158,8 @@ def _remove_if_abandoned(path: Path, *, older_than: float | None = None) -> bool
     True when it was removed.
     """
     try:
+        if older_than is not None and os.lstat(path).st_mtime >= older_than:
+            return False  # young: not even locked for a moment, a writer may want it
         fd = _open_no_follow(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
