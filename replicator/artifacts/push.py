@@ -10,6 +10,7 @@ digest only and the target makes it findable as a referrer.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from replicator.artifacts.files import (
     merge_annotations,
     pack_directory,
 )
-from replicator.errors import InputError
+from replicator.errors import InputError, UsageError
 from replicator.oci import mediatype
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import descriptor_for
@@ -44,6 +45,30 @@ EventCallback = Callable[[str, Descriptor, str], None]
 
 _READ_CHUNK = 1024 * 1024
 DEFAULT_PUSH_CONCURRENCY = 5  # ORAS's default
+
+# RFC 6838 section 4.2: type "/" subtype, each a restricted-name (a letter or digit,
+# then at most 126 of letters, digits and ! # $ & - ^ _ . +); no parameters.
+_RESTRICTED_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+#: A media type as an ``artifactType`` may be (anchored).
+MEDIA_TYPE_RE = re.compile(rf"^{_RESTRICTED_NAME}/{_RESTRICTED_NAME}\Z")
+
+
+def check_artifact_type(value: str, *, label: str = "artifact type") -> str:
+    """``value`` when it is a media type (RFC 6838 ``type/subtype``), else :class:`UsageError`.
+
+    ``readme/example`` and ``application/vnd.dev.cosign.artifact.sig.v1+json``
+    pass; spaces, parameters (``;charset=...``), a missing or extra ``/`` and
+    characters outside RFC 6838's restricted names do not.  ``label`` names the
+    value in the message (``--artifact-type`` on the command line).
+    """
+    if MEDIA_TYPE_RE.match(value):
+        return value
+    shown = value if len(value) <= 80 else value[:79] + "…"
+    raise UsageError(
+        f"{label} {shown!r} is not a media type: expected type/subtype as in RFC 6838 "
+        "(letters, digits and !#$&^_.+- after a leading letter or digit), "
+        "e.g. application/vnd.example.sbom.v1+json"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +98,9 @@ def created_now() -> str:
 
 
 def check_spec(spec: ArtifactSpec) -> None:
-    """Refuse duplicate titles and annotation-file keys naming no file (InputError)."""
+    """Refuse a malformed artifact type (UsageError), duplicate titles and
+    annotation-file keys naming no file (InputError)."""
+    check_artifact_type(spec.artifact_type)
     titles: set[str] = set()
     for f in spec.files:
         if f.title in titles:
@@ -157,7 +184,7 @@ async def _upload(
             if on_event:
                 on_event("Uploading", blob.descriptor, blob.name)
             result = await target.push_blob(repository, blob.descriptor, _opener(blob))
-            log.debug("blob pushed", digest=blob.descriptor.digest, how=result.how)
+            log.debug("artifact.blob_pushed", digest=blob.descriptor.digest, how=result.how)
             if on_event:
                 on_event(
                     "Exists" if result.how == "exists" else "Uploaded", blob.descriptor, blob.name
@@ -214,7 +241,7 @@ async def push_artifact(
         await _upload(target, repository, [*layers, config_blob], concurrency, on_event)
     result = await target.push_manifest(repository, desc, raw, tuple(tags))
     log.debug(
-        "artifact pushed",
+        "artifact.pushed",
         repository=repository,
         digest=desc.digest,
         artifact_type=spec.artifact_type,

@@ -6,7 +6,10 @@ a terminal.  They are verified by pinging ``/v2/`` with them (which runs the
 registry's whole authentication flow, token server included) and then stored in
 the Docker config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``),
 through a credential helper when one is configured.  Nothing is stored when
-the check fails.
+the check fails.  What was stored is then read back the way later commands
+look it up (the helper's ``get``, or the rewritten file) and compared:
+``Login Succeeded`` is printed only when it reads back the same.  A helper
+that is missing, fails, hangs or answers garbage is an error naming it.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ async def verify_login(host: str, options: RegistryOptions) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Verify the credentials for ``args.host`` and store them; print ``Login Succeeded``."""
+    """Verify the credentials for ``args.host``, store them, read them back; say so."""
     key = normalize_login_host(args.host)
     username, password = ask_credentials(key, ctx.username, ctx.password)
     options = RegistryOptions(
@@ -133,6 +136,6 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
         ca_file=ctx.ca_file,
     )
     await verify_login(request_host(key), options)
-    store_login(key, username, password)
+    store_login(key, username, password)  # reads back what it stored, raises if different
     ctx.out.write("Login Succeeded\n")
     return 0

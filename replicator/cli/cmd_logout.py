@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 async def run(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Remove the stored login for ``args.host``; succeeds when none was stored too."""
+    """Remove the stored login for ``args.host``; succeeds when none was stored too.
+
+    A credential helper that cannot erase what it holds is an error (the Docker
+    config is then left as it was), never reported as a successful logout.
+    """
     key = normalize_login_host(args.host)
     if remove_login(key):
         ctx.out.write(f"Removed login credentials for {key}\n")

@@ -28,7 +28,12 @@ from replicator.artifacts.files import (
     parse_annotation,
     parse_file_arg,
 )
-from replicator.artifacts.push import DEFAULT_PUSH_CONCURRENCY, ArtifactSpec, push_artifact
+from replicator.artifacts.push import (
+    DEFAULT_PUSH_CONCURRENCY,
+    ArtifactSpec,
+    check_artifact_type,
+    push_artifact,
+)
 from replicator.cli.context import CliContext
 from replicator.cli.output import field_line, status_line, target_kind, write_line
 from replicator.errors import UsageError
@@ -97,7 +102,12 @@ def add_artifact_arguments(parser: argparse.ArgumentParser, *, files_required: b
 def build_spec(
     args: argparse.Namespace, *, artifact_type: str, subject: Descriptor | None = None
 ) -> ArtifactSpec:
-    """Turn the shared arguments into an :class:`ArtifactSpec` (InputError on bad input)."""
+    """Turn the shared arguments into an :class:`ArtifactSpec`.
+
+    Raises :class:`UsageError` for an ``--artifact-type`` that is not a media
+    type or a bad ``--concurrency``, :class:`InputError` for bad files.
+    """
+    check_artifact_type(artifact_type, label="--artifact-type")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     files = [parse_file_arg(text) for text in args.files]

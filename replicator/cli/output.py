@@ -2,7 +2,8 @@
 
 Pure functions over strings and descriptors; nothing here does I/O except
 :func:`write_json` and :func:`write_line`, which only write to the stream they
-are given.  Output formats mirror ORAS where a user would compare them
+are given.  ``human_size`` and ``human_rate`` are re-exported from
+:mod:`replicator.observe.units`, which the live progress display uses too.  Output formats mirror ORAS where a user would compare them
 (``Uploaded  2d2ab2f4f2b5 readme.md``, ``Pushed [registry] host/repo:tag``).
 """
 
@@ -12,41 +13,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+from replicator.observe.units import human_rate as human_rate
+from replicator.observe.units import human_size as human_size
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.reference import Reference
 
-_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-_DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
-
 #: Width of the verb column in status lines (``Uploading`` is the longest common verb).
 VERB_WIDTH = 9
-
-
-def human_size(size: int | float, *, binary: bool = True) -> str:
-    """``size`` bytes for humans: ``0 B``, ``512 B``, ``1.50 KiB``, ``3.21 GiB``.
-
-    Binary (1024) units by default, decimal (1000) with ``binary=False``.
-    Whole bytes have no decimals; larger units get two (three significant
-    digits from 100 on).  Negative sizes keep their sign.
-    """
-    sign = "-" if size < 0 else ""
-    value = float(abs(size))
-    base = 1024.0 if binary else 1000.0
-    units = _BINARY_UNITS if binary else _DECIMAL_UNITS
-    index = 0
-    while value >= base and index < len(units) - 1:
-        value /= base
-        index += 1
-    if index == 0:
-        return f"{sign}{int(value)} {units[0]}"
-    if value >= 100:
-        return f"{sign}{value:.1f} {units[index]}"
-    return f"{sign}{value:.2f} {units[index]}"
-
-
-def human_rate(bytes_per_second: float) -> str:
-    """A transfer rate, e.g. ``12.40 MiB/s``."""
-    return f"{human_size(bytes_per_second)}/s"
 
 
 def human_duration(seconds: float) -> str:

@@ -2,7 +2,8 @@
 
 :class:`TerminalProgress` is a :class:`~replicator.engine.events.CopyObserver`:
 a live area at the bottom of the terminal shows the bytes read with rate and
-ETA, blob and manifest counters, and one bar per blob in flight; finished nodes
+ETA (in the binary units of :mod:`replicator.observe.units`, as the copy
+summary prints them: KiB, MiB, GiB), blob and manifest counters, and one bar per blob in flight; finished nodes
 scroll above it as ORAS-like lines (``Copied  6bdea3cdc730 sbom.json``,
 ``Exists  ...``, ``Mounted ...``).  It writes to the given stream (stderr by
 default) so stdout stays clean for results.  Use it as a context manager around
@@ -37,6 +38,7 @@ from types import TracebackType
 from typing import TextIO
 
 from replicator.engine.events import label_of
+from replicator.observe.units import human_rate, human_size, human_size_pair
 from replicator.oci.descriptor import Descriptor
 
 _VERBS = {"uploaded": "Copied", "pushed": "Copied", "exists": "Exists", "mounted": "Mounted"}
@@ -59,7 +61,6 @@ _NAME_WIDTH = 24
 _INDENT = 8  # continuation rows of a folded line start under the digest
 _RATE_WINDOW = 10.0  # seconds of samples the rate is computed over
 _IDLE_REDRAW = 1.0  # the ticker refreshes rate and ETA this often when nothing changes
-_DECIMAL_UNITS = ("kB", "MB", "GB", "TB", "PB")
 _BLANKS = str.maketrans("\t\n\r", "   ")
 
 #: A piece of a line: its text and its SGR parameters ("" for none).
@@ -95,30 +96,6 @@ def _cut(text: str, width: int) -> str:
         if used > width:
             return text[:i]
     return text
-
-
-def _size(n: int) -> str:
-    """``n`` bytes in decimal units, like rich's download column."""
-    if n < 1000:
-        return f"{n} bytes"
-    value = float(n)
-    for unit in _DECIMAL_UNITS:
-        value /= 1000
-        if value < 1000 or unit == _DECIMAL_UNITS[-1]:
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _size_pair(done: int, total: int) -> str:
-    """``done/total`` in the unit of ``total`` (``1.2/3.4 MB``)."""
-    if total < 1000:
-        return f"{done}/{total} bytes"
-    scale = 1000
-    for unit in _DECIMAL_UNITS:
-        if total < scale * 1000 or unit == _DECIMAL_UNITS[-1]:
-            return f"{done / scale:.1f}/{total / scale:.1f} {unit}"
-        scale *= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _clock_time(seconds: float) -> str:
@@ -335,10 +312,10 @@ class TerminalProgress:
         if self._expected > 0:
             complete = self.bytes >= self._expected
             bar = self._bar(self.bytes, self._expected, _GREEN if complete else _MAGENTA)
-            tail.append((" " + _size_pair(self.bytes, self._expected), _GREEN))
+            tail.append((" " + human_size_pair(self.bytes, self._expected), _GREEN))
         else:
-            tail.append((" " + _size(self.bytes), _GREEN))
-        tail.append((f" {_size(int(rate))}/s" if rate is not None else " ?/s", _RED))
+            tail.append((" " + human_size(self.bytes), _GREEN))
+        tail.append((" " + human_rate(int(rate)) if rate is not None else " ?/s", _RED))
         if self._expected > 0:
             left = max(0, self._expected - self.bytes)
             tail.append((" " + (_clock_time(left / rate) if rate else "-:--:--"), _CYAN))
@@ -358,7 +335,7 @@ class TerminalProgress:
                 self._with_bar(
                     [("  " + label + pad, "")],
                     self._bar(blob.done, size, _MAGENTA),
-                    [(f" {_size_pair(blob.done, size)} {percent:3d}%", "")],
+                    [(f" {human_size_pair(blob.done, size)} {percent:3d}%", "")],
                     usable,
                 )
             )

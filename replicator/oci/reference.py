@@ -15,6 +15,11 @@ A name without a host goes to Docker Hub: ``alpine`` is the repository
 ``library/alpine`` at ``registry-1.docker.io``, displayed as
 ``docker.io/library/alpine``.
 
+A reference that names only a registry (``127.0.0.1:5000``, ``localhost:5000``,
+``registry.example.com``: a bare name with a dot, ``localhost`` or an IPv6
+literal, with or without a port) is refused with a hint at the missing
+repository path rather than read as a Docker Hub repository.
+
 Every malformed reference raises :class:`replicator.errors.ReferenceError` with
 one message naming what is wrong; nothing else escapes the parsers.
 """
@@ -215,6 +220,47 @@ def _looks_like_host(component: str) -> bool:
     )
 
 
+def _bare_registry(name: str) -> tuple[str, str | None] | None:
+    """``(host, tag)`` when ``name`` (a reference without its digest) names only a registry.
+
+    ``127.0.0.1:5000``, ``localhost:5000``, ``[::1]``, ``registry.example.com``,
+    ``registry.example.com:v1`` (a tag after a bare host) and ``localhost:5000/``
+    do; ``alpine``, ``alpine:3`` and ``myhost:5000`` (Docker Hub's
+    ``library/myhost`` at tag ``5000``) do not.  A bare name with a dot is never
+    taken for a Docker Hub repository: official images have no dots and every
+    other Docker Hub repository has a ``/``.
+    """
+    candidate = name[:-1] if name.endswith("/") else name
+    if not candidate or "/" in candidate:
+        return None
+    m = _HOST_RE.fullmatch(candidate)
+    if m is not None and _names_a_host(m.group("host")):
+        return candidate, None
+    head, tag = _split_tag_suffix(candidate)
+    if tag is not None:
+        m = _HOST_RE.fullmatch(head)
+        if m is not None and m.group("port") is None and _names_a_host(m.group("host")):
+            return head, tag
+    return None
+
+
+def _names_a_host(host: str) -> bool:
+    """True for a host name that cannot be a one-component Docker Hub repository."""
+    return "." in host or host.lower() == "localhost" or host.startswith("[")
+
+
+def _registry_only(text: str, host: str, tag: str | None, digest: str | None) -> ReferenceError:
+    """The error for a reference naming a registry and no repository, with a hint."""
+    suggestion = f"{host}/<repository>"
+    if tag is not None:
+        suggestion += f":{tag}"
+    elif digest is None:
+        suggestion += ":<tag>"
+    if digest is not None:
+        suggestion += f"@{digest}"
+    return _invalid(text, f"names a registry but no repository: did you mean {_shown(suggestion)}?")
+
+
 def _check_repository(text: str, repository: str) -> None:
     if not repository:
         raise _invalid(text, "repository name is empty")
@@ -287,6 +333,9 @@ def parse_reference(text: str) -> Reference:
         if "@" in digest:
             raise _invalid(text, "more than one '@'")
         _check_digest(text, digest)
+    bare = _bare_registry(name)
+    if bare is not None:
+        raise _registry_only(text, bare[0], bare[1], digest)
     name, tag = _split_tag_suffix(name)
     if tag is not None:
         _check_tag(text, tag)
@@ -335,6 +384,9 @@ def split_tags(text: str) -> tuple[Reference, tuple[str, ...]]:
     head, at, tail = text.rpartition("@")
     if at and "/" not in tail:
         base, digest_part = head, at + tail
+    bare = _bare_registry(base)
+    if bare is not None:
+        raise _registry_only(text, bare[0], bare[1], digest_part[1:] or None)
     name, tags_text = _split_tag_suffix(base)
     if tags_text is None or "," not in tags_text:
         ref = parse_reference(text)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
+from replicator.artifacts.push import ArtifactSpec, check_artifact_type, push_artifact
 from replicator.cli.main import build_parser, main
+from replicator.errors import UsageError
 
 
 def test_files_may_follow_options_and_options_may_follow_files() -> None:
@@ -75,3 +78,71 @@ def test_commands_over_a_layout(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
     assert main(["push", f"{layout}:bad", str(tmp_path / "missing.md")]) == 2
     assert "missing.md: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "readme/example",
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "text/x-shellscript",
+        "a/b",
+        "application/vnd.a!#$&^_.+-b",
+        "x" * 127 + "/" + "y" * 127,
+    ],
+)
+def test_check_artifact_type_accepts_media_types(value: str) -> None:
+    assert check_artifact_type(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "notatype",
+        "application/",
+        "/json",
+        "a/b/c",
+        "text/plain; charset=utf-8",
+        "text/plain;charset=utf-8",
+        "my type/x",
+        "-bad/start",
+        "application/.json",
+        "application/vnd@x",
+        "application/json\n",
+        "x" * 128 + "/y",
+        "applicatión/json",
+    ],
+)
+def test_check_artifact_type_refuses_what_is_not_a_media_type(value: str) -> None:
+    with pytest.raises(UsageError, match=r"--artifact-type .* is not a media type"):
+        check_artifact_type(value, label="--artifact-type")
+
+
+def test_push_of_a_spec_with_a_bad_artifact_type_refuses_before_writing(tmp_path: Path) -> None:
+    from replicator.targets.ocilayout import OCILayoutTarget
+
+    async def attempt() -> None:
+        target = OCILayoutTarget(tmp_path / "layout", create=True)
+        spec = ArtifactSpec(files=[], artifact_type="not a type")
+        await push_artifact(target, "", spec, tags=("v1",))
+
+    with pytest.raises(UsageError, match="artifact type 'not a type' is not a media type"):
+        anyio.run(attempt)
+    blobs = tmp_path / "layout" / "blobs"
+    assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*"))
+
+
+def test_push_command_refuses_a_bad_artifact_type_over_a_layout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "readme.md").write_text("Readme Content\n")
+    layout = tmp_path / "layout"
+    code = main(
+        ["push", f"ocidir://{layout}:v1", str(tmp_path / "readme.md"), "--artifact-type", "sbom"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Error: --artifact-type 'sbom' is not a media type" in err
+    assert not layout.exists()

@@ -17,6 +17,7 @@ import pytest
 
 from replicator.errors import ConfigError, UsageError
 from replicator.targets.registry.credentials import (
+    CredentialHelperError,
     registry_key,
     remove_login,
     resolve_credentials,
@@ -257,12 +258,16 @@ def test_helper_not_found_falls_back_to_auths(config_dir: Path, bin_dir: Path) -
     assert (bin_dir / "test-calls.log").read_text() == "get reg.test\n"
 
 
-def test_failing_or_missing_helper_means_no_credentials(config_dir: Path, bin_dir: Path) -> None:
+def test_failing_or_missing_helper_is_an_error_not_anonymous(
+    config_dir: Path, bin_dir: Path
+) -> None:
     write_helper(bin_dir, "broken", fail=True)
     write_config(config_dir, {"credHelpers": {"reg.test": "broken", "b.test": "absent"}})
     env = env_for(config_dir, bin_dir)
-    assert resolve_credentials("reg.test", env=env) is None
-    assert resolve_credentials("b.test", env=env) is None
+    with pytest.raises(CredentialHelperError, match=r"docker-credential-broken .*helper exploded"):
+        resolve_credentials("reg.test", env=env)
+    with pytest.raises(CredentialHelperError, match=r"docker-credential-absent .*not installed"):
+        resolve_credentials("b.test", env=env)
 
 
 # --------------------------------------------------------------------------- store / remove

@@ -156,10 +156,8 @@ def test_scrolled_lines_stay_and_the_live_area_is_cleared_at_exit() -> None:
         progress.blob_advanced(blobs[0], 50)
         live = Screen(100).feed(stream.getvalue()).text
         assert live[0].startswith("total  0 blobs  0 manifests")
-        assert "0.1/1.0 kB 50 bytes/s 0:00:19" in live[0]
-        assert live[1].startswith("  111111111111 file1.txt") and live[1].endswith(
-            "50/100 bytes  50%"
-        )
+        assert live[0].endswith(" 50/1000 B 50 B/s 0:00:19")
+        assert live[1].startswith("  111111111111 file1.txt") and live[1].endswith("50/100 B  50%")
         assert live[2].startswith("  222222222222 file2.txt")
         assert live[3].startswith("  333333333333 file3.txt")
         assert live[4] == "  … and 7 more in flight"
@@ -415,3 +413,28 @@ def test_log_observer_writes_one_line_per_node_and_the_start_only_with_debug() -
         "engine.warning",
     ]
     assert debug[0]["size"] == 100 and debug[0]["to"] == 1
+
+
+def test_live_sizes_and_rates_use_the_binary_units_of_the_summary() -> None:
+    """The live area speaks KiB/MiB like ``human_size`` in the copy summary, never kB/MB."""
+    from replicator.cli.output import human_size
+
+    stream = FakeTTY()
+    clock = FakeClock()
+    big = _blob(1, size=3 * 1024 * 1024, title="big.bin")
+    small = _blob(2, size=1536, title="small.bin")
+    with TerminalProgress(
+        stream, max_bars=3, clock=clock, width=120, height=40, auto_refresh=False
+    ) as progress:
+        progress.blob_started(big, 1)
+        progress.blob_started(small, 1)
+        clock.now += 1
+        progress.blob_advanced(big, 1024 * 1024 + 512 * 1024)
+        live = Screen(120).feed(stream.getvalue()).text
+        total = 3 * 1024 * 1024 + 1536
+        assert live[0].endswith(" 1.50/3.00 MiB 1.50 MiB/s 0:00:01"), live[0]
+        assert live[1].endswith(" 1.50/3.00 MiB  50%"), live[1]
+        assert live[2].endswith(" 0.00/1.50 KiB   0%"), live[2]
+        assert human_size(total) == "3.00 MiB"
+        assert human_size(1024 * 1024 + 512 * 1024) + "/s" in live[0]
+    assert not re.search(r"\b(kB|MB|GB|bytes)\b", stream.getvalue())

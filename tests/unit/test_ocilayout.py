@@ -253,7 +253,7 @@ async def test_blob_with_wrong_digest_is_refused_and_leaves_nothing(
     assert list((layout / "blobs" / "sha256").iterdir()) == []
 
 
-async def test_failure_mid_blob_leaves_no_partial_blob_and_no_temp_file(
+async def test_failure_mid_blob_leaves_no_partial_blob_only_its_resumable_temp_file(
     target: OCILayoutTarget, layout: Path
 ) -> None:
     data = os.urandom(3 * 1024 * 1024)
@@ -262,20 +262,22 @@ async def test_failure_mid_blob_leaves_no_partial_blob_and_no_temp_file(
 
     async def crashing(offset: int) -> AsyncIterator[bytes]:
         seen.append(offset)
-        yield data[: 1024 * 1024]
+        yield data[offset : offset + 1024 * 1024]
         raise ConnectionResetError("source went away")
 
     with pytest.raises(ConnectionResetError):
         await target.push_blob("", desc, crashing)
     assert seen == [0]
     assert not await target.blob_exists("", desc)
-    assert list((layout / "blobs" / "sha256").iterdir()) == []
-    # and the next attempt succeeds from scratch
+    hexpart = desc.digest.split(":")[1]
+    assert [p.name for p in (layout / "blobs" / "sha256").iterdir()] == [f".tmp-{hexpart}"]
+    # the next attempt continues it (tests/unit/test_ocilayout_resume.py has the rest)
     assert (await target.push_blob("", desc, opener_for(data))).how == "uploaded"
     assert await read_all(target, desc) == data
+    assert leftovers(layout) == []
 
 
-async def test_cancelled_blob_write_leaves_no_temp_file(
+async def test_cancelled_blob_write_leaves_no_partial_blob(
     target: OCILayoutTarget, layout: Path
 ) -> None:
     data = os.urandom(256 * 1024)
@@ -294,8 +296,8 @@ async def test_cancelled_blob_write_leaves_no_temp_file(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert leftovers(layout) == []
     assert not await target.blob_exists("", desc)
+    assert [p.stat().st_size for p in leftovers(layout)] == [1024]
 
 
 async def test_corrupt_blob_on_disk_is_detected_on_read(
@@ -575,7 +577,7 @@ async def test_fallback_tag_that_is_not_an_index_is_ignored(target: OCILayoutTar
         await target.tag("", not_an_index, raw, referrers_tag(image.digest))
         found = await target.referrers("", image)
     assert [d.digest for d in found] == [sig.digest]
-    assert any(e["event"] == "oci_layout_fallback_tag_ignored" for e in logs)
+    assert any(e["event"] == "layout.fallback_tag_ignored" for e in logs)
 
 
 # ----------------------------------------------------------- concurrency
@@ -635,7 +637,7 @@ async def test_concurrent_index_updates_are_group_committed(
         await asyncio.gather(
             *(target.push_manifest("r", d, raw, (f"t{i}",)) for i, (d, raw) in enumerate(manifests))
         )
-    writes = [e for e in logs if e["event"] == "oci_layout_index_written"]
+    writes = [e for e in logs if e["event"] == "layout.index_written"]
     assert sum(e["updates"] for e in writes) == 40
     assert len(writes) < 40
     assert await target.tags("r") == sorted(f"t{i}" for i in range(40))
@@ -670,7 +672,7 @@ async def test_a_flusher_cancelled_mid_commit_hands_the_batch_on(
     fcntl.flock(holder, fcntl.LOCK_EX)  # another "process" holds the layout
     released = threading.Event()
     try:
-        async with target._index_lock:  # queue all three behind one lock holder
+        async with target._index.lock:  # queue all three behind one lock holder
             tasks = [
                 asyncio.create_task(target.push_manifest("", d, raw, (f"t{i}",)))
                 for i, (d, raw) in enumerate(manifests)
@@ -796,3 +798,99 @@ async def test_we_read_a_layout_written_by_skopeo(tmp_path: Path) -> None:
     for blob in [manifest["config"], *manifest["layers"]]:
         data = await read_all(target, Descriptor.from_json(blob))
         assert hashlib.sha256(data).hexdigest() == blob["digest"].split(":")[1]
+
+
+# ------------------------------------------------------ index.json artifactType
+
+
+HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
+
+
+def _entry(layout: Path, digest: str) -> dict[str, Any]:
+    entries = [e for e in index_json(layout)["manifests"] if e["digest"] == digest]
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+async def test_a_plain_image_is_listed_without_an_artifact_type(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    desc, _ = await _push_small_image(target, "v1")
+    assert "artifactType" not in _entry(layout, desc.digest)
+    # a Docker image, tagged and untagged
+    store = Store(target)
+    config = await store.blob(b'{"os":"linux","architecture":"arm64"}', mediatype.DOCKER_CONFIG)
+    layer = await store.blob(b"docker layer", mediatype.DOCKER_LAYER_GZIP)
+    docker_raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mediatype.DOCKER_MANIFEST,
+            "config": config.to_json(),
+            "layers": [layer.to_json()],
+        }
+    ).encode()
+    docker = descriptor_for(docker_raw, mediatype.DOCKER_MANIFEST)
+    await target.push_manifest("", docker, docker_raw)
+    assert "artifactType" not in _entry(layout, docker.digest)
+    await target.tag("", docker, docker_raw, "docker")
+    assert "artifactType" not in _entry(layout, docker.digest)
+    assert (await target.resolve("", "v1")).artifact_type is None
+    out = await asyncio.to_thread(_skopeo, "inspect", f"oci:{layout}:v1")
+    assert json.loads(out)["Digest"] == desc.digest
+
+
+async def test_an_artifact_is_listed_with_its_artifact_type(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    image, _ = await _push_small_image(target, "v1")
+    sbom, sbom_raw = await store.image("", ("sbom",), b"an sbom", artifact_type=SBOM)
+    sig = await store.referrer("", image, SIG, "signature")
+    # an artifact that says what it is through its config media type only (Helm)
+    chart_config = await store.blob(b'{"name":"chart"}', HELM_CONFIG)
+    chart_layer = await store.blob(b"chart tarball", "application/vnd.cncf.helm.chart.content")
+    chart_raw = manifest_bytes(chart_config, [chart_layer])
+    chart = descriptor_for(chart_raw, mediatype.OCI_MANIFEST)
+    await target.push_manifest("", chart, chart_raw, ("chart",))
+    # an index that declares an artifact type
+    index_doc = json.loads(index_bytes([sbom]))
+    index_doc["artifactType"] = "application/vnd.example.bundle"
+    bundle_raw = json.dumps(index_doc).encode()
+    bundle = descriptor_for(bundle_raw, mediatype.OCI_INDEX)
+    await target.push_manifest("", bundle, bundle_raw, ("bundle",))
+
+    assert "artifactType" not in _entry(layout, image.digest)
+    assert _entry(layout, sig.digest)["artifactType"] == SIG
+    assert _entry(layout, chart.digest)["artifactType"] == HELM_CONFIG
+    assert _entry(layout, bundle.digest)["artifactType"] == "application/vnd.example.bundle"
+    assert _entry(layout, sbom.digest)["artifactType"] == SBOM
+    assert (await target.resolve("", "sbom")).artifact_type == SBOM
+    # skopeo reads the image and the artifact's exact bytes from this layout
+    out = await asyncio.to_thread(_skopeo, "inspect", f"oci:{layout}:v1")
+    assert json.loads(out)["Digest"] == image.digest
+    raw = await asyncio.to_thread(_skopeo, "inspect", "--raw", f"oci:{layout}:sbom")
+    assert raw == sbom_raw
+
+
+async def test_referrers_typed_by_their_config_are_listed_by_the_image_spec_rules(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    store = Store(target)
+    image, _ = await _push_small_image(target, "v1")
+    scan_config = await store.blob(b'{"kind":"scan"}', "application/vnd.example.scan.config+json")
+    scan_raw = manifest_bytes(scan_config, [], subject=image)
+    scan = descriptor_for(scan_raw, mediatype.OCI_MANIFEST)
+    await target.push_manifest("", scan, scan_raw)
+    # a container image that names a subject (an image "about" another one)
+    image_config = await store.blob(b'{"os":"linux","architecture":"s390x"}', mediatype.OCI_CONFIG)
+    about_raw = manifest_bytes(image_config, [], subject=image)
+    about = descriptor_for(about_raw, mediatype.OCI_MANIFEST)
+    await target.push_manifest("", about, about_raw)
+    # an artifact identified by its config type is listed with it; a container image
+    # gets no artifactType in index.json ...
+    assert _entry(layout, scan.digest)["artifactType"] == scan_config.media_type
+    assert "artifactType" not in _entry(layout, about.digest)
+    # ... while the referrers listing follows the referrers API rule (artifactType,
+    # else the config media type) for both
+    found = {d.digest: d.artifact_type for d in await target.referrers("", image)}
+    assert found == {scan.digest: scan_config.media_type, about.digest: mediatype.OCI_CONFIG}

@@ -68,13 +68,14 @@ D512 = "sha512:" + "cd" * 64
         ("h.io/a__b/c-d/e..x", None, None, None, None, "invalid"),
         ("h.io/a__b/c---d/e.f_g", "h.io", "a__b/c---d/e.f_g", None, None, None),
         (
-            "localhost:5000",
+            "myhost:5000",
             DOCKER_HUB_REGISTRY,
-            "library/localhost",
+            "library/myhost",
             "5000",
             None,
-            "docker.io/library/localhost:5000",
+            "docker.io/library/myhost:5000",
         ),
+        ("localhost:5000", None, None, None, None, "invalid"),
     ],
 )
 def test_parse_examples(
@@ -135,7 +136,7 @@ def test_with_tag_and_with_digest() -> None:
         ("h.io/a//b", "empty path component"),
         ("h.io/a/", "empty path component"),
         ("/a", "empty path component"),
-        ("h.io/", "repository name is empty"),
+        ("h.io/", "names a registry but no repository"),
         ("h.io/-a", "invalid repository path component"),
         ("h.io/a-", "invalid repository path component"),
         ("h.io/a...b", "invalid repository path component"),
@@ -348,10 +349,11 @@ def any_valid_refs(draw: st.DrawFn) -> str:
         )
     )
     repository = draw(_repository)
-    if not host and "/" in repository and "." in repository.split("/")[0]:
-        # Without a host, a first component with a dot would itself be read as a host.
-        first, rest = repository.split("/", 1)
-        repository = first.replace(".", "_") + "/" + rest
+    if not host and "." in repository.split("/")[0]:
+        # Without a host, a first component with a dot would itself be read as a
+        # host (and alone, as a registry without a repository).
+        first, slash, rest = repository.partition("/")
+        repository = first.replace(".", "_") + slash + rest
     text = host + repository
     if draw(st.booleans()):
         text += ":" + draw(_tag)
@@ -465,3 +467,40 @@ def test_exported_patterns_are_anchored() -> None:
     assert not TAG_RE.search("bad tag")
     assert REPOSITORY_RE.match("a/b-c/d__e") and not REPOSITORY_RE.match("a//b")
     assert not REPOSITORY_RE.match("a/B")
+
+
+# --- a registry without a repository -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("127.0.0.1:5000", "127.0.0.1:5000/<repository>:<tag>"),
+        ("localhost:5000", "localhost:5000/<repository>:<tag>"),
+        ("localhost", "localhost/<repository>:<tag>"),
+        ("registry.example.com", "registry.example.com/<repository>:<tag>"),
+        ("Registry.Example.com:443", "Registry.Example.com:443/<repository>:<tag>"),
+        ("localhost:5000/", "localhost:5000/<repository>:<tag>"),
+        ("[::1]:5000", "[::1]:5000/<repository>:<tag>"),
+        ("docker.io", "docker.io/<repository>:<tag>"),
+        ("registry.example.com:v1", "registry.example.com/<repository>:v1"),
+        (f"127.0.0.1:5000@{D256}", f"127.0.0.1:5000/<repository>@{D256}"),
+    ],
+)
+def test_a_registry_without_repository_gets_a_hint(text: str, hint: str) -> None:
+    expected = f"names a registry but no repository: did you mean {hint}?"
+    for parse in (parse_reference, parse_repository, lambda t: split_tags(t)[0]):
+        with pytest.raises(ReferenceError) as info:
+            parse(text)
+        message = str(info.value)
+        assert message.startswith('invalid reference "') and message.endswith(f'": {expected}')
+
+
+def test_multi_tag_destination_naming_only_a_registry_keeps_its_tags_in_the_hint() -> None:
+    with pytest.raises(ReferenceError, match=r"did you mean reg\.io/<repository>:a,b\?"):
+        split_tags("reg.io:a,b")
+
+
+@pytest.mark.parametrize("text", ["alpine", "alpine:3.19", "myhost:5000", "user/app.x:1.0"])
+def test_docker_hub_short_names_are_not_taken_for_registries(text: str) -> None:
+    assert parse_reference(text).registry == DOCKER_HUB_REGISTRY

@@ -18,9 +18,15 @@ Lookup order for one registry host (the first source that has something wins):
 Docker Hub's names (``docker.io``, ``index.docker.io``, ``registry-1.docker.io``,
 ``https://index.docker.io/v1/``) are the same registry here; ``auths`` keys may
 be URLs (``https://host:5000/v1/``).  A malformed config file is a
-:class:`~replicator.errors.ConfigError` naming the file; a credential helper that
-is missing, fails or knows nothing yields no credentials (logged at debug).
-Secret values are never logged and are handed to the log redaction processor.
+:class:`~replicator.errors.ConfigError` naming the file.  A credential helper
+that answers with its documented not-found message means "nothing stored
+there" (``auths`` is looked at next); a helper that is missing, fails, prints
+something that is not its JSON answer or does not answer within the time limit
+(10 s, ``REPLICATOR_CREDENTIAL_HELPER_TIMEOUT``) is a
+:class:`~replicator.targets.registry.credential_helpers.CredentialHelperError`
+naming it (see :mod:`replicator.targets.registry.credential_helpers`).
+``store_login`` reads what it stored back through the same path before it
+returns.  Secret values are never logged and are handed to the log redaction.
 """
 
 from __future__ import annotations
@@ -30,19 +36,21 @@ import binascii
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from replicator.errors import ConfigError, ReplicatorError, UsageError
+from replicator.observe.logging import get_logger, register_secret
+from replicator.targets.registry.credential_helpers import (
+    CredentialHelper,
+    CredentialHelperError,
+    helper_timeout,
+)
 from replicator.targets.registry.options import Credentials
 
-log = structlog.get_logger("replicator.credentials")
+log = get_logger(__name__)
 
 ENV_USERNAME = "REPLICATOR_USERNAME"
 ENV_PASSWORD = "REPLICATOR_PASSWORD"
@@ -56,23 +64,15 @@ DOCKER_HUB_ALIASES = frozenset(
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 #: User name a credential helper returns when ``Secret`` is an identity token.
 IDENTITY_TOKEN_USER = "<token>"
-#: Seconds a credential helper may take.
-HELPER_TIMEOUT = 30.0
 
 
-def _register_secret(value: str | None) -> None:
-    if not value:
-        return
-    try:
-        from replicator.observe.logging import register_secret
-    except ImportError:
-        return
-    register_secret(value)
+class LoginNotStoredError(ReplicatorError):
+    """``store_login`` wrote credentials but reading them back gave something else."""
 
 
 def _register_all(creds: Credentials) -> Credentials:
     for secret in creds.secrets():
-        _register_secret(secret)
+        register_secret(secret)
     return creds
 
 
@@ -170,15 +170,30 @@ def _write_docker_config(path: Path, doc: Mapping[str, Any]) -> None:
         raise ReplicatorError(f"{path}: cannot write Docker config ({exc.strerror})") from None
 
 
-def _helper_for(doc: Mapping[str, Any], host: str) -> str | None:
+def _checked_helper_name(name: str, entry: str) -> str:
+    """``name`` when it can be the ``<x>`` of ``docker-credential-<x>`` (no path parts)."""
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        raise ConfigError(f"{entry}: {name[:80]!r} is not a credential helper name")
+    return name
+
+
+def _helper_for(
+    doc: Mapping[str, Any], host: str, path: Path, env: Mapping[str, str]
+) -> CredentialHelper | None:
     """The credential helper configured for ``host`` (credHelpers, then credsStore)."""
     key = registry_key(host)
     helpers = doc.get("credHelpers") or {}
     for name, helper in helpers.items():
         if registry_key(name) == key and isinstance(helper, str) and helper:
-            return helper
+            entry = f"credHelpers[{name!r}] in {path}"
+            return CredentialHelper(
+                _checked_helper_name(helper, entry), entry, env, helper_timeout(env)
+            )
     store = doc.get("credsStore")
-    return store if isinstance(store, str) and store else None
+    if isinstance(store, str) and store:
+        entry = f"credsStore in {path}"
+        return CredentialHelper(_checked_helper_name(store, entry), entry, env, helper_timeout(env))
+    return None
 
 
 def _matching_auth_keys(doc: Mapping[str, Any], host: str) -> list[str]:
@@ -186,59 +201,18 @@ def _matching_auth_keys(doc: Mapping[str, Any], host: str) -> list[str]:
     return [name for name in (doc.get("auths") or {}) if registry_key(name) == key]
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- lookups
 
 
-def _run_helper(
-    helper: str, action: str, payload: str, env: Mapping[str, str]
-) -> subprocess.CompletedProcess[bytes] | None:
-    """Run ``docker-credential-<helper> <action>``; ``None`` when it cannot run."""
-    program = f"docker-credential-{helper}"
-    found = shutil.which(program, path=env.get("PATH", os.environ.get("PATH")))
+def _credentials_from_helper(helper: CredentialHelper, host: str) -> Credentials | None:
+    """What ``helper`` holds for ``host``; ``None`` when it answers "not found"."""
+    found = helper.get(server_address(host))
     if found is None:
-        log.debug("credentials.helper_missing", helper=program)
         return None
-    try:
-        return subprocess.run(
-            [found, action],
-            input=payload.encode(),
-            capture_output=True,
-            timeout=HELPER_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.debug("credentials.helper_failed", helper=program, error=type(exc).__name__)
-        return None
-
-
-def _credentials_from_helper(helper: str, host: str, env: Mapping[str, str]) -> Credentials | None:
-    result = _run_helper(helper, "get", server_address(host), env)
-    if result is None:
-        return None
-    if result.returncode != 0:
-        # Helpers print "credentials not found in native keychain" on stdout.
-        log.debug(
-            "credentials.helper_no_credentials",
-            helper=helper,
-            registry=host,
-            exit_code=result.returncode,
-        )
-        return None
-    try:
-        doc = json.loads(result.stdout)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        log.debug("credentials.helper_bad_output", helper=helper, registry=host)
-        return None
-    username = doc.get("Username")
-    secret = doc.get("Secret")
-    if not isinstance(secret, str) or not secret:
-        log.debug("credentials.helper_no_secret", helper=helper, registry=host)
-        return None
+    username, secret = found
     if username == IDENTITY_TOKEN_USER:
         return Credentials(identity_token=secret)
-    return Credentials(username=username if isinstance(username, str) else "", password=secret)
+    return Credentials(username=username, password=secret)
 
 
 def _credentials_from_auths(doc: Mapping[str, Any], host: str, path: Path) -> Credentials | None:
@@ -296,8 +270,9 @@ def resolve_credentials(
     Precedence: explicit ``username``/``password`` (both needed, unless the
     other half is in the environment), then the ``REPLICATOR_*`` environment
     variables, then the Docker config (see the module docstring).  Raises
-    :class:`UsageError` for a user name without any password (or the reverse)
-    and :class:`ConfigError` for a malformed Docker config.
+    :class:`UsageError` for a user name without any password (or the reverse),
+    :class:`ConfigError` for a malformed Docker config and
+    :class:`CredentialHelperError` for a credential helper that cannot answer.
     """
     env_user = env.get(ENV_USERNAME) or None
     env_password = env.get(ENV_PASSWORD) or None
@@ -312,11 +287,11 @@ def resolve_credentials(
                 f"credentials for {host} need {missing} too "
                 f"(--username with --password or --password-stdin)"
             )
-        log.debug("credentials.source", registry=host, source="flags")
+        log.debug("credentials.found", registry=host, source="flags")
         return _register_all(Credentials(username=user, password=secret))
 
     if env_token or (env_user and env_password):
-        log.debug("credentials.source", registry=host, source="environment")
+        log.debug("credentials.found", registry=host, source="environment")
         return _register_all(
             Credentials(
                 username=env_user if env_password else None,
@@ -326,21 +301,27 @@ def resolve_credentials(
         )
     if env_user or env_password:
         raise UsageError(f"set both {ENV_USERNAME} and {ENV_PASSWORD}, or neither")
+    return _credentials_from_docker_config(host, docker_config_path(docker_config, env), env)
 
-    path = docker_config_path(docker_config, env)
+
+def _credentials_from_docker_config(
+    host: str, path: Path, env: Mapping[str, str]
+) -> Credentials | None:
+    """The Docker config's credentials for ``host``: its helper, then ``auths``."""
     doc = load_docker_config(path)
     if not doc:
         return None
-    helper = _helper_for(doc, host)
+    helper = _helper_for(doc, host, path, env)
     if helper is not None:
-        creds = _credentials_from_helper(helper, host, env)
+        creds = _credentials_from_helper(helper, host)
         if creds is not None:
-            log.debug("credentials.source", registry=host, source=f"helper:{helper}")
+            log.debug("credentials.found", registry=host, source=f"helper:{helper.name}")
             return _register_all(creds)
     creds = _credentials_from_auths(doc, host, path)
     if creds is not None:
-        log.debug("credentials.source", registry=host, source="docker-config")
+        log.debug("credentials.found", registry=host, source="docker-config")
         return _register_all(creds)
+    log.debug("credentials.none_found", registry=host)
     return None
 
 
@@ -352,40 +333,76 @@ def store_login(
     *,
     env: Mapping[str, str] = os.environ,
 ) -> Path:
-    """Remember credentials for ``host`` the way ``docker login`` does.
+    """Remember credentials for ``host`` the way ``docker login`` does, and check them.
 
     With a credential helper configured for the host (``credHelpers`` or
     ``credsStore``), ``docker-credential-<x> store`` keeps the secret and
     ``auths`` gets an empty entry; otherwise ``auths[host].auth`` holds
     base64(``user:password``).  The file is rewritten atomically with mode 0600
-    and every other key is preserved.  Returns the config file's path.
+    and every other key is preserved.  Before returning, the credentials are
+    read back the way later commands will look them up (the helper's ``get``,
+    or the rewritten file) and compared.  A helper that fails to store raises
+    :class:`CredentialHelperError`; credentials that do not read back the same
+    raise :class:`LoginNotStoredError` (with a helper, before the config file
+    is touched).  Returns the config file's path.
     """
-    _register_secret(password)
+    register_secret(password)
     path = docker_config_path(docker_config, env)
     doc = load_docker_config(path)
     server = server_address(host)
     auths: dict[str, Any] = dict(doc.get("auths") or {})
     for name in _matching_auth_keys(doc, host):
         del auths[name]
-    helper = _helper_for(doc, host)
+    helper = _helper_for(doc, host, path, env)
     if helper is not None:
-        payload = json.dumps({"ServerURL": server, "Username": username, "Secret": password})
-        result = _run_helper(helper, "store", payload, env)
-        if result is None or result.returncode != 0:
-            raise ReplicatorError(
-                f"credential helper docker-credential-{helper} could not store the "
-                f"credentials for {host}"
-            )
+        helper.store(server, username, password)
+        try:
+            found = helper.get(server)
+        except CredentialHelperError as exc:
+            raise LoginNotStoredError(
+                f"login {host}: the credentials were stored, but reading them back "
+                f"failed: {exc.message}; the login cannot be used"
+            ) from None
+        _check_read_back(host, found, (username, password), helper.program)
         auths[server] = {}
     else:
         encoded = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-        _register_secret(encoded)
+        register_secret(encoded)
         auths[server] = {"auth": encoded}
     doc = dict(doc)
     doc["auths"] = auths
     _write_docker_config(path, doc)
-    log.debug("credentials.stored", registry=host, path=str(path), helper=helper)
+    if helper is None:
+        written = _credentials_from_auths(load_docker_config(path), host, path)
+        found = (written.username or "", written.password or "") if written else None
+        _check_read_back(host, found, (username, password), str(path))
+    log.debug(
+        "credentials.stored",
+        registry=host,
+        path=str(path),
+        helper=helper.program if helper else None,
+    )
     return path
+
+
+def _check_read_back(
+    host: str, found: tuple[str, str] | None, expected: tuple[str, str], where: str
+) -> None:
+    """Raise :class:`LoginNotStoredError` unless ``found`` is ``expected`` (no secret shown)."""
+    if found == expected:
+        log.debug("credentials.read_back_verified", registry=host, where=where)
+        return
+    if found is None:
+        problem = "gives back no credentials for it"
+    elif found[0] != expected[0]:
+        problem = "gives back a different user name"
+    else:
+        problem = "gives back a different password"
+    log.debug("credentials.read_back_failed", registry=host, where=where, problem=problem)
+    raise LoginNotStoredError(
+        f"login {host}: the credentials were stored, but {where} {problem} "
+        "right after storing them; the login cannot be used"
+    )
 
 
 def remove_login(
@@ -396,19 +413,17 @@ def remove_login(
 ) -> bool:
     """Forget the credentials stored for ``host``; True if anything was removed.
 
-    Erases them from the configured credential helper too (a helper failure is
-    logged at debug and otherwise ignored, as ``docker logout`` does).
+    Erases them from the configured credential helper first: a helper that
+    fails (other than answering that it holds nothing) raises
+    :class:`CredentialHelperError` and leaves the config file unchanged, so
+    no secret stays behind unnoticed.
     """
     path = docker_config_path(docker_config, env)
     doc = load_docker_config(path)
     removed = False
-    helper = _helper_for(doc, host)
+    helper = _helper_for(doc, host, path, env)
     if helper is not None:
-        result = _run_helper(helper, "erase", server_address(host), env)
-        if result is not None and result.returncode == 0:
-            removed = True
-        else:
-            log.debug("credentials.helper_erase_failed", helper=helper, registry=host)
+        removed = helper.erase(server_address(host))
     keys = _matching_auth_keys(doc, host)
     if keys:
         auths = dict(doc.get("auths") or {})
@@ -420,3 +435,22 @@ def remove_login(
         removed = True
     log.debug("credentials.removed", registry=host, removed=removed)
     return removed
+
+
+__all__ = [
+    "DOCKER_HUB_ALIASES",
+    "DOCKER_HUB_SERVER",
+    "ENV_PASSWORD",
+    "ENV_REGISTRY_TOKEN",
+    "ENV_USERNAME",
+    "IDENTITY_TOKEN_USER",
+    "CredentialHelperError",
+    "LoginNotStoredError",
+    "docker_config_path",
+    "load_docker_config",
+    "registry_key",
+    "remove_login",
+    "resolve_credentials",
+    "server_address",
+    "store_login",
+]
