@@ -70,7 +70,7 @@ def imports_of(module: Module, known: set[str]) -> set[str]:
             base = node.module
             if node.level:
                 pkg = module.name.split(".")
-                if not module.path.name == "__init__.py":
+                if module.path.name != "__init__.py":
                     pkg = pkg[:-1]
                 pkg = pkg[: len(pkg) - node.level + 1]
                 base = ".".join([*pkg, node.module])
@@ -82,7 +82,9 @@ def imports_of(module: Module, known: set[str]) -> set[str]:
         for name in names:
             if not name.startswith("replicator"):
                 continue
-            best = max((k for k in known if name == k or name.startswith(k + ".")), key=len, default=None)
+            best = max(
+                (k for k in known if name == k or name.startswith(k + ".")), key=len, default=None
+            )
             if best is not None and best != module.name:
                 found.add(best)
     return found
