@@ -55,8 +55,14 @@ class BlobMover:
         """The outcome cell of blob ``digest`` at ``d`` (awaited by the manifests naming it)."""
         return cell(self._state.blobs, dest_node(d.key, digest))
 
-    async def copy(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
-        """Make ``blob`` present at each of ``dests`` that did not claim it yet."""
+    async def copy(
+        self, src: Endpoint, blob: Descriptor, dests: list[Endpoint], *, lost: bool = False
+    ) -> None:
+        """Make ``blob`` present at each of ``dests`` that did not claim it yet.
+
+        ``lost``: the blob belongs to a manifest the destinations hold
+        (``check_blobs``): they are asked first, and a missing blob is one they lost.
+        """
         mine: list[Endpoint] = []
         for d in dests:
             once = self.cell(d, blob.digest)
@@ -78,11 +84,11 @@ class BlobMover:
             else:
                 followers.append((d, lead))
         try:
-            await self._lead(src, blob, leaders, leads)
+            await self._lead(src, blob, leaders, leads, lost)
             if followers:
                 async with anyio.create_task_group() as tg:
                     for d, lead in followers:
-                        tg.start_soon(self._follow, src, blob, d, lead)
+                        tg.start_soon(self._follow, src, blob, d, lead, lost)
         except ReplicatorError as exc:
             for d in mine:
                 self.cell(d, blob.digest).set(error=exc)
@@ -100,36 +106,52 @@ class BlobMover:
                     once.set(error=DependencyFailed(f"blob {blob.digest} did not reach {d}"))
 
     async def _lead(
-        self, src: Endpoint, blob: Descriptor, leaders: list[Endpoint], leads: list[Once]
+        self,
+        src: Endpoint,
+        blob: Descriptor,
+        leaders: list[Endpoint],
+        leads: list[Once],
+        lost: bool,
     ) -> None:
         """Make the blob present where this call leads, then release the followers."""
         uploads: list[Endpoint] = []
         for d in leaders:
-            if not await self._known_or_cheap(src, blob, d):
+            if not await self._known_or_cheap(src, blob, d, lost):
                 uploads.append(d)
         if uploads:
-            await self._upload(src, blob, uploads)
+            await self._upload(src, blob, uploads, lost)
         for lead in leads:
             lead.set()
 
-    async def _known_or_cheap(self, src: Endpoint, blob: Descriptor, d: Endpoint) -> bool:
-        """True when the blob is now at ``d`` without sending it: ledger, mount or probe."""
+    async def _known_or_cheap(
+        self, src: Endpoint, blob: Descriptor, d: Endpoint, lost: bool = False
+    ) -> bool:
+        """True when the blob is now at ``d`` without sending it: ledger, mount or probe.
+
+        A blob that may have been ``lost`` is asked about before any mount.
+        """
         if await self._ctx.ledger.lookup(d.location, d.repository, blob.digest) is not None:
             self.done(d, blob, "exists")
             return True
+        if lost:
+            return await self._probe(blob, d, always=True) or await self._try_mount(
+                src, blob, d, lost=True
+            )
         if await self._try_mount(src, blob, d):
             return True
         return await self._probe(blob, d)
 
-    async def _follow(self, src: Endpoint, blob: Descriptor, d: Endpoint, lead: Once) -> None:
+    async def _follow(
+        self, src: Endpoint, blob: Descriptor, d: Endpoint, lead: Once, lost: bool = False
+    ) -> None:
         """Another repository of ``d``'s location leads this blob: wait, then mount from it."""
         try:
             if await self._ctx.ledger.lookup(d.location, d.repository, blob.digest) is not None:
                 self.done(d, blob, "exists")
                 return
             await lead.wait()
-            if not await self._known_or_cheap(src, blob, d):
-                await self._upload(src, blob, [d])
+            if not await self._known_or_cheap(src, blob, d, lost):
+                await self._upload(src, blob, [d], lost)
         except ReplicatorError as exc:
             self.done(d, blob, "", error=exc)
             self._ctx.fail(f"blob {blob.digest} to {d}: {exc}", exc)
@@ -158,7 +180,9 @@ class BlobMover:
         )
         self.done(d, blob, how)
 
-    async def _try_mount(self, src: Endpoint, blob: Descriptor, d: Endpoint) -> bool:
+    async def _try_mount(
+        self, src: Endpoint, blob: Descriptor, d: Endpoint, *, lost: bool = False
+    ) -> bool:
         """Mount from a repository of the same location that holds the blob."""
         candidates = [
             r for r in await self._ctx.ledger.locate(d.location, blob.digest) if r != d.repository
@@ -166,7 +190,9 @@ class BlobMover:
         if src.location == d.location and src.repository != d.repository:
             candidates.append(src.repository)
         if candidates and self._ctx.options.plan:
-            self._ctx.planned("mount", str(d), blob.digest, blob.size)
+            self._ctx.planned(
+                "mount", str(d), blob.digest, blob.size, detail="lost" if lost else None
+            )
             await self._confirm(d, blob, "mounted")
             return True
         for repo in dict.fromkeys(candidates):
@@ -182,9 +208,10 @@ class BlobMover:
                 return True
         return False
 
-    async def _probe(self, blob: Descriptor, d: Endpoint) -> bool:
+    async def _probe(self, blob: Descriptor, d: Endpoint, *, always: bool = False) -> bool:
         """Ask whether the blob is there when it is cheap (local) or worth it (large)."""
-        if not (d.target.is_local or blob.size >= self._ctx.options.probe_threshold):
+        worth = d.target.is_local or blob.size >= self._ctx.options.probe_threshold
+        if not (always or worth):
             return False
         exists = await self._ctx.limited(
             "meta", d.location, lambda: d.target.blob_exists(d.repository, blob)
@@ -193,11 +220,14 @@ class BlobMover:
             await self._confirm(d, blob, "exists")
         return exists
 
-    async def _upload(self, src: Endpoint, blob: Descriptor, dests: list[Endpoint]) -> None:
+    async def _upload(
+        self, src: Endpoint, blob: Descriptor, dests: list[Endpoint], lost: bool = False
+    ) -> None:
         """Stream the blob from the source to every destination, reading it once."""
         if self._ctx.options.plan:
+            detail = "lost" if lost else None
             for d in dests:
-                self._ctx.planned("upload", str(d), blob.digest, blob.size)
+                self._ctx.planned("upload", str(d), blob.digest, blob.size, detail=detail)
                 await self._confirm(d, blob, "uploaded")
             return
         self._ctx.observer.blob_started(blob, len(dests))

@@ -64,7 +64,8 @@ class ManifestCommitter:
             defer = (
                 subject is not None and self._ctx.abilities(d.target).referrers_index is not None
             )
-            result = await self._push(src, desc, manifest, d, tags, defer)
+            place = "referrer" if subject is not None else "root" if root else "child"
+            result = await self._push(src, desc, manifest, d, tags, defer, place)
             await self._record_push(desc, manifest, d, tags, defer, result)
             once.set("pushed")
         except ReplicatorError as exc:
@@ -115,12 +116,14 @@ class ManifestCommitter:
         d: Endpoint,
         tags: tuple[str, ...],
         defer: bool,
+        place: str,
     ) -> PushResult:
         push_desc = Descriptor(manifest.media_type, desc.digest, len(manifest.raw))
         if self._ctx.options.plan:
-            self._ctx.planned("push", str(d), desc.digest, len(manifest.raw))
+            self._ctx.planned("push", str(d), desc.digest, len(manifest.raw), detail=place)
             for tag in tags:
-                self._ctx.planned("tag", str(d), desc.digest, tag=tag)
+                previous = self._state.previous_tags.get(DestTag(d.location, d.repository, tag))
+                self._ctx.planned("tag", str(d), desc.digest, tag=tag, detail=previous)
             return PushResult(push_desc, referrers_updated=False)
 
         async def push() -> PushResult:

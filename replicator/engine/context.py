@@ -206,10 +206,16 @@ class RunContext:
         _log.warning("engine.gate_refused", reason=message)
 
     def planned(
-        self, action: str, destination: str, digest: str, size: int = 0, tag: str | None = None
+        self,
+        action: str,
+        destination: str,
+        digest: str,
+        size: int = 0,
+        tag: str | None = None,
+        detail: str | None = None,
     ) -> None:
         """Note a write a dry run would make (``CopyOptions.plan``)."""
-        self.report.planned.append(PlannedWrite(action, destination, digest, size, tag))
+        self.report.planned.append(PlannedWrite(action, destination, digest, size, tag, detail))
         if action == "upload":
             self.report.planned_bytes += size
 

@@ -114,6 +114,11 @@ class CopyOptions:
     upload, mount, manifest push, referrers-index update and tag that the run
     would make is recorded in the report's ``planned`` list instead, and
     counted as if done, so the report says what a real run would do.
+
+    ``check_blobs``: also ask each destination about every blob of a manifest
+    it holds (a registry can lose blobs under a manifest it keeps: garbage
+    collection, storage restored from a backup); a missing one is sent again
+    (in a dry run: planned, with the detail ``lost``).  ``verify --deep``.
     """
 
     filter: GraphFilter = field(default_factory=GraphFilter)
@@ -123,6 +128,7 @@ class CopyOptions:
     fanout_buffer: int = 4
     deep_check: bool = False
     plan: bool = False
+    check_blobs: bool = False
 
 
 class DependencyFailed(ReplicatorError):

@@ -132,8 +132,10 @@ class GraphVisitor:
                 self._ctx.observer.manifest_finished(v.desc, "exists", str(d))
             else:
                 responsible.append(d)
+        present = [d for d, once in mine if once.value == "exists"]
+        check = self._ctx.options.check_blobs and bool(present)
         manifest: Manifest | None = None
-        if responsible or visit_children:
+        if responsible or visit_children or check:
             try:
                 manifest = await self._sources.manifest(v.src, v.desc)
             except BaseException as exc:
@@ -143,7 +145,13 @@ class GraphVisitor:
         present_here = frozenset(
             d.key for d, once in mine if once.value == "exists" and not self._ctx.options.deep_check
         )
-        await run_all(self._work(v, claimed, responsible, manifest, follow, present_here))
+        work = self._work(v, claimed, responsible, manifest, follow, present_here)
+        if check and manifest is not None:
+            # check_blobs: a destination that holds the manifest is asked about its blobs.
+            work += [
+                partial(self.blobs.copy, v.src, b, present, lost=True) for b in manifest.blobs()
+            ]
+        await run_all(work)
 
     def _claim_commits(self, v: NodeVisit, claimed: list[Endpoint]) -> list[tuple[Endpoint, Once]]:
         """The destinations whose commit of this node this visit decides."""

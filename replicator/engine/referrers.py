@@ -213,8 +213,7 @@ class ReferrerWalker:
         if not pushed and listed is not None and all(r.digest in listed for r in found):
             return
         if self._ctx.options.plan:
-            self._ctx.planned("index", str(d), subject.digest)
-            self._ctx.report.referrer_indexes_updated += 1
+            await self._plan_relist(d, subject, [*pushed, *found], listed)
             return
         try:
             added = await self._ctx.limited(
@@ -238,6 +237,30 @@ class ReferrerWalker:
                 f"{d}: {len(stray)} referrer(s) of {subject.digest[:19]} were there but not "
                 "listed in its referrers index; added"
             )
+
+    async def _plan_relist(
+        self,
+        d: Endpoint,
+        subject: Descriptor,
+        wanted: list[Descriptor],
+        listed: frozenset[str] | None,
+    ) -> None:
+        """A dry run: plan the index update only for the referrers the index lacks.
+
+        Reads the destination's listing when the walk did not (``--deep-check``).
+        """
+        lister = self._ctx.abilities(d.target).referrers_listing
+        if listed is None and lister is not None:
+            try:
+                listed = await self._ctx.limited(
+                    "meta", d.location, partial(lister.listed_referrers, d.repository, subject)
+                )
+            except ReplicatorError:
+                listed = None
+        lacking = [r.digest for r in wanted if listed is None or r.digest not in listed]
+        if lacking:
+            self._ctx.planned("index", str(d), subject.digest, detail=",".join(lacking))
+            self._ctx.report.referrer_indexes_updated += 1
 
     def _present_referrers(
         self, d: Endpoint, selected: list[Descriptor]

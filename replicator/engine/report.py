@@ -82,13 +82,20 @@ class FailureCause:
 
 @dataclass(frozen=True, slots=True)
 class PlannedWrite:
-    """One write a dry run would make: ``upload``, ``mount``, ``push``, ``index``, ``tag``, ``backup``."""
+    """One write a dry run would make: ``upload``, ``mount``, ``push``, ``index``, ``tag``, ``backup``.
+
+    ``detail`` says more: for ``push`` the node's place (``root``, ``child``,
+    ``referrer``); for ``tag`` the digest the tag points at now (None: absent);
+    for ``index`` the referrers the subject's index lacks; for ``upload`` of a
+    blob a present manifest names, ``lost``.
+    """
 
     action: str
     destination: str
     digest: str
     size: int = 0
     tag: str | None = None
+    detail: str | None = None
 
 
 @dataclass(slots=True)

@@ -216,7 +216,7 @@ class Tagger:
             if d.backup and previous is not None and previous != root.digest:
                 await self._backup(d, tag, previous, result)
             if self._ctx.options.plan:
-                self._ctx.planned("tag", str(ep), root.digest, tag=tag)
+                self._ctx.planned("tag", str(ep), root.digest, tag=tag, detail=previous)
             else:
                 await self._ctx.limited(
                     "meta",

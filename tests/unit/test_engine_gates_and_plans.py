@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from replicator.engine import CopyEngine, CopyJob, CopyOptions, CopyReport, Destination, Endpoint
+from replicator.engine.audit import Difference, differences
 from replicator.engine.copier import raise_for_report
 from replicator.errors import EXIT_REFUSED, GateRefusedError
 from replicator.oci import mediatype as mt
@@ -207,3 +208,52 @@ async def test_new_referrers_on_an_old_image_are_told_apart_from_a_new_graph() -
     await g.referrer(img, SIGNATURE_TYPE)
     second = await run(job, plan=True)
     assert not second.jobs[0].root_new and second.jobs[0].new_referrers == 1
+
+
+async def _copied_signed() -> tuple[MemoryTarget, MemoryTarget, Any, CopyJob]:
+    src, dst = MemoryTarget("src"), MemoryTarget("dst")
+    graph = await GraphBuilder(src, "app").signed_image("img", tags=["v1"])
+    job = CopyJob(at(src, "app"), "v1", (to(dst, "app", "v1"),), "app:v1")
+    assert (await run(job)).ok
+    return src, dst, graph, job
+
+
+async def _audit(job: CopyJob, *, deep: bool = False) -> list[Difference]:
+    report = await run(job, plan=True, deep_check=True, check_blobs=deep)
+    return differences(report)
+
+
+@pytest.mark.anyio
+async def test_an_audit_of_a_complete_copy_finds_nothing_and_writes_nothing() -> None:
+    _, dst, _, job = await _copied_signed()
+    dst.reset_stats()
+    assert await _audit(job, deep=True) == []
+    assert writes(dst) == 0
+
+
+@pytest.mark.anyio
+async def test_an_audit_names_each_kind_of_difference_made_out_of_band() -> None:
+    _, dst, graph, job = await _copied_signed()
+    repo = dst.repo("app")
+    # a referrer deleted (and left listed), a blob of the image lost, the tag moved
+    await dst.delete_manifest("app", graph.sbom_signature, update_referrers=False)
+    lost = next(iter(json.loads((await dst.fetch_manifest("app", graph.image))[1])["layers"]))
+    del repo.blobs[lost["digest"]]
+    other = await GraphBuilder(dst, "app").image("other", tags=["v1"])
+    found = await _audit(job, deep=True)
+    kinds = {(d.kind, d.digest) for d in found}
+    assert ("referrer-missing", graph.sbom_signature.digest) in kinds
+    assert ("blob-missing", lost["digest"]) in kinds
+    assert ("tag-moved", graph.image.digest) in kinds
+    moved = next(d for d in found if d.kind == "tag-moved")
+    assert other.digest in moved.detail
+    # without --deep the lost blob is not looked for
+    assert "blob-missing" not in {d.kind for d in await _audit(job)}
+
+
+@pytest.mark.anyio
+async def test_an_audit_finds_a_referrer_missing_from_its_subjects_index() -> None:
+    _, dst, graph, job = await _copied_signed()
+    await dst.unlist_referrers("app", graph.image, [graph.signature.digest])
+    found = await _audit(job)
+    assert [(d.kind, d.digest) for d in found] == [("index-entry-missing", graph.signature.digest)]
