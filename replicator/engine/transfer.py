@@ -90,6 +90,9 @@ class BlobTee:
                 self._fresh[i] = False
                 self._opened.set()
                 return self._drain(i)
+            # A resume at an offset (or a retry) reads on its own: the shared
+            # stream must not wait for this consumer any more.
+            self._leave_shared(i)
             return reading_opener(self.target, self.repository, self.blob, self._on_bytes)(offset)
 
         return open_
@@ -104,6 +107,10 @@ class BlobTee:
 
     def detach(self, i: int) -> None:
         """Consumer ``i`` is done (or gone): stop feeding it."""
+        self._leave_shared(i)
+
+    def _leave_shared(self, i: int) -> None:
+        """Consumer ``i`` no longer reads the shared stream: never block the pump on it."""
         self._detached.add(i)
         self._fresh[i] = False
         self._channels[i][1].close()

@@ -110,3 +110,41 @@ def test_tee_with_no_consumer_opening_never_reads(tmp_path: Path) -> None:
         await t.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_consumer_resuming_at_an_offset_never_stalls_the_shared_stream(tmp_path: Path) -> None:
+    """One destination resumes an upload at an offset (it reads on its own, slowly);
+    the others' shared stream must not wait for it."""
+
+    async def main() -> None:
+        t = OCILayoutTarget(tmp_path, create=True)
+        data = os.urandom(2 * 1024 * 1024)
+        blob = await GraphBuilder(t, "").blob(data)
+        tee = BlobTee(t, "", blob, 2, buffer=1)
+        shared_done = anyio.Event()
+        results: dict[int, bytes] = {}
+
+        async def shared() -> None:
+            results[0] = await _collect(tee, 0)
+            shared_done.set()
+
+        async def resumed() -> None:
+            out = bytearray()
+            try:
+                async for chunk in tee.opener(1)(1024):
+                    out += chunk
+                    # this consumer only goes on once the shared one has finished
+                    await shared_done.wait()
+            finally:
+                tee.detach(1)
+            results[1] = bytes(out)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tee.pump)
+                tg.start_soon(resumed)
+                await anyio.sleep(0.05)
+                tg.start_soon(shared)
+        assert results[0] == data and results[1] == data[1024:]
+
+    anyio.run(main)
