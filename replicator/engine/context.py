@@ -71,11 +71,12 @@ class NodeVisit:
     parent: SourceNode | None = None
     implied: frozenset[DestRepo] = frozenset()
     fresh: frozenset[DestRepo] = frozenset()
+    #: The node at the source, made once (tables key by it).
+    key: SourceNode = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> SourceNode:
-        """The node at the source."""
-        return SourceNode(self.src.location, self.src.repository, self.desc.digest)
+    def __post_init__(self) -> None:
+        key = SourceNode(self.src.location, self.src.repository, self.desc.digest)
+        object.__setattr__(self, "key", key)
 
 
 #: Visits a node (the graph visitor's entry point, handed to the referrer walk).

@@ -29,11 +29,11 @@ class Endpoint:
     target: Target
     location: str
     repository: str
+    #: ``(location, repository)``, made once: every table of a run keys by it.
+    key: DestRepo = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> DestRepo:
-        """``(location, repository)``."""
-        return DestRepo(self.location, self.repository)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", DestRepo(self.location, self.repository))
 
     def __str__(self) -> str:
         if self.target.is_local:

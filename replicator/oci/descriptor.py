@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,9 +79,11 @@ class Platform:
 class Descriptor:
     """A content descriptor: media type, digest and size, plus optional fields.
 
-    ``raw`` keeps the descriptor's JSON object as it was read, so that writing it
-    into a new index (a fallback referrers index, an ``index.json``) keeps fields
-    this class does not model.  Descriptors are hashable (annotations and
+    ``raw`` keeps the descriptor's JSON object as it was read when it holds fields
+    this class does not model, so that writing it into a new index (a fallback
+    referrers index, an ``index.json``) keeps them; a descriptor of modelled
+    fields only is written from its fields (a listing of thousands of referrers
+    would otherwise hold each entry twice).  Descriptors are hashable (annotations and
     ``raw`` take no part in the hash), so they can be set members and dict keys.
     """
 
@@ -121,14 +124,16 @@ class Descriptor:
         platform = Platform.from_json(platform_data) if isinstance(platform_data, Mapping) else None
         urls = data.get("urls")
         return cls(
-            media_type=media_type,
+            # Interned: a listing of thousands of referrers repeats a few types.
+            media_type=sys.intern(media_type),
             digest=digest,
             size=size,
             annotations=dict(annotations) if annotations else None,
-            artifact_type=artifact_type,
+            artifact_type=sys.intern(artifact_type) if artifact_type else artifact_type,
             platform=platform,
             urls=tuple(str(u) for u in urls) if isinstance(urls, list) else None,
-            raw=dict(data),
+            # Kept only when it says more than the fields (unmodelled keys).
+            raw=dict(data) if not _MODELLED_KEYS.issuperset(data) else None,
         )
 
     def to_json(self) -> dict[str, Any]:
