@@ -30,7 +30,7 @@ registry removes a tag only by deleting the manifest it points at, which
 removes *every* tag on that manifest.  So the index a deleted subject's
 fallback tag points at is deleted only when it is an image index without a
 subject, no other tag of the repository points at it, and it lists nothing
-but manifests this run deleted or found already gone.  Otherwise (a forged tag
+but manifests this run deletes or found already gone.  Otherwise (a forged tag
 pointing at another image's index, an index that lists a foreign manifest) the
 tag is first moved onto a fresh, empty index of this run's own, and that one
 is deleted: the tag goes, and the index it pointed at is left in place,
@@ -324,7 +324,9 @@ class _DeleteRun:
         self.limiter = limiter
         self.keeper = target if isinstance(target, ReferrersIndexKeeper) else None
         self.deleted: set[str] = set()
-        self.gone = {e.descriptor.digest for e in plan.discovery.missing}
+        # what a fallback index may list and still be deleted with its tag
+        self.planned = {d.digest for d in plan.order}
+        self.planned.update(e.descriptor.digest for e in plan.discovery.missing)
         self.events = _InOrder(_steps(plan.root, plan.discovery.nodes), on_event)
         self.by_digest = {d.digest: d for d in plan.order}
         self.tags = plan.tags_by_digest()
@@ -431,10 +433,9 @@ class _DeleteRun:
         others = sorted(t for t, d in self.plan.resolved_tags.items() if d == index.digest)
         if others:
             return f"tag {', '.join(others)} points at it too"
-        done = self.deleted | self.gone
-        kept = [c for c in manifest.children() if c.digest not in done]
+        kept = [c for c in manifest.children() if c.digest not in self.planned]
         if kept:
-            return f"it lists {len(kept)} manifest(s) this run did not delete"
+            return f"it lists {len(kept)} manifest(s) this run does not delete"
         return None
 
     async def _untag(self, tag: str) -> None:

@@ -133,7 +133,7 @@ def test_delete_leaves_a_forged_referrer_in_place_and_says_so(
         "name it as its subject"
     ) in said
     # The forged index itself is not deleted either (only the tag goes): it names B.
-    assert len(said) == 2 and "this run did not delete" in said[1]
+    assert len(said) == 2 and "this run does not delete" in said[1]
     assert f"Deleted {sig.digest} ({SIGNATURE_TYPE})" in res.stdout.splitlines()
 
 
