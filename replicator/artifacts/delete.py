@@ -115,7 +115,10 @@ class DeletePlan:
     ``order``: every manifest to delete, deepest first, root last;
     ``tags``: the repository's tags (fallback tags excepted) that point at one of
     them, by name; ``notes``: one line per listed manifest left in place;
-    ``root_subject``: the manifest the root refers to (it stays), if any.
+    ``root_subject``: the manifest the root refers to (it stays), if any;
+    ``resolved_tags``: every tag of the repository but the fallback tags, with
+    its digest (a fallback index another tag points at is not deleted);
+    ``fallback_subjects``: the manifests of ``order`` that have a fallback tag.
     """
 
     repository: str
