@@ -1,5 +1,9 @@
 """Referrer graphs: discovery over the Target protocol and the three output formats.
 
+Discovery follows the graph rules of :mod:`replicator.graph.rules`: a listing
+names candidates, and only those whose own ``subject`` names the node are its
+referrers (a store serving the referrers API is trusted to have checked that).
+
 Ordering is stable and the same for every store: nodes are sorted by artifact
 type (alphabetically) and then by digest.  Registries list referrers in
 different orders (the referrers API, a fallback index in insertion order, a copy
@@ -15,9 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import structlog
 
+from replicator.graph.filters import GraphFilter
+from replicator.graph.rules import Admission, CycleGuard, admit_referrers, listing_is_trusted
 from replicator.oci.descriptor import Descriptor
 from replicator.targets.base import Target
+
+log = structlog.get_logger("replicator.discover")
 
 #: Referrer lookups in flight at once during discovery.
 DEFAULT_DISCOVER_CONCURRENCY = 8
@@ -48,6 +57,104 @@ def sort_key(desc: Descriptor) -> tuple[str, str]:
     return (desc.artifact_type or desc.media_type, desc.digest)
 
 
+@dataclass(frozen=True, slots=True)
+class ListedEntry:
+    """A listing entry that was not admitted: ``descriptor`` listed under ``subject``."""
+
+    subject: str
+    descriptor: Descriptor
+
+
+@dataclass(slots=True)
+class Discovery:
+    """A referrer tree and what its listings named that is not part of it.
+
+    ``nodes``: the admitted referrers of the subject, sorted, each with its own;
+    ``foreign``: listed manifests that do not name the node listing them as
+    their subject (left alone by every command); ``missing``: listed digests the
+    store does not have; ``warnings``: one line per skipped entry; ``trusted``:
+    the store's listings come from the referrers API (entries admitted unread).
+    """
+
+    nodes: list[ReferrerNode] = field(default_factory=list)
+    foreign: list[ListedEntry] = field(default_factory=list)
+    missing: list[ListedEntry] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    trusted: bool = False
+
+    def all_nodes(self) -> list[ReferrerNode]:
+        """Every node of the tree, parents before children."""
+        return [n for top in self.nodes for n in top.walk()]
+
+
+async def discover_graph(
+    target: Target,
+    repository: str,
+    subject: Descriptor,
+    *,
+    artifact_type: str | None = None,
+    depth: int | None = None,
+    concurrency: int = DEFAULT_DISCOVER_CONCURRENCY,
+) -> Discovery:
+    """The admitted referrer tree of ``subject``, sorted, down to ``depth`` levels (None = all).
+
+    Each listing goes through :func:`~replicator.graph.rules.admit_referrers`:
+    self-references, listed manifests whose own ``subject`` is another node
+    and listed digests the store lacks are left out (and reported), unless the
+    store serves the referrers API, whose listing is trusted unread.
+    ``artifact_type`` is a glob (``fnmatch``, the rule of ``copy
+    --artifact-type``; an exact type matches itself) applied to the first level
+    only, as ``oras discover`` does; deeper levels list every referrer.  A
+    digest met twice is expanded once, so a hostile cycle cannot loop.
+    """
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+    guard = CycleGuard(subject.digest)
+    found = Discovery()
+    first = GraphFilter(include_types=(artifact_type,)) if artifact_type is not None else None
+
+    async def expand(desc: Descriptor, level: int) -> list[ReferrerNode]:
+        async with limiter:
+            listed = await target.referrers(repository, desc)
+        if level == 1:
+            found.trusted = await listing_is_trusted(target, repository)
+        admission = await admit_referrers(
+            target,
+            repository,
+            desc.digest,
+            listed,
+            trusted=found.trusted,
+            accept=first.accepts_referrer if first is not None and level == 1 else None,
+            skip=guard,
+            limiter=limiter,
+        )
+        _note(found, desc.digest, admission)
+        nodes: list[ReferrerNode] = []
+        for admitted in sorted(admission.admitted, key=lambda a: sort_key(a.descriptor)):
+            if guard.first_visit(admitted.descriptor.digest):
+                nodes.append(ReferrerNode(admitted.descriptor))
+        if depth is None or level < depth:
+            async with anyio.create_task_group() as tg:
+                for node in nodes:
+                    tg.start_soon(_fill, node, level + 1)
+        return nodes
+
+    async def _fill(node: ReferrerNode, level: int) -> None:
+        node.children = await expand(node.descriptor, level)
+
+    if depth is None or depth >= 1:
+        found.nodes = await expand(subject, 1)
+    return found
+
+
+def _note(found: Discovery, subject: str, admission: Admission) -> None:
+    """Record (and log) what one listing named that was not admitted."""
+    found.foreign.extend(ListedEntry(subject, d) for d in admission.foreign)
+    found.missing.extend(ListedEntry(subject, d) for d in admission.missing)
+    found.warnings.extend(admission.warnings)
+    for message in admission.warnings:
+        log.warning("discover.referrer_skipped", reason=message)
+
+
 async def discover_referrers(
     target: Target,
     repository: str,
@@ -57,38 +164,16 @@ async def discover_referrers(
     depth: int | None = None,
     concurrency: int = DEFAULT_DISCOVER_CONCURRENCY,
 ) -> list[ReferrerNode]:
-    """The referrer tree of ``subject``, sorted, down to ``depth`` levels (None = all).
-
-    ``artifact_type`` filters the first level only (as ``oras discover``
-    does); deeper levels list every referrer.  A digest met twice is expanded
-    once, so a hostile cycle cannot loop.
-    """
-    limiter = anyio.CapacityLimiter(max(1, concurrency))
-    seen: set[str] = {subject.digest}
-
-    async def expand(desc: Descriptor, level: int, only: str | None) -> list[ReferrerNode]:
-        async with limiter:
-            found = await target.referrers(repository, desc, only)
-        if only is not None:
-            found = [d for d in found if d.artifact_type == only]
-        nodes: list[ReferrerNode] = []
-        for ref in sorted(found, key=sort_key):
-            if ref.digest in seen:
-                continue
-            seen.add(ref.digest)
-            nodes.append(ReferrerNode(ref))
-        if depth is None or level < depth:
-            async with anyio.create_task_group() as tg:
-                for node in nodes:
-                    tg.start_soon(_fill, node, level + 1)
-        return nodes
-
-    async def _fill(node: ReferrerNode, level: int) -> None:
-        node.children = await expand(node.descriptor, level, None)
-
-    if depth is not None and depth < 1:
-        return []
-    return await expand(subject, 1, artifact_type)
+    """The referrer tree of ``subject`` (:func:`discover_graph`'s ``nodes``)."""
+    found = await discover_graph(
+        target,
+        repository,
+        subject,
+        artifact_type=artifact_type,
+        depth=depth,
+        concurrency=concurrency,
+    )
+    return found.nodes
 
 
 def _grouped(nodes: Sequence[ReferrerNode]) -> list[tuple[str, list[ReferrerNode]]]:

@@ -9,8 +9,12 @@
 * ``table``: digest, artifact type and annotations per referrer.
 
 Siblings are ordered by artifact type, then digest (see
-:mod:`replicator.artifacts.discover`).  ``--artifact-type`` filters the first
-level only; ``--depth`` limits how many levels are followed (default: all).
+:mod:`replicator.artifacts.discover`).  Only manifests whose own ``subject``
+names the node are shown: a listed manifest that does not, and a listing that
+names its own subject, are skipped with a warning on stderr.
+``--artifact-type`` is a glob, the same rule as ``copy --artifact-type`` (an
+exact type matches itself), and filters the first level only; ``--depth``
+limits how many levels are followed (default: all).
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="output format (default tree)",
     )
     parser.add_argument(
-        "--artifact-type", metavar="TYPE", help="only referrers of this type (first level)"
+        "--artifact-type",
+        metavar="TYPE",
+        help="only referrers whose artifact type matches this glob (first level)",
     )
     parser.add_argument(
         "--depth", type=int, metavar="N", help="levels of referrers to follow (default: all)"

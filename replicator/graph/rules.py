@@ -16,7 +16,9 @@ sequential walker (:mod:`replicator.graph.walk`, the tests' oracle), ``discover`
   forge a fallback index listing an unrelated manifest, and a tool that deletes
   or copies what such a listing names would act on the wrong content.  A store
   that serves the referrers API derives its listing from the manifests'
-  ``subject`` fields itself, so its candidates are admitted without a read.
+  ``subject`` fields itself, so its candidates are admitted without a read
+  (:func:`listing_is_trusted`).  :func:`admit_referrers` applies all of this to
+  one listing: the walker, ``discover`` and ``manifest delete`` call it.
 * **Selection** by artifact type and referrer depth is
   :class:`~replicator.graph.filters.GraphFilter`'s (globs, one rule for
   ``copy`` and ``discover``).
@@ -27,12 +29,16 @@ sequential walker (:mod:`replicator.graph.walk`, the tests' oracle), ``discover`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass, field, replace
 
+import anyio
+
+from replicator.errors import InputError, NotFoundError
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
-from replicator.oci.manifest import Manifest
+from replicator.oci.manifest import Manifest, parse_manifest
+from replicator.targets.base import ReferrersApiProbe, Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,11 @@ def foreign_subject_warning(referrer: str, subject: str) -> str:
         f"{referrer} is listed as a referrer of {subject} but does not name it as its "
         "subject: skipped"
     )
+
+
+def missing_referrer_warning(referrer: str, subject: str) -> str:
+    """The warning for a listed referrer the store does not have (any more)."""
+    return f"{referrer} is listed as a referrer of {subject} but is not there: skipped"
 
 
 @dataclass(slots=True)
@@ -114,3 +125,155 @@ class CycleGuard:
 
     def __contains__(self, digest: object) -> bool:
         return digest in self._seen
+
+
+# ------------------------------------------------------------------ admission
+
+
+async def listing_is_trusted(target: Target, repository: str) -> bool:
+    """True when ``target`` lists the referrers of ``repository`` through the referrers API.
+
+    Such a listing is derived by the store from each manifest's own ``subject``,
+    so its entries are admitted without reading them.  Ask after a first
+    :meth:`~replicator.targets.base.Target.referrers` call: a registry has learned
+    the answer by then and asks nothing more.
+    """
+    return isinstance(target, ReferrersApiProbe) and await target.referrers_api_supported(
+        repository
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A listed referrer that passed admission.
+
+    ``descriptor`` is the listing's entry (artifact type and annotations as
+    listed; media type, size and, when the entry had none, the artifact type
+    taken from the manifest when it was read).  ``raw`` holds the manifest's
+    verified bytes when they were read to admit it (``None`` for a trusted
+    listing).
+    """
+
+    descriptor: Descriptor
+    raw: bytes | None = None
+
+
+@dataclass(slots=True)
+class Admission:
+    """One referrer listing after :func:`admit_referrers`.
+
+    * ``admitted``: genuine referrers that passed the filter, in listing order;
+    * ``foreign``: listed manifests whose own ``subject`` is not the node (or
+      that are not manifests at all): never to be followed, deleted or copied
+      as its referrers;
+    * ``missing``: listed digests the store does not have;
+    * ``filtered``: how many candidates the artifact-type filter left out;
+    * ``warnings``: one line per skipped entry (self-reference, foreign, missing).
+    """
+
+    admitted: list[Admitted] = field(default_factory=list)
+    foreign: list[Descriptor] = field(default_factory=list)
+    missing: list[Descriptor] = field(default_factory=list)
+    filtered: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Read:
+    desc: Descriptor
+    raw: bytes | None = None
+    manifest: Manifest | None = None
+    missing: bool = False
+
+
+async def admit_referrers(
+    target: Target,
+    repository: str,
+    subject: str,
+    listed: Iterable[Descriptor],
+    *,
+    trusted: bool,
+    accept: Callable[[Descriptor], bool] | None = None,
+    skip: Container[str] = (),
+    limiter: anyio.CapacityLimiter | None = None,
+) -> Admission:
+    """Which entries of a referrer listing of ``subject`` are its referrers.
+
+    :func:`referrer_candidates` first; digests in ``skip`` (already handled by
+    the caller) are then left out unread.  ``accept`` (an artifact-type filter,
+    e.g. :meth:`GraphFilter.accepts_referrer`) is applied before any read; an
+    entry listed without an artifact type is judged by its manifest's, read
+    for that.  Unless the listing is ``trusted`` (see :func:`listing_is_trusted`)
+    every remaining candidate is read — concurrently, under ``limiter`` when
+    given — and admitted only when :func:`names_subject` holds.  A candidate the
+    store does not have is reported as missing, one that does not parse as a
+    manifest as foreign; other read errors propagate.
+    """
+    out = Admission()
+    candidates = referrer_candidates(subject, listed)
+    out.warnings.extend(candidates.warnings)
+    todo: list[_Read] = []
+    for desc in candidates.kept:
+        if desc.digest in skip:
+            continue
+        if accept is not None and desc.artifact_type is not None and not accept(desc):
+            out.filtered += 1
+            continue
+        todo.append(_Read(desc))
+    reads = [
+        r for r in todo if not trusted or (accept is not None and r.desc.artifact_type is None)
+    ]
+    if reads:
+        async with anyio.create_task_group() as tg:
+            for r in reads:
+                tg.start_soon(_read_candidate, target, repository, r, limiter)
+    for r in todo:
+        _judge(out, r, subject, trusted=trusted, accept=accept)
+    return out
+
+
+async def _read_candidate(
+    target: Target, repository: str, r: _Read, limiter: anyio.CapacityLimiter | None
+) -> None:
+    """Read one listed manifest by digest (a listing's size or media type may be wrong)."""
+    try:
+        if limiter is None:
+            got, raw = await target.fetch_manifest(repository, r.desc.digest)
+        else:
+            async with limiter:
+                got, raw = await target.fetch_manifest(repository, r.desc.digest)
+    except NotFoundError:
+        r.missing = True
+        return
+    r.raw = raw
+    r.desc = replace(r.desc, media_type=got.media_type, size=got.size)
+    try:
+        r.manifest = parse_manifest(raw, got.media_type)
+    except InputError:
+        r.manifest = None
+    else:
+        if r.desc.artifact_type is None and r.manifest.artifact_type is not None:
+            r.desc = replace(r.desc, artifact_type=r.manifest.artifact_type)
+
+
+def _judge(
+    out: Admission,
+    r: _Read,
+    subject: str,
+    *,
+    trusted: bool,
+    accept: Callable[[Descriptor], bool] | None,
+) -> None:
+    """File one candidate under admitted, foreign, missing or filtered."""
+    if r.missing:
+        out.missing.append(r.desc)
+        out.warnings.append(missing_referrer_warning(r.desc.digest, subject))
+        return
+    if not trusted and (r.manifest is None or not names_subject(r.manifest, subject)):
+        out.foreign.append(r.desc)
+        out.warnings.append(foreign_subject_warning(r.desc.digest, subject))
+        return
+    if accept is not None and not accept(r.desc):
+        out.filtered += 1
+        return
+    out.admitted.append(Admitted(r.desc, r.raw))

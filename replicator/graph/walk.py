@@ -4,8 +4,10 @@
 children and its referrers (API or fallback tag, whatever the target does),
 recursively, with a :class:`~replicator.graph.filters.GraphFilter`.  Each
 manifest is fetched once; a digest reached twice is visited once, so referrer
-cycles, self-referencing fallback tags and diamonds terminate.  A listed referrer
-whose manifest does not name the listed subject is skipped with a warning.
+cycles, self-referencing fallback tags and diamonds terminate.  Listed referrers
+are admitted by the shared rules of :mod:`replicator.graph.rules`: one whose
+manifest does not name the listed subject (unless the store serves the
+referrers API), or that the store does not have, is skipped with a warning.
 
 The copy engine interleaves the same discovery rules with transfers (see
 ``replicator.engine.copier``); this walker is the plain, sequential form used to
@@ -19,11 +21,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import anyio
 import structlog
 
 from replicator.errors import InputError, ProtocolError
 from replicator.graph.filters import GraphFilter
-from replicator.oci import mediatype as mt
+from replicator.graph.rules import CycleGuard, admit_referrers, listing_is_trusted, successors
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.manifest import Manifest, parse_manifest
 from replicator.targets.base import Target
@@ -68,47 +71,53 @@ async def walk_graph(
 ) -> AsyncIterator[GraphNode]:
     """Yield every selected manifest of the graph under ``root``, breadth first.
 
-    ``root`` is a descriptor or a tag/digest string.  Warnings about skipped
-    referrers are appended to ``warnings`` when given (and logged).
+    ``root`` is a descriptor or a tag/digest string.  Referrers are admitted by
+    :func:`~replicator.graph.rules.admit_referrers` (the rules every graph
+    follower shares); warnings about skipped entries are appended to
+    ``warnings`` when given (and logged).
     """
     flt = flt or GraphFilter()
     got, raw = await target.fetch_manifest(repository, root)
     queue: deque[GraphNode] = deque([_node(got, raw, 0, "root", None, repository)])
-    seen = {got.digest}
-
-    def warn(message: str) -> None:
-        _log.warning("graph_skip", reason=message)
-        if warnings is not None:
-            warnings.append(message)
+    guard = CycleGuard(got.digest)
+    trusted: bool | None = None
 
     while queue:
         node = queue.popleft()
         yield node
         digest = node.descriptor.digest
-        for child in node.manifest.children():
-            if child.digest in seen:
+        for child in successors(node.manifest).children:
+            if not guard.first_visit(child.digest):
                 continue
-            seen.add(child.digest)
             c_desc, c_raw = await target.fetch_manifest(repository, child)
             queue.append(_node(c_desc, c_raw, node.depth, "child", digest, repository))
         if not flt.follows_referrers_at(node.depth):
             continue
-        for ref in await target.referrers(repository, node.descriptor):
-            if ref.digest == digest:
-                warn(f"{digest} lists itself as its own referrer")
+        listed = await target.referrers(repository, node.descriptor)
+        if trusted is None:
+            trusted = await listing_is_trusted(target, repository)
+        admission = await admit_referrers(
+            target,
+            repository,
+            digest,
+            listed,
+            trusted=trusted,
+            accept=flt.accepts_referrer,
+            skip=guard,
+            limiter=anyio.CapacityLimiter(1),
+        )
+        for message in admission.warnings:
+            _log.warning("graph.referrer_skipped", reason=message)
+            if warnings is not None:
+                warnings.append(message)
+        for found in admission.admitted:
+            if not guard.first_visit(found.descriptor.digest):
                 continue
-            if ref.digest in seen or not mt.is_manifest(ref.media_type):
-                continue
-            if not flt.accepts_referrer(ref):
-                continue
-            r_desc, r_raw = await target.fetch_manifest(repository, ref)
-            r_node = _node(r_desc, r_raw, node.depth + 1, "referrer", digest, repository)
-            subject = r_node.manifest.subject
-            if subject is None or subject.digest != digest:
-                warn(f"{ref.digest} is listed as a referrer of {digest} but names another subject")
-                continue
-            seen.add(ref.digest)
-            queue.append(r_node)
+            if found.raw is None:
+                r_desc, r_raw = await target.fetch_manifest(repository, found.descriptor)
+            else:
+                r_desc, r_raw = found.descriptor, found.raw
+            queue.append(_node(r_desc, r_raw, node.depth + 1, "referrer", digest, repository))
 
 
 def _node(

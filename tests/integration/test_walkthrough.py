@@ -362,7 +362,7 @@ def test_manifest_delete_asks_on_a_tty_and_refuses_without_one(
         f'Are you sure you want to delete the manifest "{digest}" and all its referrers? [y/N]'
     )
     rc, output = _run_on_tty(workdir, ["manifest", "delete", ref], b"n\n")
-    assert rc == 2 and question in output and "cancelled" in output
+    assert rc == 1 and question in output and "Aborted: nothing was deleted" in output
     assert present(registry_open, unique_repo, [digest]) == [digest]
 
     rc, output = _run_on_tty(workdir, ["manifest", "delete", ref], b"y\n")

@@ -66,3 +66,13 @@ def test_platform_selection_keeps_matching_children_and_their_attestations() -> 
     # unknown/unknown never selects attestations on its own
     unknown = GraphFilter(platforms=(Platform.parse("unknown/unknown"),))
     assert unknown.select_platforms(children) == []
+
+
+def test_an_exact_artifact_type_is_a_glob_matching_itself() -> None:
+    """discover --artifact-type and copy --artifact-type share this rule."""
+    for kind in ("application/spdx+json", "application/vnd.cncf.notary.signature", "sbom/example"):
+        f = GraphFilter(include_types=(kind,))
+        assert f.accepts_referrer(_ref(kind))
+        assert not f.accepts_referrer(_ref(kind + ".v2"))
+        assert not f.accepts_referrer(_ref(kind.upper()))  # case matters, as in media types
+        assert not f.accepts_referrer(_ref(None))
