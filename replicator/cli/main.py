@@ -6,13 +6,21 @@ in :data:`COMMANDS`.  This module parses the command line, configures logging,
 builds the :class:`~replicator.cli.context.CliContext`, runs the command under
 anyio (asyncio backend, uvloop when installed) and turns every failure into
 exactly one ``Error: ...`` line on stderr and a documented exit code.
+
+With ``--log-format json`` every line on stderr is a JSON log event: the
+failure is the event ``cli.failed`` (``error``, ``exit_code``, and with
+``--debug`` the traceback in ``exception``), an argparse usage error is
+``cli.usage_error``, and the process ends with ``cli.exited`` carrying its
+``exit_code``.  No value given to a password flag appears in a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
+import io
 import logging
 import os
 import signal
@@ -43,7 +51,9 @@ from replicator.errors import (
     Interrupted,
     ReplicatorError,
 )
-from replicator.observe.logging import configure_logging, redact_text
+from replicator.observe.logging import MASK, configure_logging, get_logger, redact_text
+
+_log = get_logger("replicator.cli")
 
 #: Command modules, imported as ``replicator.cli.cmd_<name>``; missing ones are skipped.
 COMMANDS: tuple[str, ...] = (
@@ -56,9 +66,6 @@ COMMANDS: tuple[str, ...] = (
     "pull",
     "manifest",
     "repo",
-    "tag",
-    "blob",
-    "sync",
     "journal",
     "resolve",
     "version",
@@ -317,9 +324,20 @@ def describe_failure(exc: BaseException, *, debug: bool) -> tuple[str, int]:
     return redact_text(_one_line(message)), code
 
 
-def report_failure(exc: BaseException, *, debug: bool, stderr: TextIO) -> int:
-    """Write the failure to ``stderr`` (traceback only with ``debug``); return the exit code."""
+def report_failure(
+    exc: BaseException, *, debug: bool, stderr: TextIO, json_logs: bool = False
+) -> int:
+    """Report the failure; return the exit code.
+
+    On ``stderr``: the traceback (only with ``debug``) and the ``Error: ...``
+    line.  With ``json_logs`` instead the log event ``cli.failed`` (``error``,
+    ``exit_code``, the traceback as ``exception`` with ``debug``).
+    """
     line, code = describe_failure(exc, debug=debug)
+    if json_logs:
+        extra: dict[str, Any] = {"exc_info": exc} if debug else {}
+        _log.error("cli.failed", error=line.removeprefix("Error: "), exit_code=code, **extra)
+        return code
     if debug:
         stderr.write(redact_text("".join(traceback.format_exception(exc))))
     stderr.write(line + "\n")
@@ -374,9 +392,7 @@ def _leftover_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -
     if context.get("message") == "Future exception was never retrieved" and isinstance(
         exc, OSError
     ):
-        logging.getLogger("replicator.cli").debug(
-            "unawaited network error: %s: %s", type(exc).__name__, exc
-        )
+        _log.debug("cli.unawaited_network_error", error=f"{type(exc).__name__}: {exc}")
         return
     loop.default_exception_handler(context)
 
@@ -426,22 +442,107 @@ def _silence_stdout() -> None:
         pass
 
 
+def password_values(words: Sequence[str]) -> list[str]:
+    """Every value ``words`` may hand a password flag, however argparse would read it.
+
+    ``-pVALUE``, ``-p VALUE``, combined short flags (``-rpVALUE``), ``--password
+    VALUE``, ``--password=VALUE`` and their abbreviations (``--pass=VALUE``).
+    Generous on purpose: what it returns is only masked in a usage error.
+    """
+    values: list[str] = []
+    for index, word in enumerate(words):
+        following = words[index + 1] if index + 1 < len(words) else ""
+        if word == "--":
+            break
+        if word.startswith("--"):
+            name, equals, value = word.partition("=")
+            if len(name) > 2 and "--password".startswith(name):
+                values.append(value if equals else following)
+        elif word.startswith("-") and "p" in word[1:]:
+            rest = word[1:].split("p", 1)[1]
+            values.append(rest or following)
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def _masked(text: str, words: Sequence[str]) -> str:
+    for value in password_values(words):
+        text = text.replace(value, MASK)
+    return redact_text(text)
+
+
+def _asks_for_json_logs(words: Sequence[str]) -> bool:
+    """Whether ``words`` give ``--log-format json`` (read before the real parse, which may fail)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--log-format")
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            known, _ = probe.parse_known_args(list(words))
+    except SystemExit:
+        return False
+    return bool(known.log_format == "json")
+
+
+def _parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(words)``; a usage error has any password value masked.
+
+    With ``--log-format json`` the usage error is the event ``cli.usage_error``
+    followed by ``cli.exited``; argparse's ``SystemExit`` propagates either way.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(words)
+    except SystemExit as exc:
+        text = _masked(captured.getvalue(), words)
+        if exc.code not in (0, None) and _asks_for_json_logs(words):
+            lines = text.strip().splitlines()
+            error = lines[-1].split(" error: ", 1)[-1] if lines else "invalid command line"
+            _json_usage_error(error, "\n".join(lines[:-1]), EXIT_USAGE)
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        raise
+
+
+def _json_usage_error(error: str, usage: str, code: int) -> None:
+    configure_logging(fmt="json")
+    _log.error("cli.usage_error", error=error, usage=usage, exit_code=code)
+    _log.info("cli.exited", exit_code=code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``replicator`` console script; returns the exit status.
 
     Usage errors from argparse exit with 2 (argparse's own message), ``--help``
     and ``--version`` with 0.  Everything else is reported by
-    :func:`report_failure`: one line, no traceback unless ``--debug``.
+    :func:`report_failure`: one line, no traceback unless ``--debug``.  With
+    ``--log-format json`` every stderr line is a JSON event, the last one
+    ``cli.exited`` with the exit code.
     """
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(named_command(words))
-    args = parser.parse_args(words)
+    args = _parse(parser, words)
+    json_logs = args.log_format == "json"
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        _help_parser(parser, getattr(args, "command", None)).print_help(sys.stderr)
+        help_parser = _help_parser(parser, getattr(args, "command", None))
+        if json_logs:
+            _json_usage_error("a command is needed", help_parser.format_help(), EXIT_USAGE)
+        else:
+            help_parser.print_help(sys.stderr)
         return EXIT_USAGE
     debug = bool(args.debug)
     configure_logging(debug=debug, fmt=args.log_format)
+    code = _run_reported(handler, args, debug=debug, json_logs=json_logs)
+    if json_logs:
+        _log.info("cli.exited", exit_code=code)
+    return code
+
+
+def _run_reported(
+    handler: Handler, args: argparse.Namespace, *, debug: bool, json_logs: bool
+) -> int:
+    """Run the command; report a failure (one line, or ``cli.failed``); the exit code."""
     try:
         ctx = CliContext.from_args(args)
         code = run_command(handler, args, ctx)
@@ -455,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(isinstance(leaf, BrokenPipeError) for leaf in _leaves(exc)):
             _silence_stdout()
             return EXIT_BROKEN_PIPE
-        return report_failure(exc, debug=debug, stderr=sys.stderr)
+        return report_failure(exc, debug=debug, stderr=sys.stderr, json_logs=json_logs)
     return code
 
 

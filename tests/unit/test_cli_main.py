@@ -262,7 +262,8 @@ def test_a_network_error_nobody_awaited_is_a_debug_event_without_traceback() -> 
     assert _unretrieved(err, debug=False) == []  # below INFO: not shown
     (line,) = [x for x in _unretrieved(err, debug=True) if x["logger"] == "replicator.cli"]
     assert line["level"] == "debug"
-    assert "SSLCertVerificationError" in str(line["event"])
+    assert line["event"] == "cli.unawaited_network_error"
+    assert "SSLCertVerificationError" in str(line["error"])
     assert "Traceback" not in json.dumps(line)
 
 
