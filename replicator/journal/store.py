@@ -49,6 +49,7 @@ import structlog
 
 from replicator.errors import JournalError
 from replicator.journal.inspect import APPLICATION_ID, Inspection, inspect_journal, set_aside
+from replicator.journal.records import scrub_recorded_commands
 from replicator.journal.writer import STOP, Op, Writer, connect
 
 log = structlog.get_logger("replicator.journal")
@@ -214,6 +215,7 @@ class Journal:
             )
             if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            scrub_recorded_commands(conn)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open the journal {path}: {exc}") from None
         writer = Writer(path)

@@ -183,7 +183,7 @@ class _Run:
             )
         else:
             outcome = RunOutcome(report, "failed", error.exit_code, error=error)
-            log.info("run.failed", error=str(error), exit_code=error.exit_code)
+            log.debug("run.failed", error=str(error), exit_code=error.exit_code)
         outcome.messages = self.messages
         self._write_report(outcome)
         return outcome
@@ -340,7 +340,7 @@ class _Run:
             self._say_interrupted()
         outcome.messages = self.messages
         self._write_report(outcome)
-        log.info(
+        log.debug(
             "run.finished",
             status=outcome.status,
             exit_code=outcome.exit_code,

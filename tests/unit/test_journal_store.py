@@ -244,3 +244,35 @@ def test_many_confirmations_are_batched(tmp_path: Path, n: int) -> None:
         await j.close()
 
     run(go)
+
+
+def test_an_older_journal_loses_the_credentials_its_records_kept(tmp_path: Path) -> None:
+    """Before the record was built from the parsed request, ``-pSECRET`` stayed in clear."""
+    path = tmp_path / "j.sqlite"
+    secret = "Hunter2-very-secret"
+
+    async def old_style() -> None:
+        j = await Journal.open(path)
+        j.begin_run("k", {"argv": ["-u", "me", f"-p{secret}", "copy", "-r", "a/x:1", "b/x:1"]})
+        j.begin_run("k2", {"argv": ["copy", f"-rp{secret}", "--password", "***", "a", "b"]})
+        await j.close()
+
+    run(old_style)
+    with sqlite3.connect(path) as conn:  # as an older release left it: not yet scrubbed
+        conn.execute("DELETE FROM meta WHERE key = 'commands_scrubbed'")
+        conn.execute("UPDATE runs SET command = replace(command, '-p', '-p')")
+    conn.close()
+
+    async def reopen() -> list[list[str]]:
+        j = await Journal.open_existing(path)
+        assert j is not None
+        try:
+            return sorted(list(r.command["argv"]) for r in j.runs())
+        finally:
+            await j.close()
+
+    assert run(reopen) == [["copy", "-r", "a", "b"], ["copy", "-r", "a/x:1", "b/x:1"]]
+    stored = b"".join(
+        Path(str(path) + s).read_bytes() for s in ("", "-wal") if Path(str(path) + s).exists()
+    )
+    assert secret.encode() not in stored
