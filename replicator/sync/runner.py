@@ -327,7 +327,8 @@ class _Run:
         unfinished = figures.complete(report, ledger)
         self._note_sources(report)
         report.warnings.extend(m.text for m in self.messages if m.event == "run.source_moved")
-        outcome = self._verdict(engine, report, interrupted and not report.ok)
+        finished = bool(report.jobs) and report.ok  # a stop before the engine ran leaves no jobs
+        outcome = self._verdict(engine, report, interrupted and not finished)
         outcome.unfinished_upload_bytes = unfinished
         outcome.job_states = _job_states(jobs, report, ledger)
         if outcome.ok and all(s == "up-to-date" for s in outcome.job_states):
