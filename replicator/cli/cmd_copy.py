@@ -129,6 +129,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--all-tags", action="store_true", help="SRC/DST are repositories: copy every tag"
     )
     p.add_argument("--from-file", metavar="FILE", help="lines of 'SRC DST [DST...]' ('#' comments)")
+    _add_selection_flags(p)
+    _add_run_flags(p)
+    p.set_defaults(handler=run)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that change how the copy runs, never what it selects (not in the run key)."""
     p.add_argument(
         "--concurrency",
         type=_positive,
@@ -142,34 +149,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=None,
         metavar="SIZE",
         help="upload blobs larger than SIZE in chunks of SIZE (8MiB, 16M...); smaller ones in one request",
-    )
-    p.add_argument(
-        "--artifact-type",
-        action="append",
-        default=[],
-        metavar="T",
-        help="only referrers whose artifactType matches the glob T (repeatable)",
-    )
-    p.add_argument(
-        "--exclude-artifact-type",
-        action="append",
-        default=[],
-        metavar="T",
-        help="skip referrers whose artifactType matches the glob T (repeatable)",
-    )
-    p.add_argument(
-        "--depth",
-        type=_depth,
-        default=None,
-        metavar="N",
-        help="referrer levels to follow (default: all)",
-    )
-    p.add_argument(
-        "--platform",
-        action="append",
-        default=[],
-        metavar="OS/ARCH[/VARIANT]",
-        help="copy only these platforms of an index root (repeatable): with one, that manifest becomes the root (digest kept); with several, a new index of them is written (new digest, printed)",
     )
     p.add_argument("--report", metavar="FILE", help="write a JSON summary to FILE")
     p.add_argument(
@@ -198,7 +177,38 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--fresh", action="store_true", help="ignore an unfinished run of this command: start over"
     )
     p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
-    p.set_defaults(handler=run)
+
+
+def _add_selection_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that change what the copy selects (part of the run key, docs/RESUME.md)."""
+    p.add_argument(
+        "--artifact-type",
+        action="append",
+        default=[],
+        metavar="T",
+        help="only referrers whose artifactType matches the glob T (repeatable)",
+    )
+    p.add_argument(
+        "--exclude-artifact-type",
+        action="append",
+        default=[],
+        metavar="T",
+        help="skip referrers whose artifactType matches the glob T (repeatable)",
+    )
+    p.add_argument(
+        "--depth",
+        type=_depth,
+        default=None,
+        metavar="N",
+        help="referrer levels to follow (default: all)",
+    )
+    p.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="copy only these platforms of an index root (repeatable): with one, that manifest becomes the root (digest kept); with several, a new index of them is written (new digest, printed)",
+    )
 
 
 def build_request(args: argparse.Namespace) -> RunRequest:

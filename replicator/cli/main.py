@@ -7,6 +7,7 @@ builds the :class:`~replicator.cli.context.CliContext`, runs the command under
 anyio (asyncio backend, uvloop when installed) and turns every failure into
 exactly one ``Error: ...`` line on stderr and a documented exit code.
 
+Failures and usage errors are reported by :mod:`replicator.cli.failures`.
 With ``--log-format json`` every line on stderr is a JSON log event: the
 failure is the event ``cli.failed`` (``error``, ``exit_code``, and with
 ``--debug`` the traceback in ``exception``), an argparse usage error is
@@ -18,24 +19,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
-import io
 import logging
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 
 from replicator import __version__
 from replicator.cli import heap
 from replicator.cli.context import CliContext
+from replicator.cli.failures import (
+    EXIT_KEYBOARD_INTERRUPT,
+    describe_failure,
+    json_usage_error,
+    leaves,
+    parse_command_line,
+    password_values,
+    primary_exception,
+    report_failure,
+)
 from replicator.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -49,11 +57,28 @@ from replicator.errors import (
     EXIT_REGISTRY,
     EXIT_USAGE,
     Interrupted,
-    ReplicatorError,
 )
-from replicator.observe.logging import MASK, configure_logging, get_logger, redact_text
+from replicator.observe.logging import configure_logging, get_logger
 
 _log = get_logger("replicator.cli")
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_CODES",
+    "EXIT_KEYBOARD_INTERRUPT",
+    "build_parser",
+    "console_main",
+    "describe_failure",
+    "exit_code_table",
+    "iter_command_modules",
+    "main",
+    "named_command",
+    "password_values",
+    "primary_exception",
+    "report_failure",
+    "run_command",
+]
 
 #: Command modules, imported as ``replicator.cli.cmd_<name>``; missing ones are skipped.
 COMMANDS: tuple[str, ...] = (
@@ -71,8 +96,6 @@ COMMANDS: tuple[str, ...] = (
     "version",
 )
 
-#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
-EXIT_KEYBOARD_INTERRUPT = 130
 #: Exit status when stdout was closed under us (``replicator ... | head``).
 EXIT_BROKEN_PIPE = 141
 
@@ -274,77 +297,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The non-group exceptions inside ``exc``, depth first, in order."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-def primary_exception(exc: BaseException) -> BaseException:
-    """The exception that explains a failure, looking inside exception groups.
-
-    The first :class:`ReplicatorError` wins, then a ``KeyboardInterrupt``, then
-    the first exception that is not a cancellation, then whatever came first.
-    """
-    leaves = list(_leaves(exc))
-    if not leaves:
-        return exc
-    for leaf in leaves:
-        if isinstance(leaf, ReplicatorError):
-            return leaf
-    for leaf in leaves:
-        if isinstance(leaf, KeyboardInterrupt):
-            return leaf
-    for leaf in leaves:
-        if not isinstance(leaf, asyncio.CancelledError):
-            return leaf
-    return leaves[0]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def describe_failure(exc: BaseException, *, debug: bool) -> tuple[str, int]:
-    """The ``Error: ...`` line (secrets redacted) and the exit code for ``exc``."""
-    chosen = primary_exception(exc)
-    if isinstance(chosen, ReplicatorError):
-        message, code = f"Error: {chosen}", chosen.exit_code
-    elif isinstance(chosen, KeyboardInterrupt):
-        message, code = "Error: interrupted", EXIT_KEYBOARD_INTERRUPT
-    else:
-        hint = "" if debug else " (run with --debug for details)"
-        detail = str(chosen)
-        name = type(chosen).__name__
-        text = f"{name}: {detail}" if detail else name
-        message, code = f"Error: internal error: {text}{hint}", EXIT_FAILURE
-    return redact_text(_one_line(message)), code
-
-
-def report_failure(
-    exc: BaseException, *, debug: bool, stderr: TextIO, json_logs: bool = False
-) -> int:
-    """Report the failure; return the exit code.
-
-    On ``stderr``: the traceback (only with ``debug``) and the ``Error: ...``
-    line.  With ``json_logs`` instead the log event ``cli.failed`` (``error``,
-    ``exit_code``, the traceback as ``exception`` with ``debug``).
-    """
-    line, code = describe_failure(exc, debug=debug)
-    if json_logs:
-        extra: dict[str, Any] = {"exc_info": exc} if debug else {}
-        _log.error("cli.failed", error=line.removeprefix("Error: "), exit_code=code, **extra)
-        return code
-    if debug:
-        stderr.write(redact_text("".join(traceback.format_exception(exc))))
-    stderr.write(line + "\n")
-    stderr.flush()
-    return code
-
-
 def _backend_options() -> dict[str, Any]:
     try:
         import uvloop  # noqa: F401
@@ -442,74 +394,6 @@ def _silence_stdout() -> None:
         pass
 
 
-def password_values(words: Sequence[str]) -> list[str]:
-    """Every value ``words`` may hand a password flag, however argparse would read it.
-
-    ``-pVALUE``, ``-p VALUE``, combined short flags (``-rpVALUE``), ``--password
-    VALUE``, ``--password=VALUE`` and their abbreviations (``--pass=VALUE``).
-    Generous on purpose: what it returns is only masked in a usage error.
-    """
-    values: list[str] = []
-    for index, word in enumerate(words):
-        following = words[index + 1] if index + 1 < len(words) else ""
-        if word == "--":
-            break
-        if word.startswith("--"):
-            name, equals, value = word.partition("=")
-            if len(name) > 2 and "--password".startswith(name):
-                values.append(value if equals else following)
-        elif word.startswith("-") and "p" in word[1:]:
-            rest = word[1:].split("p", 1)[1]
-            values.append(rest or following)
-    return sorted({v for v in values if v}, key=len, reverse=True)
-
-
-def _masked(text: str, words: Sequence[str]) -> str:
-    for value in password_values(words):
-        text = text.replace(value, MASK)
-    return redact_text(text)
-
-
-def _asks_for_json_logs(words: Sequence[str]) -> bool:
-    """Whether ``words`` give ``--log-format json`` (read before the real parse, which may fail)."""
-    probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("--log-format")
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            known, _ = probe.parse_known_args(list(words))
-    except SystemExit:
-        return False
-    return bool(known.log_format == "json")
-
-
-def _parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
-    """``parser.parse_args(words)``; a usage error has any password value masked.
-
-    With ``--log-format json`` the usage error is the event ``cli.usage_error``
-    followed by ``cli.exited``; argparse's ``SystemExit`` propagates either way.
-    """
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            return parser.parse_args(words)
-    except SystemExit as exc:
-        text = _masked(captured.getvalue(), words)
-        if exc.code not in (0, None) and _asks_for_json_logs(words):
-            lines = text.strip().splitlines()
-            error = lines[-1].split(" error: ", 1)[-1] if lines else "invalid command line"
-            _json_usage_error(error, "\n".join(lines[:-1]), EXIT_USAGE)
-        else:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        raise
-
-
-def _json_usage_error(error: str, usage: str, code: int) -> None:
-    configure_logging(fmt="json")
-    _log.error("cli.usage_error", error=error, usage=usage, exit_code=code)
-    _log.info("cli.exited", exit_code=code)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``replicator`` console script; returns the exit status.
 
@@ -521,13 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(named_command(words))
-    args = _parse(parser, words)
+    args = parse_command_line(parser, words)
     json_logs = args.log_format == "json"
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         help_parser = _help_parser(parser, getattr(args, "command", None))
         if json_logs:
-            _json_usage_error("a command is needed", help_parser.format_help(), EXIT_USAGE)
+            json_usage_error("a command is needed", help_parser.format_help(), EXIT_USAGE)
         else:
             help_parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -553,7 +437,7 @@ def _run_reported(
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        if any(isinstance(leaf, BrokenPipeError) for leaf in _leaves(exc)):
+        if any(isinstance(leaf, BrokenPipeError) for leaf in leaves(exc)):
             _silence_stdout()
             return EXIT_BROKEN_PIPE
         return report_failure(exc, debug=debug, stderr=sys.stderr, json_logs=json_logs)

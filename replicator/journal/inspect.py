@@ -25,6 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
+from replicator.errors import JournalError
+
+log = structlog.get_logger("replicator.journal")
+
 #: ``PRAGMA application_id`` of a replicator journal ("RPLJ").
 APPLICATION_ID = 0x52504C4A
 #: The tables every replicator journal has.
@@ -122,4 +128,30 @@ def set_aside(path: Path) -> Path:
         src = Path(str(path) + suffix)
         if src.exists():
             src.replace(Path(str(aside) + suffix))
+    return aside
+
+
+def admit(path: Path, found: Inspection, *, may_repair: bool) -> Path | None:
+    """Decide what opening may do with what :func:`inspect_journal` found.
+
+    Raises :class:`~replicator.errors.JournalError` for a foreign file, and for a
+    damaged journal when ``may_repair`` is false (reading); sets a damaged
+    journal aside otherwise.
+
+    Returns where the damaged journal went, None when nothing was moved.
+    """
+    if found.state == "foreign":
+        raise JournalError(
+            f"{path} is not a replicator journal ({found.problem}); it was left untouched: "
+            "name a journal file, or a path where none exists yet"
+        )
+    if found.state != "damaged":
+        return None
+    if not may_repair:
+        raise JournalError(
+            f"the journal {path} is damaged ({found.problem}); "
+            "the next copy that uses it sets it aside and starts a new one"
+        )
+    aside = set_aside(path)
+    log.warning("journal.set_aside", path=str(path), moved_to=str(aside), problem=found.problem)
     return aside

@@ -45,78 +45,39 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import structlog
 
 from replicator.errors import JournalError
-from replicator.journal.inspect import APPLICATION_ID, Inspection, inspect_journal, set_aside
+from replicator.journal.inspect import APPLICATION_ID, admit, inspect_journal
 from replicator.journal.records import scrub_recorded_commands
+from replicator.journal.schema import (
+    BLOB,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    MANIFEST,
+    REFERRERS,
+    RUNNING,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TAG,
+)
 from replicator.journal.writer import STOP, Op, Writer, connect
 
-log = structlog.get_logger("replicator.journal")
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    key TEXT NOT NULL,
-    command TEXT NOT NULL,
-    state TEXT NOT NULL,
-    started REAL NOT NULL,
-    updated REAL NOT NULL,
-    finished REAL,
-    counts TEXT NOT NULL DEFAULT '{}',
-    bytes INTEGER NOT NULL DEFAULT 0,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_key ON runs (key, state);
-CREATE TABLE IF NOT EXISTS confirmations (
-    run_id TEXT NOT NULL,
-    location TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    at REAL NOT NULL,
-    PRIMARY KEY (run_id, location, repository, digest, kind, detail)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uploads (
-    run_id TEXT NOT NULL,
-    location TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    upload_url TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (run_id, location, repository, digest)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sources (
-    run_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (run_id, source)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS blob_cache (
-    location TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    seen REAL NOT NULL,
-    PRIMARY KEY (location, digest, repository)
-) WITHOUT ROWID;
-"""
-
-#: Kinds of confirmation.
-BLOB = "blob"
-MANIFEST = "manifest"
-REFERRERS = "referrers"
-TAG = "tag"
-
-RUNNING = "running"
-INTERRUPTED = "interrupted"
-FAILED = "failed"
-DONE = "done"
+__all__ = [
+    "BLOB",
+    "DONE",
+    "FAILED",
+    "INTERRUPTED",
+    "MANIFEST",
+    "REFERRERS",
+    "RUNNING",
+    "SCHEMA_VERSION",
+    "TAG",
+    "Journal",
+    "RunInfo",
+    "UploadState",
+    "default_journal_path",
+]
 
 
 def default_journal_path() -> Path:
@@ -198,7 +159,7 @@ class Journal:
     @classmethod
     def _open_sync(cls, path: Path, may_repair: bool) -> Journal:
         found = inspect_journal(path, schema_version=SCHEMA_VERSION)
-        aside = _refuse_or_set_aside(path, found, may_repair=may_repair)
+        aside = admit(path, found, may_repair=may_repair)
         if found.state == "absent":
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +169,7 @@ class Journal:
                 ) from None
         try:
             conn = connect(path, checkpoints=False)
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
@@ -509,25 +470,3 @@ def _run_info(r: tuple[Any, ...]) -> RunInfo:
         bytes=int(r[8]),
         error=r[9],
     )
-
-
-def _refuse_or_set_aside(path: Path, found: Inspection, *, may_repair: bool) -> Path | None:
-    """Raise for a foreign file (or, when reading, a damaged journal); set a damaged one aside.
-
-    Returns where the damaged journal went, None when nothing was moved.
-    """
-    if found.state == "foreign":
-        raise JournalError(
-            f"{path} is not a replicator journal ({found.problem}); it was left untouched: "
-            "name a journal file, or a path where none exists yet"
-        )
-    if found.state != "damaged":
-        return None
-    if not may_repair:
-        raise JournalError(
-            f"the journal {path} is damaged ({found.problem}); "
-            "the next copy that uses it sets it aside and starts a new one"
-        )
-    aside = set_aside(path)
-    log.warning("journal.set_aside", path=str(path), moved_to=str(aside), problem=found.problem)
-    return aside

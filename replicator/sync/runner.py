@@ -48,14 +48,14 @@ from replicator.errors import (
 )
 from replicator.journal.store import DONE, FAILED, INTERRUPTED
 from replicator.observe.logging import get_logger
+from replicator.sync.figures import AttemptFigures, job_states
 from replicator.sync.jobs import expand_jobs
 from replicator.sync.journal_run import JournalRun, SourceMoved
 from replicator.sync.ledger import AttemptLedger
-from replicator.sync.outcome import JobState, Message, MessageKind, RunOutcome, write_report
+from replicator.sync.outcome import Message, MessageKind, RunOutcome, write_report
 from replicator.sync.request import RunRequest
 from replicator.sync.stop import StopRequest
 from replicator.sync.targets import TargetPool
-from replicator.targets.base import CountsRequests
 
 log = get_logger(__name__)
 
@@ -160,6 +160,7 @@ class _Run:
     async def _expand(self) -> list[CopyJob] | None:
         """The engine jobs; None when a stop came first (tag listings are cancelled)."""
         jobs: list[CopyJob] | None = None
+        error: ReplicatorError | None = None
         async with anyio.create_task_group() as tg:
 
             async def cancel_on_stop() -> None:
@@ -167,8 +168,13 @@ class _Run:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(cancel_on_stop)
-            jobs = await expand_jobs(self.request.jobs, self.targets, self.network_starts)
+            try:
+                jobs = await expand_jobs(self.request.jobs, self.targets, self.network_starts)
+            except ReplicatorError as exc:  # raised here, not wrapped in the group
+                error = exc
             tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
         return None if self.stop.requested else jobs
 
     def _ended_early(self, error: ReplicatorError | None) -> RunOutcome:
@@ -204,7 +210,7 @@ class _Run:
         engine = CopyEngine(
             self.request.options, ledger=ledger, limits=limits, observer=self.observer
         )
-        figures = _Figures(self.targets, limits)
+        figures = AttemptFigures(self.targets, limits)
         try:
             interrupted = await self._drive(engine, jobs)
         except BaseException as exc:
@@ -319,7 +325,7 @@ class _Run:
         engine: CopyEngine,
         jobs: Sequence[CopyJob],
         ledger: AttemptLedger,
-        figures: _Figures,
+        figures: AttemptFigures,
         interrupted: bool,
     ) -> RunOutcome:
         """Settle the journal, compose the outcome, write the report."""
@@ -330,7 +336,7 @@ class _Run:
         finished = bool(report.jobs) and report.ok  # a stop before the engine ran leaves no jobs
         outcome = self._verdict(engine, report, interrupted and not finished)
         outcome.unfinished_upload_bytes = unfinished
-        outcome.job_states = _job_states(jobs, report, ledger)
+        outcome.job_states = job_states(jobs, report, ledger)
         if outcome.ok and all(s == "up-to-date" for s in outcome.job_states):
             outcome.status = "up-to-date"
         await self._settle_journal(outcome)
@@ -401,7 +407,7 @@ class _Run:
         )
 
     async def _abandon(
-        self, report: CopyReport, ledger: AttemptLedger, figures: _Figures, exc: BaseException
+        self, report: CopyReport, ledger: AttemptLedger, figures: AttemptFigures, exc: BaseException
     ) -> None:
         """A bug or an outside cancellation ended the run: leave what is known behind."""
         figures.complete(report, ledger)
@@ -427,55 +433,6 @@ class _Run:
         except ReplicatorError as exc:
             if outcome.error is None:
                 outcome.error, outcome.exit_code = exc, exc.exit_code
-
-
-class _Figures:
-    """What the engine may leave unset when it is cancelled: taken from the targets instead."""
-
-    def __init__(self, targets: TargetPool, limits: Limits) -> None:
-        self.targets = targets
-        self.limits = limits
-        self.started = time.monotonic()
-        self.before = {id(t): t.stats.as_dict() for t in _counting(targets)}
-
-    def complete(self, report: CopyReport, ledger: AttemptLedger) -> int:
-        """Fill in wall time, requests and limits if unset; add unfinished uploads' bytes.
-
-        Returns the bytes of unfinished uploads added to ``report.bytes_sent``.
-        """
-        if not report.wall_time:
-            report.wall_time = round(time.monotonic() - self.started, 3)
-        if not report.limits:
-            report.limits = self.limits.snapshot()
-        if not report.requests:
-            for target in _counting(self.targets):
-                before = self.before.get(id(target), {})
-                counts = {k: v - before.get(k, 0) for k, v in target.stats.as_dict().items()}
-                if any(counts.values()):
-                    report.requests[target.display] = counts
-            report.retries = sum(c.get("retries", 0) for c in report.requests.values())
-        unfinished = ledger.unfinished_upload_bytes()
-        report.bytes_sent += unfinished
-        return unfinished
-
-
-def _counting(targets: TargetPool) -> list[Any]:
-    return [t for t in targets.targets() if isinstance(t, CountsRequests)]
-
-
-def _job_states(
-    jobs: Sequence[CopyJob], report: CopyReport, ledger: AttemptLedger
-) -> list[JobState]:
-    """Per job: failed, or copied when one of its destination repositories was written to."""
-    states: list[JobState] = []
-    for job, result in zip(jobs, report.jobs, strict=False):
-        if result.status != "copied":
-            states.append("failed")
-        elif any(d.endpoint.key in ledger.written for d in job.destinations):
-            states.append("copied")
-        else:
-            states.append("up-to-date")
-    return states
 
 
 def _is_cancellation(exc: BaseException) -> bool:

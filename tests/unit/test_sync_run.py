@@ -10,7 +10,15 @@ import anyio
 import pytest
 
 from replicator.engine import Confirmation, MemoryLedger
-from replicator.errors import EXIT_INTERRUPTED, EXIT_JOURNAL, EXIT_NOT_FOUND, JournalError
+from replicator.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_JOURNAL,
+    EXIT_NOT_FOUND,
+    JournalError,
+)
+from replicator.errors import (
+    EXIT_REGISTRY as EXIT_LAYOUT,
+)
 from replicator.sync import (
     JournalChoice,
     Message,
@@ -114,6 +122,14 @@ def test_errors_are_in_the_outcome_and_the_report_is_written(tmp_path: Path) -> 
         )
     )
     assert refused.exit_code == EXIT_JOURNAL and isinstance(refused.error, JournalError)
+    unreadable, _ = _run(
+        RunRequest(
+            jobs=(repository_job(f"ocidir://{tmp_path / 'none'}", [f"ocidir://{tmp_path / 'd'}"]),),
+            journal=JournalChoice.off(),
+            report_path=report_path,
+        )
+    )
+    assert (unreadable.status, unreadable.exit_code) == ("failed", EXIT_LAYOUT)
     assert not_a_journal.read_text() == "mine\n"
     assert json.loads(report_path.read_text())["status"] == "failed"
 
