@@ -78,7 +78,7 @@ class SyncConfig:
     registries: Mapping[str, RegistrySettings]
     #: ``sha256:<hex>`` of the canonical content (see the module doc).
     digest: str
-    #: ``sha256:<hex>`` of each job's canonical content, by job name.
+    #: By job name: ``sha256:<hex>`` of what a run of the job copies (:func:`job_digest`).
     job_digests: Mapping[str, str]
     #: Where each host's settings were written: (key as written, line), for messages.
     origins: Mapping[str, tuple[str, int]] = field(repr=False, default_factory=dict)
@@ -338,26 +338,30 @@ class _Loader:
             seen[host] = key
             if not isinstance(entry, dict):
                 continue  # Document reported it
-            entry = self._refuse_literal_password(path, entry)
+            refused = self._refuse_literal_password(path, entry)
+            if refused:
+                creds = {k: v for k, v in entry["credentials"].items() if k != "password"}
+                entry = {**entry, "credentials": creds}
             settings = self.validate(RegistrySettings, entry, _under(path))
             if settings is None:
                 continue
             for rel, message in check_registry(settings):
-                self.problem((*path, *rel), message)
+                if not (refused and message.startswith("needs a password")):
+                    self.problem((*path, *rel), message)
             out[host] = (key, settings)
         return out
 
-    def _refuse_literal_password(self, path: KeyPath, entry: dict[str, Any]) -> dict[str, Any]:
+    def _refuse_literal_password(self, path: KeyPath, entry: dict[str, Any]) -> bool:
+        """Report a literal ``password:`` under credentials (True when there is one)."""
         creds = entry.get("credentials")
-        if isinstance(creds, dict) and "password" in creds:
-            self.problem(
-                (*path, "credentials", "password"),
-                "a password is not written in the file: use password-env (an environment "
-                "variable) or password-file (a file holding it)",
-            )
-            creds = {k: v for k, v in creds.items() if k != "password"}
-            entry = {**entry, "credentials": creds}
-        return entry
+        if not (isinstance(creds, dict) and "password" in creds):
+            return False
+        self.problem(
+            (*path, "credentials", "password"),
+            "a password is not written in the file: use password-env (an environment "
+            "variable) or password-file (a file holding it)",
+        )
+        return True
 
     def _jobs(self, raw: Any, defaults: dict[str, Any]) -> list[SyncJob]:
         jobs: list[SyncJob] = []
@@ -414,9 +418,13 @@ def _build(
         jobs=tuple(jobs),
         registries=settings,
         digest=content_digest(content),
-        job_digests={name: content_digest(form) for name, form in job_forms.items()},
+        job_digests={job.name: job_digest(job) for job in jobs},
         origins=origins,
     )
+
+
+#: Job keys that say when a job runs, not what a run copies: left out of a job's digest.
+WHEN_KEYS = ("schedule", "interval")
 
 
 def canonical_job(job: SyncJob) -> dict[str, Any]:
@@ -424,6 +432,14 @@ def canonical_job(job: SyncJob) -> dict[str, Any]:
     form = job.model_dump(mode="json", by_alias=True)
     form["referrers"] = job.referrer_rules.model_dump(mode="json", by_alias=True)
     return form
+
+
+def job_digest(job: SyncJob) -> str:
+    """``sha256:<hex>`` of what a run of ``job`` copies: its canonical form without :data:`WHEN_KEYS`."""
+    form = canonical_job(job)
+    for key in WHEN_KEYS:
+        del form[key]
+    return content_digest(form)
 
 
 def content_digest(content: Any) -> str:
@@ -446,6 +462,7 @@ __all__ = [
     "TagRules",
     "canonical_job",
     "content_digest",
+    "job_digest",
     "load_config",
     "parse_config",
     "read_credentials",

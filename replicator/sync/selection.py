@@ -195,7 +195,8 @@ def select_tags(rules: TagRules, listed: Iterable[str] | None) -> TagSelection:
     decisions: dict[str, TagDecision] = {}
     survivors: list[str] = []
     notes: dict[str, list[str]] = {}
-    for tag in dict.fromkeys(listed or ()):
+    order = list(dict.fromkeys(listed or ()))
+    for tag in order:
         verdict = _filter_one(rules, tag)
         if isinstance(verdict, str):
             decisions[tag] = TagDecision(tag, False, verdict)
@@ -211,15 +212,18 @@ def select_tags(rules: TagRules, listed: Iterable[str] | None) -> TagSelection:
         if tag in selected:
             continue
         previous = decisions.get(tag)
-        if listed is None:
-            reason = "selected: in include"
-        elif previous is None:
+        if listed is not None and previous is None:
             reason = "selected: in include (not in the listing: its copy fails if it is missing)"
-        else:
+            order.append(tag)
+        elif previous is not None and has_filters(rules):
             reason = f"selected: in include (otherwise: {previous.reason})"
+        else:
+            reason = "selected: in include"
+            if previous is None:
+                order.append(tag)
         decisions[tag] = TagDecision(tag, True, reason)
         selected.append(tag)
-    return TagSelection(tuple(selected), tuple(decisions.values()))
+    return TagSelection(tuple(selected), tuple(decisions[t] for t in order))
 
 
 def _filter_one(rules: TagRules, tag: str) -> str | list[str]:
@@ -236,7 +240,7 @@ def _filter_one(rules: TagRules, tag: str) -> str | list[str]:
     if rules.allow:
         allowed_by = next((p for p in rules.allow if p.fullmatch(tag)), None)
         if allowed_by is None:
-            shown = ", ".join(repr(p.pattern) for p in rules.allow)
+            shown = ", ".join(quoted(p.pattern) for p in rules.allow)
             return f"matches no allow pattern ({shown})"
         notes.append(f"allowed by {quoted(allowed_by.pattern)}")
     denied_by = next((p for p in rules.deny if p.fullmatch(tag)), None)

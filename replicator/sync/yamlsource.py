@@ -173,8 +173,10 @@ def _syntax_problem(exc: MarkedYAMLError) -> Problem:
         if exc.context_mark is not None and exc.context_mark.line + 1 != line:
             message += f" started at line {exc.context_mark.line + 1}"
         message += ")"
-    if "\\t" in what or "'\\t'" in what:
+    if "\\t" in what:
         message += "; indent with spaces, not tabs"
+    elif "'{'" in what or "'}'" in what:
+        message += "; put a value holding braces in quotes: '{repository}'"
     return Problem(line, (), message)
 
 
