@@ -80,8 +80,8 @@ class SyncConfig:
     digest: str
     #: By job name: ``sha256:<hex>`` of what a run of the job copies (:func:`job_digest`).
     job_digests: Mapping[str, str]
-    #: Where each host's settings were written: (key as written, line), for messages.
-    origins: Mapping[str, tuple[str, int]] = field(repr=False, default_factory=dict)
+    #: Where each host's settings were written (key as written, lines), for messages.
+    origins: Mapping[str, RegistryOrigin] = field(repr=False, default_factory=dict)
 
     def job(self, name: str) -> SyncJob:
         """The job called ``name``; :class:`ConfigError` listing the names when there is none."""
@@ -135,9 +135,35 @@ class SyncConfig:
             creds = _resolver(resolve, env)(key)
         return _apply(start, settings, creds, where)
 
-    def _where(self, host: str) -> str:
-        key, line = self.origins.get(host, (host, 1))
-        return f"{self.filename}:{line}: registries[{key}]"
+    def _where(self, host: str) -> Where:
+        origin = self.origins.get(host, RegistryOrigin(host, {}))
+        return lambda sub: origin.where(self.filename, sub)
+
+
+#: Gives the start of a message about a key of a registry entry: ``FILE:LINE: registries[H].KEY``.
+Where = Callable[[str], str]
+
+#: Keys of a registry entry that messages raised after loading point at.
+ORIGIN_KEYS = (
+    "credentials.username-env",
+    "credentials.password-env",
+    "credentials.password-file",
+    "ca-file",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOrigin:
+    """Where a registry entry was written: its key as written and the lines of its keys."""
+
+    key: str
+    #: Line of each key of :data:`ORIGIN_KEYS` (and ``""``: the entry), when written.
+    lines: Mapping[str, int]
+
+    def where(self, filename: str, sub: str) -> str:
+        """``FILE:LINE: registries[KEY].SUB``, the line of ``sub`` or else of the entry."""
+        line = self.lines.get(sub) or self.lines.get("", 1)
+        return f"{filename}:{line}: registries[{self.key}].{sub}"
 
 
 def _resolver(
@@ -152,7 +178,7 @@ def _resolver(
 
 
 def _apply(
-    start: RegistryOptions, settings: RegistrySettings, creds: Credentials | None, where: str
+    start: RegistryOptions, settings: RegistrySettings, creds: Credentials | None, where: Where
 ) -> RegistryOptions:
     plain_http, insecure = start.plain_http, start.insecure
     if settings.tls == "plain-http":
@@ -164,7 +190,7 @@ def _apply(
     ca_file = start.ca_file
     if settings.ca_file is not None:
         if not os.path.isfile(settings.ca_file):
-            raise ConfigError(f"{where}.ca-file: {settings.ca_file}: no such file")
+            raise ConfigError(f"{where('ca-file')}: {settings.ca_file}: no such file")
         ca_file, plain_http = settings.ca_file, False
     connections = settings.limits.concurrency or start.max_connections
     return dataclasses.replace(
@@ -178,24 +204,24 @@ def _apply(
 
 
 def read_credentials(
-    settings: CredentialSettings, where: str, env: Mapping[str, str]
+    settings: CredentialSettings, where: Where, env: Mapping[str, str]
 ) -> Credentials:
     """The credentials ``settings`` name, read from the environment or the password file.
 
-    ``where`` (``FILE:LINE: registries[HOST]``) starts every error message.
+    ``where(key)`` (``FILE:LINE: registries[HOST].KEY``) starts every error message.
     Raises :class:`ConfigError` naming the variable or file when it is unset,
     empty or unreadable; the value is never part of a message.
     """
     if settings.username_env is not None:
-        username = _from_env(settings.username_env, f"{where}.credentials.username-env", env)
+        username = _from_env(settings.username_env, where("credentials.username-env"), env)
     else:
         username = settings.username or ""
     if settings.password_env is not None:
-        password = _from_env(settings.password_env, f"{where}.credentials.password-env", env)
+        password = _from_env(settings.password_env, where("credentials.password-env"), env)
     elif settings.password_file is not None:
-        password = _from_file(settings.password_file, f"{where}.credentials.password-file")
+        password = _from_file(settings.password_file, where("credentials.password-file"))
     else:  # the schema checks refuse this; kept for a hand-built settings object
-        raise ConfigError(f"{where}.credentials: no password-env or password-file")
+        raise ConfigError(f"{where('credentials')}: no password-env or password-file")
     register_secret(password)
     return Credentials(username=username, password=password)
 
@@ -390,9 +416,22 @@ class _Loader:
             if job is None:
                 continue
             for rel, message in check_job(job):
-                self.problem(to_path(rel), message)
+                path = to_path(rel)
+                if path[0] == "defaults":
+                    message += f" (inherited by job {job.name!r})"
+                self.problem(path, message)
             jobs.append(job)
         return jobs
+
+
+def _origin(doc: YamlDocument, key: str) -> RegistryOrigin:
+    entry: KeyPath = ("registries", key)
+    lines = {"": doc.line_of(entry)}
+    for sub in ORIGIN_KEYS:
+        path = (*entry, *sub.split("."))
+        if path in doc.lines:
+            lines[sub] = doc.lines[path]
+    return RegistryOrigin(key, lines)
 
 
 def _under(prefix: KeyPath) -> Callable[[RelPath], KeyPath]:
@@ -404,9 +443,7 @@ def _build(
     doc: YamlDocument, registries: dict[str, tuple[str, RegistrySettings]], jobs: list[SyncJob]
 ) -> SyncConfig:
     settings = {host: s for host, (_, s) in registries.items()}
-    origins = {
-        host: (key, doc.line_of(("registries", key))) for host, (key, _) in registries.items()
-    }
+    origins = {host: _origin(doc, key) for host, (key, _) in registries.items()}
     job_forms = {job.name: canonical_job(job) for job in jobs}
     content = {
         "version": 1,
@@ -456,6 +493,7 @@ __all__ = [
     "PruneRules",
     "ReferrerRules",
     "RegistryLimits",
+    "RegistryOrigin",
     "RegistrySettings",
     "SyncConfig",
     "SyncJob",

@@ -91,6 +91,8 @@ def need_str(value: Any) -> str:
 
 
 def _regex(value: Any) -> re.Pattern[str]:
+    if isinstance(value, re.Pattern):
+        return value
     text = need_str(value)
     if not text:
         raise ValueError("empty regular expression")
@@ -98,6 +100,8 @@ def _regex(value: Any) -> re.Pattern[str]:
 
 
 def _semver(value: Any) -> semantic_version.NpmSpec:
+    if isinstance(value, semantic_version.NpmSpec):
+        return value
     return selection.parse_semver_range(need_str(value))
 
 
@@ -122,6 +126,8 @@ def _repository_pattern(value: Any) -> str:
 
 
 def _platform(value: Any) -> Platform:
+    if isinstance(value, Platform):
+        return value
     try:
         return Platform.parse(need_str(value))
     except InputError as exc:
@@ -129,6 +135,8 @@ def _platform(value: Any) -> Platform:
 
 
 def _duration(value: Any) -> datetime.timedelta:
+    if isinstance(value, datetime.timedelta) and value >= datetime.timedelta(seconds=1):
+        return value
     text = need_str(value)
     try:
         delta = durationpy.from_str(text)
@@ -228,6 +236,8 @@ def _artifact_type_glob(value: Any) -> str:
 
 
 def _source_repository(value: Any, info: ValidationInfo) -> Reference:
+    if isinstance(value, Reference):
+        value = str(value)
     text = need_str(value)
     if "{" in text or "}" in text:
         raise ValueError("a source takes no template fields: {repository} is for destinations")

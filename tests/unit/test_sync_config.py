@@ -546,6 +546,7 @@ BROKEN: list[tuple[str, str, str]] = [
     ("- a\n- b\n", "1", "must be a mapping with version, defaults, registries and jobs"),
     ("version: 1\n[a]: b\n" + MINIMAL_JOB, "2", "keys must be plain strings"),
     ("version: 1\njobs: *nope\n", "2", "found undefined alias 'nope'"),
+    ("version: 1\nloop: &x [1, *x]\n" + MINIMAL_JOB, "2: loop[1]", "an alias refers to itself"),
     ("a:\n  b: 1\n c: 2\n", "3", "invalid YAML"),
     (
         "version: 1\njobs:\n  - {name: x, source: a.io/b, destinations: [c.io/{name}]}\n",
@@ -619,10 +620,15 @@ def test_a_cross_key_problem_from_defaults_points_at_the_key_that_came_from_ther
           interval: 10m
         jobs:
           - {name: a, source: a.io/a, destinations: [c.io/a], schedule: '@daily'}
+          - {name: b, source: a.io/b, destinations: [c.io/b]}
+          - {name: c, source: a.io/c, destinations: [c.io/c], schedule: '@hourly'}
         """,
     )
     assert lines == [
-        "sync.yaml:3: defaults.interval: schedule and interval exclude each other: give one"
+        "sync.yaml:3: defaults.interval: schedule and interval exclude each other: give one "
+        "(inherited by job 'a')",
+        "sync.yaml:3: defaults.interval: schedule and interval exclude each other: give one "
+        "(inherited by job 'c')",
     ]
 
 
@@ -863,7 +869,9 @@ CREDS_CONFIG = """\
 version: 1
 registries:
   env.example.com:
-    credentials: {username-env: SYNC_USER, password-env: SYNC_PASS}
+    credentials:
+      username-env: SYNC_USER
+      password-env: SYNC_PASS
   file.example.com:
     credentials: {username: robot, password-file: secrets/pass.txt}
     tls: plain-http
@@ -898,11 +906,13 @@ def test_credentials_from_environment_variables(tmp_path: Path) -> None:
     [
         (
             {"SYNC_PASS": "x-secret-1"},
-            "credentials.username-env: environment variable SYNC_USER is not set",
+            "5: registries[env.example.com].credentials.username-env: "
+            "environment variable SYNC_USER is not set",
         ),
         (
             {"SYNC_USER": "u", "SYNC_PASS": ""},
-            "credentials.password-env: environment variable SYNC_PASS is empty",
+            "6: registries[env.example.com].credentials.password-env: "
+            "environment variable SYNC_PASS is empty",
         ),
     ],
 )
@@ -913,7 +923,7 @@ def test_a_missing_variable_is_named_and_nothing_secret_shown(
     with pytest.raises(ConfigError) as info:
         config.registry_options("env.example.com", env=env, resolve=_no_resolution)
     message = str(info.value)
-    assert message == f"{tmp_path / 'sync.yaml'}:3: registries[env.example.com].{expected}"
+    assert message == f"{tmp_path / 'sync.yaml'}:{expected}"
     assert "x-secret-1" not in message
 
 
@@ -931,7 +941,7 @@ def test_credentials_from_a_password_file_relative_to_the_config(tmp_path: Path)
 
 def test_an_unreadable_or_empty_password_file_is_named(tmp_path: Path) -> None:
     config = load(tmp_path, CREDS_CONFIG)
-    where = f"{tmp_path / 'sync.yaml'}:5: registries[file.example.com].credentials.password-file"
+    where = f"{tmp_path / 'sync.yaml'}:8: registries[file.example.com].credentials.password-file"
     path = tmp_path / "secrets" / "pass.txt"
     with pytest.raises(ConfigError) as info:
         config.registry_options("file.example.com", env={}, resolve=_no_resolution)
@@ -977,7 +987,7 @@ def test_default_resolution_reads_the_docker_config(tmp_path: Path) -> None:
 def test_tls_settings_and_ca_file(tmp_path: Path) -> None:
     config = load(tmp_path, CREDS_CONFIG)
     with pytest.raises(
-        ConfigError, match=r":10: registries\[tls.example.com\].ca-file: .*ca.pem: no such file"
+        ConfigError, match=r":14: registries\[tls.example.com\].ca-file: .*ca.pem: no such file"
     ):
         config.registry_options("tls.example.com", resolve=lambda h: None)
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
