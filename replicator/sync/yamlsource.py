@@ -148,12 +148,18 @@ def read_yaml(text: str, filename: str) -> YamlDocument:
     ``data`` = ``None``.
     """
     yaml = YAML(typ="safe", pure=True)
+    # The parser's exception quotes the file's text: it must not become the
+    # context of the error raised (a traceback would show it), so it is
+    # turned into a problem here and the error is raised outside the handler.
+    syntax: Problem | None = None
     try:
         node = yaml.compose(text)
     except MarkedYAMLError as exc:
-        raise_problems(filename, [_syntax_problem(exc)])
+        syntax = _syntax_problem(exc)
     except YAMLError as exc:
-        raise_problems(filename, [Problem(1, (), f"invalid YAML: {type(exc).__name__}")])
+        syntax = Problem(1, (), f"invalid YAML: {type(exc).__name__}")
+    if syntax is not None:
+        raise_problems(filename, [syntax])
     builder = _Builder(yaml)
     data = None if node is None else builder.build(node, ())
     if builder.problems:

@@ -691,6 +691,15 @@ def test_a_value_under_credentials_is_never_shown(tmp_path: Path, credentials: s
     assert "12345678901234" not in joined
 
 
+def test_a_yaml_error_does_not_carry_the_files_text_as_its_context(tmp_path: Path) -> None:
+    path = write(tmp_path, f"version: 1\nregistries:\n  a.io: {{password-env: '{SECRET}\n")
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    chained = info.value.__cause__ or info.value.__context__
+    assert chained is None
+    assert SECRET not in str(info.value)
+
+
 def test_a_literal_password_is_refused_with_the_way_to_give_one(tmp_path: Path) -> None:
     lines = problems(
         tmp_path,
