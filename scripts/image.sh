@@ -200,8 +200,14 @@ done
 rm -rf wheels
 mkdir wheels
 printf '*\n' >wheels/.gitignore
+# From a copy of the package's sources: a setuptools build/ directory left in
+# the checkout would carry modules deleted since into the wheel.
+src="$(mktemp -d)"
+CLEANUP+=("$src")
+cp -r pyproject.toml README.md replicator "$src/"
+find "$src" -name __pycache__ -prune -exec rm -rf {} +
 log "pip wheel . -> wheels/"
-"$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir wheels . >"$STORE/wheels.log" 2>&1 ||
+"$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir wheels "$src" >"$STORE/wheels.log" 2>&1 ||
   die "pip wheel failed; see $STORE/wheels.log"
 
 # --- image ---------------------------------------------------------------------
