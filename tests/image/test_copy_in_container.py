@@ -114,6 +114,14 @@ def _assert_blobs_byte_exact(instance: RegistryInstance, repo: str, snap: GraphS
         assert (f"sha256:{h.hexdigest()}", size) == (digest, desc.size)
 
 
+def _wait_until_uploads_answered(proxy: Any, timeout: float = 60) -> None:
+    """Until every upload request the proxy has seen got its answer."""
+    deadline = time.monotonic() + timeout
+    while any(r.kind == "upload" and r.status == 0 for r in proxy.stats().log):
+        assert time.monotonic() < deadline, "uploads still in flight"
+        time.sleep(0.05)
+
+
 def _copy_args(src: str, dst: str) -> list[str]:
     return ["--log-format", "json", "copy", "-r", "--chunk-size", "4MiB", src, dst]
 
@@ -175,7 +183,8 @@ def test_killed_mid_copy_then_a_fresh_container_resumes_from_the_journal(
         assert time.monotonic() < deadline, "the copy did not get going"
         time.sleep(0.005)
     proxy.status(None, r"/blobs/uploads/", 503, retry_after=5, times=None)
-    time.sleep(2.0)  # what was in flight is acknowledged and journalled
+    _wait_until_uploads_answered(proxy)
+    time.sleep(2.0)  # and the answers journalled
     Container.kill(proc)
     journal = state / JOURNAL
     runs = journal_runs(journal)
