@@ -27,7 +27,7 @@
 # Prints the image size and the build times at the end.  Run as root (or with sudo).
 set -euo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 
 IMAGE="${REPLICATOR_IMAGE:-localhost/replicator:latest}"
 BASE="localhost/replicator-base:bookworm"
@@ -48,7 +48,7 @@ while [ "$#" -gt 0 ]; do
       shift
       ;;
     -h | --help)
-      sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+      awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$SELF"
       exit 0
       ;;
     *)
@@ -58,6 +58,8 @@ while [ "$#" -gt 0 ]; do
   esac
   shift
 done
+[ -z "$ARCHIVE" ] || ARCHIVE="$(realpath -m "$ARCHIVE")"
+cd "$(dirname "$SELF")/.."
 
 log() { printf '[image] %s\n' "$*" >&2; }
 die() {
@@ -74,7 +76,7 @@ trap cleanup EXIT
 if [ "$(id -u)" -ne 0 ]; then
   # buildah runs rootful here (chroot isolation needs root); re-run under sudo.
   command -v sudo >/dev/null 2>&1 || die "run as root (buildah is used rootful)"
-  exec sudo -n --preserve-env=REPLICATOR_IMAGE,REPLICATOR_IMAGE_STORE bash "$0" "$@"
+  exec sudo -n --preserve-env=REPLICATOR_IMAGE,REPLICATOR_IMAGE_STORE bash "$SELF" "$@"
 fi
 
 # --- tools ---------------------------------------------------------------------
