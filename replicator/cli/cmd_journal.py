@@ -1,10 +1,17 @@
-"""``replicator journal list|show RUN|gc``: inspect and prune the resume journal."""
+"""``replicator journal list|show RUN|gc``: inspect and prune the resume journal.
+
+These commands read the journal where it is: a path with no journal is
+reported as such (``list`` and ``gc`` exit 0, ``show`` 3) and nothing is
+created; a damaged journal or a file that is not one is an error (exit 8) and
+nothing is moved.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from replicator.cli.context import CliContext
@@ -72,19 +79,13 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, ctx: CliContext) -> int:
     """List, show or prune journal runs."""
-    journal = await Journal.open(args.journal or default_journal_path())
+    path = _journal_path(args)
+    journal = await Journal.open_existing(path)
+    if journal is None:
+        return _no_journal(args, ctx, path)
     try:
         if args.journal_command == "list":
-            runs = journal.runs()
-            if args.json:
-                ctx.out.write(json.dumps([_as_json(r) for r in runs], indent=2) + "\n")
-                return 0
-            ctx.out.write(f"{'RUN':<24} {'STATE':<12} {'STARTED':<20} {'BYTES':>12}  COMMAND\n")
-            for r in runs:
-                cmd = " ".join(str(x) for x in r.command.get("argv", [])) or "-"
-                ctx.out.write(
-                    f"{r.id:<24} {r.state:<12} {_when(r.started):<20} {r.bytes:>12}  {cmd}\n"
-                )
+            _list(args, ctx, journal.runs())
             return 0
         if args.journal_command == "show":
             info = journal.run(args.run)
@@ -100,3 +101,31 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
     finally:
         await journal.close()
+
+
+def _journal_path(args: argparse.Namespace) -> Path:
+    return Path(args.journal).expanduser() if args.journal else default_journal_path()
+
+
+def _no_journal(args: argparse.Namespace, ctx: CliContext, path: Path) -> int:
+    """What each sub-command says where no journal exists (nothing is created)."""
+    if args.journal_command == "show":
+        raise NotFoundError(f"there is no journal at {path}")
+    if args.journal_command == "list" and args.json:
+        ctx.out.write("[]\n")
+    elif args.journal_command == "list":
+        ctx.out.write(f"No journal at {path}: no run recorded\n")
+    else:
+        parse_age(args.older_than)
+        ctx.out.write(f"No journal at {path}: nothing to remove\n")
+    return 0
+
+
+def _list(args: argparse.Namespace, ctx: CliContext, runs: list[RunInfo]) -> None:
+    if args.json:
+        ctx.out.write(json.dumps([_as_json(r) for r in runs], indent=2) + "\n")
+        return
+    ctx.out.write(f"{'RUN':<24} {'STATE':<12} {'STARTED':<20} {'BYTES':>12}  COMMAND\n")
+    for r in runs:
+        cmd = " ".join(str(x) for x in r.command.get("argv", [])) or "-"
+        ctx.out.write(f"{r.id:<24} {r.state:<12} {_when(r.started):<20} {r.bytes:>12}  {cmd}\n")

@@ -1,4 +1,4 @@
-"""``replicator resolve REF`` (hidden): print the digest a reference resolves to.
+"""``replicator resolve REF``: print the digest a reference resolves to.
 
 A small plumbing command: scripts use it to pin a tag to a digest, and the CLI
 error-contract tests use it as the simplest command that talks to a registry.
@@ -14,9 +14,11 @@ from replicator.oci.reference import parse_reference
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add the hidden ``resolve`` command (not listed in ``--help``)."""
+    """Add the ``resolve`` command."""
     parser = subparsers.add_parser(
-        "resolve", description="Print the digest of the manifest REF names."
+        "resolve",
+        help="print the digest a reference resolves to",
+        description="Print the digest of the manifest REF names.",
     )
     parser.add_argument(
         "reference", metavar="REF", help="host/repository:tag, @digest or ocidir://"

@@ -1,9 +1,11 @@
 """What every command gets besides its own arguments: targets, options, output.
 
-:class:`CliContext` is built once per process from the global flags.  It hands
-out one :class:`~replicator.targets.base.Target` per location (registry host or
-layout directory) so that a command naming the same registry twice shares its
-connections and tokens, and closes them all at the end of the run.
+:class:`CliContext` is built once per process from the global flags.  Its
+:class:`~replicator.sync.targets.TargetPool` (the run layer's) hands out one
+:class:`~replicator.targets.base.Target` per location (registry host or layout
+directory), with the connection settings of :meth:`CliContext.registry_options`,
+so that a command naming the same registry twice shares its connections and
+tokens; main closes them all at the end of the run.
 
 Credential flags (``--username``, ``--password``, ``--password-stdin``) apply to
 *every* registry host named on the command line; a host for which no flag is
@@ -24,8 +26,8 @@ from typing import TextIO
 from replicator.errors import InputError, UsageError
 from replicator.observe.logging import get_logger, register_secret
 from replicator.oci.reference import Reference
+from replicator.sync.targets import TargetPool
 from replicator.targets.base import Target
-from replicator.targets.factory import open_target as _open_target
 from replicator.targets.registry.options import Credentials, RegistryOptions
 
 log = get_logger(__name__)
@@ -56,10 +58,13 @@ def read_password_stdin(stdin: TextIO) -> str:
 class CliContext:
     """Shared state of one CLI invocation.
 
-    ``out`` receives command results (stdout); logs go to stderr.  ``is_tty``
-    says whether ``out`` is a terminal, so commands can choose between human
-    and machine output.  Targets opened through :meth:`open_target` are cached
-    per ``ref.location`` and closed by :meth:`aclose`.
+    ``out`` receives command results (stdout); logs and messages go to ``err``
+    (stderr).  ``is_tty`` says whether ``out`` is a terminal, so commands can
+    choose between human and machine output.  ``json_logs``: ``--log-format
+    json`` was given, so every stderr line must be a JSON log event (commands
+    log their messages instead of writing lines).  Targets opened through
+    :meth:`open_target` (or ``targets``) are shared per ``ref.location`` and
+    closed by :meth:`aclose`.
     """
 
     username: str | None = None
@@ -70,10 +75,13 @@ class CliContext:
     debug: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     is_tty: bool = False
-    _targets: dict[str, Target] = field(default_factory=dict, repr=False)
+    json_logs: bool = False
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    targets: TargetPool = field(init=False, repr=False)
     _options: dict[str, RegistryOptions] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self.targets = TargetPool(self.registry_options)
         if self.password:
             register_secret(self.password)
         if self.ca_file is not None:
@@ -104,7 +112,7 @@ class CliContext:
             password = read_password_stdin(stdin if stdin is not None else sys.stdin)
         elif password is not None:
             register_secret(password)
-            log.debug("password given on the command line; prefer --password-stdin")
+            log.debug("cli.password_on_command_line", hint="prefer --password-stdin")
         return cls(
             username=getattr(args, "username", None),
             password=password,
@@ -114,6 +122,7 @@ class CliContext:
             debug=bool(getattr(args, "debug", False)),
             out=stream,
             is_tty=_stream_isatty(stream),
+            json_logs=getattr(args, "log_format", "auto") == "json",
         )
 
     def credentials(self, host: str) -> Credentials | None:
@@ -162,19 +171,8 @@ class CliContext:
         ``create`` lets an OCI layout directory be created (destinations).  The
         context closes the target in :meth:`aclose`; commands must not.
         """
-        key = ref.location
-        target = self._targets.get(key)
-        if target is None:
-            target = _open_target(ref, options_for=self.registry_options, create=create)
-            self._targets[key] = target
-        return target
+        return self.targets.open(ref, create=create)
 
     async def aclose(self) -> None:
         """Close every target opened through this context (errors are logged, not raised)."""
-        targets = list(self._targets.values())
-        self._targets.clear()
-        for target in targets:
-            try:
-                await target.aclose()
-            except Exception as exc:  # closing must not mask the command's own result
-                log.debug("target close failed", target=target.display, error=repr(exc))
+        await self.targets.aclose()

@@ -6,6 +6,13 @@ in :data:`COMMANDS`.  This module parses the command line, configures logging,
 builds the :class:`~replicator.cli.context.CliContext`, runs the command under
 anyio (asyncio backend, uvloop when installed) and turns every failure into
 exactly one ``Error: ...`` line on stderr and a documented exit code.
+
+Failures and usage errors are reported by :mod:`replicator.cli.failures`.
+With ``--log-format json`` every line on stderr is a JSON log event: the
+failure is the event ``cli.failed`` (``error``, ``exit_code``, and with
+``--debug`` the traceback in ``exception``), an argparse usage error is
+``cli.usage_error``, and the process ends with ``cli.exited`` carrying its
+``exit_code``.  No value given to a password flag appears in a usage error.
 """
 
 from __future__ import annotations
@@ -17,17 +24,26 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 
 from replicator import __version__
 from replicator.cli import heap
 from replicator.cli.context import CliContext
+from replicator.cli.failures import (
+    EXIT_KEYBOARD_INTERRUPT,
+    describe_failure,
+    json_usage_error,
+    leaves,
+    parse_command_line,
+    password_values,
+    primary_exception,
+    report_failure,
+)
 from replicator.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -41,9 +57,28 @@ from replicator.errors import (
     EXIT_REGISTRY,
     EXIT_USAGE,
     Interrupted,
-    ReplicatorError,
 )
-from replicator.observe.logging import configure_logging, redact_text
+from replicator.observe.logging import configure_logging, get_logger
+
+_log = get_logger("replicator.cli")
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_CODES",
+    "EXIT_KEYBOARD_INTERRUPT",
+    "build_parser",
+    "console_main",
+    "describe_failure",
+    "exit_code_table",
+    "iter_command_modules",
+    "main",
+    "named_command",
+    "password_values",
+    "primary_exception",
+    "report_failure",
+    "run_command",
+]
 
 #: Command modules, imported as ``replicator.cli.cmd_<name>``; missing ones are skipped.
 COMMANDS: tuple[str, ...] = (
@@ -56,16 +91,11 @@ COMMANDS: tuple[str, ...] = (
     "pull",
     "manifest",
     "repo",
-    "tag",
-    "blob",
-    "sync",
     "journal",
     "resolve",
     "version",
 )
 
-#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
-EXIT_KEYBOARD_INTERRUPT = 130
 #: Exit status when stdout was closed under us (``replicator ... | head``).
 EXIT_BROKEN_PIPE = 141
 
@@ -267,66 +297,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The non-group exceptions inside ``exc``, depth first, in order."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-def primary_exception(exc: BaseException) -> BaseException:
-    """The exception that explains a failure, looking inside exception groups.
-
-    The first :class:`ReplicatorError` wins, then a ``KeyboardInterrupt``, then
-    the first exception that is not a cancellation, then whatever came first.
-    """
-    leaves = list(_leaves(exc))
-    if not leaves:
-        return exc
-    for leaf in leaves:
-        if isinstance(leaf, ReplicatorError):
-            return leaf
-    for leaf in leaves:
-        if isinstance(leaf, KeyboardInterrupt):
-            return leaf
-    for leaf in leaves:
-        if not isinstance(leaf, asyncio.CancelledError):
-            return leaf
-    return leaves[0]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def describe_failure(exc: BaseException, *, debug: bool) -> tuple[str, int]:
-    """The ``Error: ...`` line (secrets redacted) and the exit code for ``exc``."""
-    chosen = primary_exception(exc)
-    if isinstance(chosen, ReplicatorError):
-        message, code = f"Error: {chosen}", chosen.exit_code
-    elif isinstance(chosen, KeyboardInterrupt):
-        message, code = "Error: interrupted", EXIT_KEYBOARD_INTERRUPT
-    else:
-        hint = "" if debug else " (run with --debug for details)"
-        detail = str(chosen)
-        name = type(chosen).__name__
-        text = f"{name}: {detail}" if detail else name
-        message, code = f"Error: internal error: {text}{hint}", EXIT_FAILURE
-    return redact_text(_one_line(message)), code
-
-
-def report_failure(exc: BaseException, *, debug: bool, stderr: TextIO) -> int:
-    """Write the failure to ``stderr`` (traceback only with ``debug``); return the exit code."""
-    line, code = describe_failure(exc, debug=debug)
-    if debug:
-        stderr.write(redact_text("".join(traceback.format_exception(exc))))
-    stderr.write(line + "\n")
-    stderr.flush()
-    return code
-
-
 def _backend_options() -> dict[str, Any]:
     try:
         import uvloop  # noqa: F401
@@ -374,9 +344,7 @@ def _leftover_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -
     if context.get("message") == "Future exception was never retrieved" and isinstance(
         exc, OSError
     ):
-        logging.getLogger("replicator.cli").debug(
-            "unawaited network error: %s: %s", type(exc).__name__, exc
-        )
+        _log.debug("cli.unawaited_network_error", error=f"{type(exc).__name__}: {exc}")
         return
     loop.default_exception_handler(context)
 
@@ -431,17 +399,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Usage errors from argparse exit with 2 (argparse's own message), ``--help``
     and ``--version`` with 0.  Everything else is reported by
-    :func:`report_failure`: one line, no traceback unless ``--debug``.
+    :func:`report_failure`: one line, no traceback unless ``--debug``.  With
+    ``--log-format json`` every stderr line is a JSON event, the last one
+    ``cli.exited`` with the exit code.
     """
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(named_command(words))
-    args = parser.parse_args(words)
+    args = parse_command_line(parser, words)
+    json_logs = args.log_format == "json"
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        _help_parser(parser, getattr(args, "command", None)).print_help(sys.stderr)
+        help_parser = _help_parser(parser, getattr(args, "command", None))
+        if json_logs:
+            json_usage_error("a command is needed", help_parser.format_help(), EXIT_USAGE)
+        else:
+            help_parser.print_help(sys.stderr)
         return EXIT_USAGE
     debug = bool(args.debug)
     configure_logging(debug=debug, fmt=args.log_format)
+    code = _run_reported(handler, args, debug=debug, json_logs=json_logs)
+    if json_logs:
+        _log.info("cli.exited", exit_code=code)
+    return code
+
+
+def _run_reported(
+    handler: Handler, args: argparse.Namespace, *, debug: bool, json_logs: bool
+) -> int:
+    """Run the command; report a failure (one line, or ``cli.failed``); the exit code."""
     try:
         ctx = CliContext.from_args(args)
         code = run_command(handler, args, ctx)
@@ -452,10 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        if any(isinstance(leaf, BrokenPipeError) for leaf in _leaves(exc)):
+        if any(isinstance(leaf, BrokenPipeError) for leaf in leaves(exc)):
             _silence_stdout()
             return EXIT_BROKEN_PIPE
-        return report_failure(exc, debug=debug, stderr=sys.stderr)
+        return report_failure(exc, debug=debug, stderr=sys.stderr, json_logs=json_logs)
     return code
 
 

@@ -53,7 +53,10 @@ class JournalLedger:
                     repository=repository,
                     digest=digest,
                 )
+        #: How many upload sessions an earlier attempt left in flight.
+        self.resumed_uploads = 0
         for up in journal.uploads(run_id):
+            self.resumed_uploads += 1
             self._uploads[(up.location, up.repository, up.digest)] = UploadProgress(
                 repository=up.repository, digest=up.digest, location=up.upload_url, offset=up.offset
             )

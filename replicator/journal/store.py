@@ -3,36 +3,38 @@
 What it holds:
 
 * ``runs`` — one row per copy run: its *key* (a digest of what the run was asked
-  to do), the command line without secrets, its state (``running``,
-  ``interrupted``, ``failed``, ``done``), counters and the last error.
+  to do), what the run layer chose to record of its command (never a
+  credential), its state (``running``, ``interrupted``, ``failed``, ``done``),
+  counters, the bytes sent summed over its attempts, and the last error.
 * ``confirmations`` — what a destination confirmed during a run: a blob present,
   mounted or uploaded, a manifest pushed, a referrers index updated, a tag set.
   An entry is written only *after* the destination confirmed, so a journal can
   make a run redo work but never skip work that did not happen.
 * ``uploads`` — for each chunked upload in flight, its upload URL and the offset
   the destination acknowledged after the last chunk.
+* ``sources`` — the digest each job's source pointed at when the run first
+  resolved it, so a resumed run can tell that a tag moved in between.
 * ``blob_cache`` — across runs: which repositories of a destination location are
   known to hold a blob (mount candidates).  The engine drops an entry when the
   destination later says the blob is unknown.
 
-Writes are queued and committed by one thread in batches (a transaction per
-batch, entries gathering for up to 50 ms), which keeps the journal's cost per
-confirmation to a queue put; a new upload session is committed at once on the
-caller's thread (``commit_now``), in queue order.
-``flush()`` waits until everything queued so far is on disk.  A journal file
-that fails SQLite's ``quick_check`` or has a foreign schema is set aside (renamed
-with a ``.corrupt-<time>`` suffix), a warning is logged, and a fresh journal is
-started: the run then falls back to asking the destination.
+Writes are queued and committed by one thread in batches (see
+:mod:`replicator.journal.writer`); ``flush()`` waits until everything queued so
+far is on disk.
+
+Opening never harms a file that is not ours (:mod:`replicator.journal.inspect`):
+a damaged journal of ours is set aside (renamed with a ``.corrupt-<time>``
+suffix) and a fresh one started, the run then falling back to asking the
+destinations; a directory or any other file is refused with a
+:class:`~replicator.errors.JournalError` and left untouched.
+:meth:`Journal.open_existing` (for reading) creates nothing and moves nothing.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import os
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -43,68 +45,39 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import structlog
 
 from replicator.errors import JournalError
+from replicator.journal.inspect import APPLICATION_ID, admit, inspect_journal
+from replicator.journal.records import scrub_recorded_commands
+from replicator.journal.schema import (
+    BLOB,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    MANIFEST,
+    REFERRERS,
+    RUNNING,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TAG,
+)
+from replicator.journal.writer import STOP, Op, Writer, connect
 
-log = structlog.get_logger("replicator.journal")
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    key TEXT NOT NULL,
-    command TEXT NOT NULL,
-    state TEXT NOT NULL,
-    started REAL NOT NULL,
-    updated REAL NOT NULL,
-    finished REAL,
-    counts TEXT NOT NULL DEFAULT '{}',
-    bytes INTEGER NOT NULL DEFAULT 0,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_key ON runs (key, state);
-CREATE TABLE IF NOT EXISTS confirmations (
-    run_id TEXT NOT NULL,
-    location TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    at REAL NOT NULL,
-    PRIMARY KEY (run_id, location, repository, digest, kind, detail)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uploads (
-    run_id TEXT NOT NULL,
-    location TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    upload_url TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (run_id, location, repository, digest)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS blob_cache (
-    location TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    seen REAL NOT NULL,
-    PRIMARY KEY (location, digest, repository)
-) WITHOUT ROWID;
-"""
-
-#: Kinds of confirmation.
-BLOB = "blob"
-MANIFEST = "manifest"
-REFERRERS = "referrers"
-TAG = "tag"
-
-RUNNING = "running"
-INTERRUPTED = "interrupted"
-FAILED = "failed"
-DONE = "done"
+__all__ = [
+    "BLOB",
+    "DONE",
+    "FAILED",
+    "INTERRUPTED",
+    "MANIFEST",
+    "REFERRERS",
+    "RUNNING",
+    "SCHEMA_VERSION",
+    "TAG",
+    "Journal",
+    "RunInfo",
+    "UploadState",
+    "default_journal_path",
+]
 
 
 def default_journal_path() -> Path:
@@ -140,112 +113,10 @@ class UploadState:
     offset: int
 
 
-#: How long the writer lets queued entries gather before committing them.
-GROUP_COMMIT_SECONDS = 0.05
-
-_Op = tuple[str, tuple[Any, ...]]
-_STOP = object()
-
-
-class _Writer(threading.Thread):
-    """Owns the write connection; commits queued statements in batches.
-
-    Entries are taken from the queue and committed under ``commit_lock``, by
-    this thread or by :meth:`commit_now` on the caller's thread, so they are
-    always committed in the order they were queued.
-    """
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="replicator-journal", daemon=True)
-        self.path = path
-        self._items: collections.deque[Any] = collections.deque()
-        self._ready = threading.Condition(threading.Lock())
-        self.commit_lock = threading.Lock()
-        self._urgent = threading.Event()
-        self.error: BaseException | None = None
-
-    def put(self, entry: Any) -> None:
-        """Queue an entry: an op, a list of ops, a Future to resolve, or the stop mark."""
-        with self._ready:
-            self._items.append(entry)
-            if isinstance(entry, Future) or entry is _STOP:
-                self._urgent.set()
-            self._ready.notify()
-
-    def _drain(self) -> list[Any]:
-        with self._ready:
-            batch = list(self._items)
-            self._items.clear()
-        return batch
-
-    def commit_now(self, conn: sqlite3.Connection) -> None:
-        """Commit everything queued so far on ``conn``, on the calling thread."""
-        with self.commit_lock:
-            self._apply(conn, self._drain())
-
-    def run(self) -> None:
-        conn = _connect(self.path)
-        try:
-            while True:
-                with self._ready:
-                    while not self._items:
-                        self._ready.wait()
-                # Group commit: let entries gather for a moment (one transaction
-                # instead of one per confirmation), unless someone waits for them.
-                self._urgent.wait(GROUP_COMMIT_SECONDS)
-                self._urgent.clear()
-                with self.commit_lock:
-                    if self._apply(conn, self._drain()):
-                        return
-        finally:
-            conn.close()
-
-    def _apply(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
-        """Commit ``batch`` in one transaction; True when it held the stop mark."""
-        stop = False
-        waiters: list[Future[None]] = []
-        ops: list[_Op] = []
-        for entry in batch:
-            if entry is _STOP:
-                stop = True
-            elif isinstance(entry, Future):
-                waiters.append(entry)
-            elif isinstance(entry, list):
-                ops.extend(entry)
-            else:
-                ops.append(entry)
-        if ops and self.error is None:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for sql, params in ops:
-                    conn.execute(sql, params)
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:  # disk full, file removed...
-                self.error = exc
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-        for waiter in waiters:
-            if self.error is not None:
-                waiter.set_exception(JournalError(f"journal write failed: {self.error}"))
-            else:
-                waiter.set_result(None)
-        return stop
-
-
-def _connect(path: Path, *, checkpoints: bool = True) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    if not checkpoints:
-        # Checkpoints (and their fsync) are left to the writer thread.
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-    return conn
-
-
 class Journal:
     """The resume journal at one path.  Use :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, path: Path, reader: sqlite3.Connection, writer: _Writer) -> None:
+    def __init__(self, path: Path, reader: sqlite3.Connection, writer: Writer) -> None:
         self.path = path
         self._reader = reader
         self._writer = writer
@@ -259,48 +130,60 @@ class Journal:
 
     @classmethod
     async def open(cls, path: Path | str | None = None) -> Journal:
-        """Open (creating if needed) the journal; set a corrupt one aside."""
+        """Open the journal at ``path``, creating it (and its directory) if needed.
+
+        A damaged journal of ours is set aside (see :attr:`set_aside`) and a new
+        one started.  Raises :class:`JournalError`, touching nothing, when
+        ``path`` holds anything else (a directory, a file that is not a
+        journal), or when the journal cannot be created.
+        """
         target = Path(path) if path is not None else default_journal_path()
-        return await anyio.to_thread.run_sync(cls._open_sync, target)
+        return await anyio.to_thread.run_sync(cls._open_sync, target, True)
 
     @classmethod
-    def _open_sync(cls, path: Path) -> Journal:
+    async def open_existing(cls, path: Path | str | None = None) -> Journal | None:
+        """Open the journal at ``path`` to read it; None when there is none.
+
+        Creates nothing and moves nothing: a damaged journal or a file that is
+        not a journal raises :class:`JournalError`.
+        """
+        target = Path(path) if path is not None else default_journal_path()
+        return await anyio.to_thread.run_sync(cls._open_existing_sync, target)
+
+    @classmethod
+    def _open_existing_sync(cls, path: Path) -> Journal | None:
+        if inspect_journal(path, schema_version=SCHEMA_VERSION).state == "absent":
+            return None
+        return cls._open_sync(path, False)
+
+    @classmethod
+    def _open_sync(cls, path: Path, may_repair: bool) -> Journal:
+        found = inspect_journal(path, schema_version=SCHEMA_VERSION)
+        aside = admit(path, found, may_repair=may_repair)
+        if found.state == "absent":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot create the journal directory {path.parent}: {exc.strerror}"
+                ) from None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JournalError(f"cannot create journal directory {path.parent}: {exc}") from exc
-        aside: Path | None = None
-        problem: str | None = None
-        if path.exists():
-            problem = _check(path)
-            if problem is not None:
-                aside = path.with_name(
-                    f"{path.name}.corrupt-{time.time():.0f}-{uuid.uuid4().hex[:4]}"
-                )
-                for suffix in ("", "-wal", "-shm"):
-                    src = Path(str(path) + suffix)
-                    if src.exists():
-                        src.replace(Path(str(aside) + suffix))
-                log.warning(
-                    "journal_corrupt_set_aside",
-                    path=str(path),
-                    moved_to=str(aside),
-                    problem=problem,
-                )
-        try:
-            conn = _connect(path, checkpoints=False)
-            conn.executescript(_SCHEMA)
+            conn = connect(path, checkpoints=False)
+            conn.executescript(SCHEMA)
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            scrub_recorded_commands(conn)
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {path}: {exc}") from exc
-        writer = _Writer(path)
+            raise JournalError(f"cannot open the journal {path}: {exc}") from None
+        writer = Writer(path)
         writer.start()
         journal = cls(path, conn, writer)
         if aside is not None:
-            journal.set_aside, journal.problem = aside, problem
+            journal.set_aside, journal.problem = aside, found.problem
         return journal
 
     # -- writing ---------------------------------------------------------------
@@ -308,13 +191,19 @@ class Journal:
     def _put(self, sql: str, params: tuple[Any, ...]) -> None:
         self._put_many([(sql, params)])
 
-    def _put_many(self, ops: list[_Op]) -> None:
+    def _put_many(self, ops: list[Op]) -> None:
         """Queue statements that are committed together (one queue operation)."""
         if self._closed:
             raise JournalError("journal is closed")
         if self._writer.error is not None:
             raise JournalError(f"journal write failed: {self._writer.error}")
         self._writer.put(ops if len(ops) > 1 else ops[0])
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the journal stopped writing (disk full, file removed...), None while it writes."""
+        error = self._writer.error
+        return None if error is None else str(error) or type(error).__name__
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
@@ -373,7 +262,7 @@ class Journal:
     ) -> None:
         """Record that a destination confirmed something (queued; see :meth:`flush`)."""
         now = time.time()
-        ops: list[_Op] = [
+        ops: list[Op] = [
             (
                 "INSERT OR IGNORE INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, location, repository, digest, kind, detail, now),
@@ -416,6 +305,20 @@ class Journal:
             "DELETE FROM uploads WHERE run_id = ? AND location = ? AND repository = ? AND digest = ?",
             (run_id, location, repository, digest),
         )
+
+    def record_source(self, run_id: str, source: str, digest: str) -> None:
+        """Remember what ``source`` pointed at; the first digest recorded for a run is kept."""
+        self._put(
+            "INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?)",
+            (run_id, source, digest, time.time()),
+        )
+
+    def sources(self, run_id: str) -> dict[str, str]:
+        """The digest each source of the run pointed at when the run first resolved it."""
+        rows = self._reader.execute(
+            "SELECT source, digest FROM sources WHERE run_id = ?", (run_id,)
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def forget(self, location: str, repository: str, digest: str) -> None:
         """The destination no longer has this content: drop what we believed about it."""
@@ -530,6 +433,7 @@ class Journal:
         for run_id in ids:
             self._put("DELETE FROM confirmations WHERE run_id = ?", (run_id,))
             self._put("DELETE FROM uploads WHERE run_id = ?", (run_id,))
+            self._put("DELETE FROM sources WHERE run_id = ?", (run_id,))
             self._put("DELETE FROM runs WHERE id = ?", (run_id,))
         self._put("DELETE FROM blob_cache WHERE seen < ?", (cutoff,))
         return len(ids)
@@ -537,14 +441,20 @@ class Journal:
     # -- closing ---------------------------------------------------------------
 
     async def close(self) -> None:
-        """Flush, stop the writer and close the connections."""
+        """Flush, stop the writer and close the connections.
+
+        Raises :class:`JournalError` when the last writes failed; the journal is
+        closed either way.
+        """
         if self._closed:
             return
-        await self.flush()
-        self._closed = True
-        self._writer.put(_STOP)
-        await anyio.to_thread.run_sync(self._writer.join)
-        self._reader.close()
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            self._writer.put(STOP)
+            await anyio.to_thread.run_sync(self._writer.join)
+            self._reader.close()
 
 
 def _run_info(r: tuple[Any, ...]) -> RunInfo:
@@ -560,27 +470,3 @@ def _run_info(r: tuple[Any, ...]) -> RunInfo:
         bytes=int(r[8]),
         error=r[9],
     )
-
-
-def _check(path: Path) -> str | None:
-    """None when ``path`` is a usable journal, else what is wrong with it."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            result = conn.execute("PRAGMA quick_check").fetchone()
-            if not result or result[0] != "ok":
-                return f"quick_check: {result[0] if result else 'no answer'}"
-            tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            if tables and not {"runs", "confirmations", "uploads", "blob_cache"} <= tables:
-                return "not a replicator journal"
-            if "meta" in tables:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if row is not None and row[0] != str(SCHEMA_VERSION):
-                    return f"schema version {row[0]}, expected {SCHEMA_VERSION}"
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return str(exc)
-    return None

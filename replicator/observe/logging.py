@@ -26,6 +26,16 @@ Registered secrets shorter than :data:`MIN_SUBSTRING_SECRET` characters are
 masked only where they stand as a whole word: masking every occurrence of a
 two-letter password inside digests would make the logs useless without
 protecting anything.
+
+Event names — the project's one naming style: ``area.event_name``.  The area
+is dotted and says which part of the tool speaks (``cli``, ``run``,
+``journal``, ``engine``, ``registry``, ``registry.upload``, ``auth``,
+``credentials``, ``layout``, ``delete``, ``discover``, ``targets``...); the event
+is snake_case, a past tense or a noun (``run.resumed``, ``run.stopping``,
+``journal.set_aside``, ``registry.upload.session_expired``, ``cli.exited``).
+What varies goes into fields, never into the name (``run.source_moved`` with
+``source``, ``was``, ``now``); a message meant for the user travels in the
+field ``message``.  Consumers of ``--log-format json`` match on these names.
 """
 
 from __future__ import annotations

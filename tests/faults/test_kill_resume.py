@@ -113,7 +113,7 @@ def _kill_trial(
             1 for r in first.log if r.method == "PUT" and r.kind == "upload" and r.status == 201
         )
         journalled = journal_uploads(journal) if journal.exists() else []
-        at_kill = set(leftover_sessions(dst, repo))
+        at_kill = _sessions_after_the_kill(dst, repo)
         second = run(argv, tmp_path)
         assert second.returncode == 0, second.stderr[-3000:]
         both = proxy.stats()
@@ -159,6 +159,24 @@ def _kill_trial(
             held = data.stat().st_size
             assert held < CHUNK, f"dangling upload session {u} holds {held} bytes"
         assert journal_runs(journal)[0][1] == "done"
+
+
+def _sessions_after_the_kill(running: Any, repo: str) -> set[str]:
+    """The destination's upload sessions once requests the killed process sent are handled.
+
+    A ``POST`` sent just before the kill may still be in the registry's hands
+    (a busy machine): its session appears a moment later and belongs to the
+    killed run, not to the rerun.  Listed until two listings 0.5 s apart agree.
+    """
+    seen = set(leftover_sessions(running, repo))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = set(leftover_sessions(running, repo))
+        if now == seen:
+            break
+        seen = now
+    return seen
 
 
 def _stored(running: Any, repo: str, session: str) -> int:

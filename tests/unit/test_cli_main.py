@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -262,7 +263,8 @@ def test_a_network_error_nobody_awaited_is_a_debug_event_without_traceback() -> 
     assert _unretrieved(err, debug=False) == []  # below INFO: not shown
     (line,) = [x for x in _unretrieved(err, debug=True) if x["logger"] == "replicator.cli"]
     assert line["level"] == "debug"
-    assert "SSLCertVerificationError" in str(line["event"])
+    assert line["event"] == "cli.unawaited_network_error"
+    assert "SSLCertVerificationError" in str(line["error"])
     assert "Traceback" not in json.dumps(line)
 
 
@@ -271,3 +273,54 @@ def test_any_other_error_nobody_awaited_is_still_reported() -> None:
     assert line["level"] == "error" and line["logger"] == "asyncio"
     assert "ValueError: a bug" in str(line["exception"])
     assert "Traceback" not in str(line["exception"])  # only with --debug
+
+
+def test_commands_are_the_modules_that_exist_and_all_show_in_help() -> None:
+    import importlib.util
+
+    for name in cli_main.COMMANDS:
+        assert importlib.util.find_spec(f"replicator.cli.cmd_{name}") is not None, name
+    assert not {"tag", "blob", "sync"} & set(cli_main.COMMANDS)
+    text = cli_main.build_parser().format_help()
+    listed = set(re.findall(r"^    ([a-z]+)\b", text, re.M))
+    assert set(cli_main.COMMANDS) <= listed, set(cli_main.COMMANDS) - listed
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["-pSECRET1x", "copy"],
+        ["copy", "-p", "SECRET1x"],
+        ["copy", "-rpSECRET1x", "a", "b"],
+        ["copy", "-rp", "SECRET1x"],
+        ["--password=SECRET1x", "copy"],
+        ["--password", "SECRET1x"],
+        ["--pass=SECRET1x"],
+        ["--passw", "SECRET1x"],
+    ],
+)
+def test_every_form_of_a_password_flag_is_found(words: list[str]) -> None:
+    assert "SECRET1x" in cli_main.password_values(words)
+
+
+def test_a_usage_error_masks_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["copy", "--pass=SECRET2y", "a.example/x:1", "b.example/x:1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "ambiguous option" in err and "SECRET2y" not in err and "--pass=***" in err
+
+
+def test_report_failure_as_a_json_event() -> None:
+    from replicator.observe.logging import configure_logging
+
+    buf = io.StringIO()
+    configure_logging(fmt="json", stream=buf, debug=True)
+    try:
+        raise NotFoundError("manifest unknown")
+    except NotFoundError as exc:
+        code = cli_main.report_failure(exc, debug=True, stderr=io.StringIO(), json_logs=True)
+    (event,) = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert code == EXIT_NOT_FOUND
+    assert event["event"] == "cli.failed" and event["error"] == "manifest unknown"
+    assert event["exit_code"] == EXIT_NOT_FOUND and "Traceback" in event["exception"]

@@ -1,0 +1,111 @@
+"""What a run ended with: :class:`RunOutcome`, its messages, and its JSON report.
+
+The outcome is what a front end formats: the engine's
+:class:`~replicator.engine.CopyReport` (figures true for the attempt whatever
+ended it), the run id and whether it resumed, the final status, every message
+meant for the user, and the exit code (``replicator/errors.py``).
+
+Statuses: ``copied`` (complete, something was written), ``up-to-date`` (complete,
+nothing was written: no blob, manifest, referrers index or tag), ``failed``
+(an error, or something selected is missing), ``interrupted`` (stopped on
+request; a rerun resumes).  Each job has a status of its own in the report:
+``copied``, ``up-to-date`` or ``failed``.
+
+The JSON report (:meth:`RunOutcome.to_json`) is the engine report's JSON with
+fields added, never removed: ``status``, ``exit_code``, ``error``, ``run``
+(``id``, ``resumed``, ``journal``), ``sources_moved``,
+``unfinished_upload_bytes``, ``messages``, and the per-job status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from replicator.engine import CopyReport
+from replicator.errors import InputError, ReplicatorError
+from replicator.sync.journal_run import SourceMoved
+
+RunStatus = Literal["copied", "up-to-date", "failed", "interrupted"]
+JobState = Literal["copied", "up-to-date", "failed"]
+MessageKind = Literal["info", "warning", "note"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Something to tell the user while or after the run (never a result line).
+
+    ``event`` is the log event the run layer logged it under (``run.resumed``).
+    """
+
+    kind: MessageKind
+    text: str
+    event: str
+
+    def line(self) -> str:
+        """The line a console shows: ``Warning: ...``, ``Note: ...``, or the text."""
+        if self.kind == "warning":
+            return f"Warning: {self.text}"
+        if self.kind == "note":
+            return f"Note: {self.text}"
+        return self.text
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """The end of a run (see the module doc)."""
+
+    report: CopyReport
+    status: RunStatus
+    exit_code: int
+    error: ReplicatorError | None = None
+    run_id: str | None = None
+    resumed: bool = False
+    journal: Path | None = None
+    messages: list[Message] = field(default_factory=list)
+    job_states: list[JobState] = field(default_factory=list)
+    sources_moved: list[SourceMoved] = field(default_factory=list)
+    unfinished_upload_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed (copied or already up to date)."""
+        return self.status in ("copied", "up-to-date")
+
+    def job_state(self, index: int) -> JobState:
+        """The status of job ``index`` of the report."""
+        if index < len(self.job_states):
+            return self.job_states[index]
+        return "copied" if self.report.jobs[index].status == "copied" else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report (see the module doc)."""
+        out = self.report.to_json()
+        for index, job in enumerate(out["jobs"]):
+            job["status"] = self.job_state(index)
+        out.update(
+            status=self.status,
+            exit_code=self.exit_code,
+            error=None if self.error is None else str(self.error),
+            run={
+                "id": self.run_id,
+                "resumed": self.resumed,
+                "journal": None if self.journal is None else str(self.journal),
+            },
+            sources_moved=[
+                {"source": m.source, "was": m.was, "now": m.now} for m in self.sources_moved
+            ],
+            unfinished_upload_bytes=self.unfinished_upload_bytes,
+            messages=[{"kind": m.kind, "text": m.text} for m in self.messages],
+        )
+        return out
+
+
+def write_report(path: Path, outcome: RunOutcome) -> None:
+    """Write the JSON report to ``path``; :class:`InputError` when it cannot be written."""
+    try:
+        path.write_text(json.dumps(outcome.to_json(), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the report {path} ({exc.strerror})") from None
