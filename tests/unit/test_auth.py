@@ -24,9 +24,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.errors import AuthenticationError, DeniedError, ProtocolError
-from replicator.targets.registry.auth import (
-    Authenticator,
+from replicator.targets.registry.auth import Authenticator
+from replicator.targets.registry.challenge import (
     Challenge,
+    ChallengeRound,
     challenge_error,
     is_insufficient_scope,
     normalize_scopes,
