@@ -15,10 +15,10 @@ from replicator.errors import IntegrityError, ReferenceError
 from replicator.oci.digest import DigestVerifier, digest_bytes
 from replicator.oci.mediatype import OCI_INDEX, OCI_MANIFEST
 from replicator.targets.base import RequestStats
-from replicator.targets.registry.options import RegistryOptions
 from replicator.targets.registry.bodies import ChunkSource, verified
 from replicator.targets.registry.fallback import index_entries
 from replicator.targets.registry.listing import parse_next_link
+from replicator.targets.registry.options import RegistryOptions
 from replicator.targets.registry.sessions import parse_range, repository_of_location, with_query
 from replicator.targets.registry.transport import Transport
 

@@ -181,6 +181,10 @@ def is_tls_failure(exc: BaseException) -> bool:
     return False
 
 
+class DeadlineExceeded(TimeoutError):
+    """An attempt still waiting for its answer when the request's retry deadline passed."""
+
+
 #: How a request that got no answer failed (see :func:`failure_kind`).
 FailureKind = Literal["tls", "not_http", "dns", "refused", "timeout", "reset"]
 
@@ -237,7 +241,7 @@ def _connection_error(host: str, exc: BaseException) -> ConnectionFailedError:
         )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ConnectionFailedError(f"cannot reach {host}: timed out connecting")
-    if isinstance(exc, aiohttp.SocketTimeoutError):
+    if isinstance(exc, aiohttp.SocketTimeoutError | DeadlineExceeded):
         return ConnectionFailedError(f"cannot reach {host}: timed out waiting for an answer")
     if isinstance(exc, TimeoutError):
         return ConnectionFailedError(f"cannot reach {host}: timed out")

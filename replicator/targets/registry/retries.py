@@ -41,7 +41,11 @@ import anyio
 import structlog
 
 from replicator.targets.registry._aiohttp import aiohttp
-from replicator.targets.registry.errors import failure_kind, parse_retry_after
+from replicator.targets.registry.errors import (
+    DeadlineExceeded,
+    failure_kind,
+    parse_retry_after,
+)
 from replicator.targets.registry.exchange import (
     HostState,
     Layer,
@@ -167,7 +171,7 @@ class RetryLayer:
             return await self.inner.send(request)
         with anyio.move_on_after(max(0.0, remaining)):
             return await self.inner.send(request)
-        raise NoAnswer(TimeoutError("retry deadline passed while waiting for an answer"))
+        raise NoAnswer(DeadlineExceeded("the retry deadline passed while waiting for an answer"))
 
     def _after_no_answer(
         self, spec: RequestSpec, exc: NoAnswer, attempt: int, budget: RetryBudget
