@@ -13,7 +13,9 @@ source overlaps sending to the registry.
   no upload retry can mend it.
 * :func:`verified` passes a stream through, holding its last piece back until
   the digest verified; :func:`sized` only checks that the stream holds exactly
-  the declared number of bytes (for sources that verify themselves).
+  the declared number of bytes (for sources that verify themselves);
+  :func:`whole_body` is the one body of a monolithic upload, :func:`read_whole`
+  a small blob read into memory (so that every retry can resend it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from replicator.errors import IntegrityError
+from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import DigestVerifier
 from replicator.targets.base import BlobOpener
 
@@ -215,3 +218,29 @@ async def verified(source: AsyncIterator[bytes], verifier: DigestVerifier) -> As
         closer = getattr(source, "aclose", None)
         if closer is not None:
             await closer()
+
+
+def whole_body(desc: Descriptor, opener: BlobOpener, verify: bool) -> AsyncIterator[bytes]:
+    """The whole blob as one request body: hashed when ``verify``, sized always."""
+    if verify:
+        return verified(opener(0), DigestVerifier(desc.digest, desc.size))
+    return sized(opener(0), desc.size)
+
+
+async def read_whole(desc: Descriptor, opener: BlobOpener, verify: bool) -> bytes:
+    """A small blob's bytes, read whole (hashed when ``verify``; sized always)."""
+    verifier = DigestVerifier(desc.digest, desc.size) if verify else None
+    parts: list[bytes] = []
+    source = opener(0) if verify else sized(opener(0), desc.size)
+    try:
+        async for chunk in source:
+            if verifier is not None:
+                verifier.update(chunk)
+            parts.append(chunk)
+    finally:
+        closer = getattr(source, "aclose", None)
+        if closer is not None:
+            await closer()
+    if verifier is not None:
+        verifier.verify()
+    return b"".join(parts)

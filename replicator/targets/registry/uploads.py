@@ -47,7 +47,7 @@ from replicator.errors import (
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import DigestVerifier
 from replicator.targets.base import BlobOpener, BlobPushResult, ProgressCallback, UploadProgress
-from replicator.targets.registry.bodies import ChunkSource, sized, verified
+from replicator.targets.registry.bodies import ChunkSource, read_whole, whole_body
 from replicator.targets.registry.errors import protocol_error
 from replicator.targets.registry.exchange import Reply, RequestSpec
 from replicator.targets.registry.manifests import push_scopes
@@ -186,7 +186,7 @@ class Uploader:
         verify: bool,
     ) -> int:
         """Read the blob into memory, then POST + PUT it (the PUT retried as it is)."""
-        data = await _read_whole(desc, opener, verify)
+        data = await read_whole(desc, opener, verify)
         pending = await self.sessions.take_pending(repository, desc.digest)
         while True:
             # The session a failed mount left goes first; a fresh one if it is gone.
@@ -238,7 +238,7 @@ class Uploader:
                     repository,
                     desc,
                     location,
-                    body=lambda: _whole_body(desc, opener, verify),
+                    body=lambda: whole_body(desc, opener, verify),
                     retry=False,
                     attempt=max(1, attempt),
                 )
@@ -496,28 +496,3 @@ class Uploader:
                 body=body,
             )
         )
-
-
-def _whole_body(desc: Descriptor, opener: BlobOpener, verify: bool) -> AsyncIterator[bytes]:
-    if verify:
-        return verified(opener(0), DigestVerifier(desc.digest, desc.size))
-    return sized(opener(0), desc.size)
-
-
-async def _read_whole(desc: Descriptor, opener: BlobOpener, verify: bool) -> bytes:
-    """A small blob's bytes, read whole (hashed when ``verify``; sized always)."""
-    verifier = DigestVerifier(desc.digest, desc.size) if verify else None
-    parts: list[bytes] = []
-    source = opener(0) if verify else sized(opener(0), desc.size)
-    try:
-        async for chunk in source:
-            if verifier is not None:
-                verifier.update(chunk)
-            parts.append(chunk)
-    finally:
-        closer = getattr(source, "aclose", None)
-        if closer is not None:
-            await closer()
-    if verifier is not None:
-        verifier.verify()
-    return b"".join(parts)
