@@ -106,24 +106,22 @@ def test_stalled_registry_fails_within_read_timeout_plus_deadline(
     assert silent_server.accepted >= 3  # retried, not given up at the first time-out
 
 
+@pytest.mark.parametrize("command", ["resolve", "copy"])
 def test_stalled_registry_on_the_command_line_is_exit_5_with_one_line(
-    silent_server: SilentServer, tmp_path: Path
+    silent_server: SilentServer, command: str, tmp_path: Path
 ) -> None:
+    source = f"{silent_server.host}/app:v1"
+    args = [source] if command == "resolve" else [source, "127.0.0.1:9/app:v1"]
     started = time.monotonic()
-    result = run_cli(
-        "--timeout",
-        "1",
-        "--retry-deadline",
-        "2",
-        "resolve",
-        f"{silent_server.host}/app:v1",
-        home=tmp_path,
-    )
+    result = run_cli("--timeout", "1", "--retry-deadline", "2", command, *args, home=tmp_path)
     elapsed = time.monotonic() - started
     assert result.code == EXIT_NETWORK, result.stderr
     lines = result.non_log_stderr_lines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"Error: cannot reach {silent_server.host}: timed out"), lines[0]
+    side = "source: " if command == "copy" else ""
+    expected = f"Error: {side}cannot reach {silent_server.host}: timed out waiting for an answer"
+    assert lines[0].startswith(expected), lines[0]
+    assert "gave up after" in lines[0]
     assert "Traceback" not in result.stderr
     # About --timeout + --retry-deadline (3 s) plus the start of the process.
     assert elapsed < 12, elapsed

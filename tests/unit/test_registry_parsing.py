@@ -169,13 +169,24 @@ def test_verified_stream_holds_back_the_last_piece_until_checked() -> None:
 
 
 class _NoAuth:
+    token_requests = 0
+
     async def authorize(self, session: object, scopes: object) -> dict[str, str]:
         return {}
 
     async def on_challenge(
-        self, session: object, www: str, scopes: object, *, sent_authorization: str | None = None
+        self,
+        session: object,
+        www: str,
+        scopes: object,
+        *,
+        sent_authorization: str | None = None,
+        challenge_round: object = None,
     ) -> dict[str, str]:
         return {}
+
+    def accepted(self, authorization: str) -> None:
+        return None
 
 
 def test_credentials_stay_on_the_registry_origin() -> None:
