@@ -20,7 +20,7 @@ so that each layer can be built and tested on its own with a fake layer below.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -100,15 +100,18 @@ class Outgoing:
 
     def with_headers(self, headers: CIMultiDict[str], *, attempt: int | None = None) -> Outgoing:
         """A copy sending ``headers`` instead (as send number ``attempt`` when given)."""
-        return replace(self, headers=headers, attempt=self.attempt if attempt is None else attempt)
+        again = self.attempt if attempt is None else attempt
+        return Outgoing(self.spec, self.url, headers, again, self.trace)
 
     def to(self, url: URL, headers: CIMultiDict[str]) -> Outgoing:
         """A copy going to ``url`` with ``headers`` (a redirect hop: attempt 1)."""
-        return replace(self, url=url, headers=headers, attempt=1)
+        return Outgoing(self.spec, url, headers, 1, self.trace)
 
     def again(self, attempt: int) -> Outgoing:
-        """A copy that is send number ``attempt`` of the same hop."""
-        return replace(self, attempt=attempt)
+        """This send as send number ``attempt`` of the same hop (itself when it is already)."""
+        if attempt == self.attempt:
+            return self
+        return Outgoing(self.spec, self.url, self.headers, attempt, self.trace)
 
 
 @dataclass(slots=True)
