@@ -222,6 +222,19 @@ class RegistryTarget:
         verify_bytes(raw, desc.digest, desc.size)
         await self._manifests.put(repository, tag, raw, desc.media_type)
 
+    async def put_manifest_bytes(
+        self, repository: str, reference: str, raw: bytes, media_type: str
+    ) -> str:
+        """PUT ``raw`` under ``reference`` (tag or digest); the digest the registry stored.
+
+        No referrers bookkeeping: :meth:`push_manifest` is the public way in.
+        """
+        return await self._manifests.put_manifest_bytes(repository, reference, raw, media_type)
+
+    async def delete_manifest_digest(self, repository: str, digest: str) -> None:
+        """``DELETE`` a manifest by digest, without referrers bookkeeping."""
+        await self._manifests.delete_manifest_digest(repository, digest)
+
     async def delete_manifest(
         self, repository: str, desc: Descriptor, *, update_referrers: bool = True
     ) -> None:
