@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 
 from replicator.errors import EXIT_NETWORK, EXIT_OK, ConnectionFailedError
+from replicator.oci.descriptor import Descriptor
+from replicator.oci.manifest import parse_manifest
 from replicator.targets.registry.client import RegistryTarget
 from replicator.targets.registry.options import RegistryOptions, RetryPolicy
 from tests.infra.proxy import FaultProxy
@@ -203,12 +205,10 @@ def _build_source(instance: Any, repository: str) -> SignedImage:
     return run(scenario)
 
 
-def _layer_of(instance: Any, repository: str, image: SignedImage) -> Any:
-    async def scenario() -> Any:
+def _layer_of(instance: Any, repository: str, image: SignedImage) -> Descriptor:
+    async def scenario() -> Descriptor:
         async with RegistryTarget(instance.host, instance.options()) as target:
             _, raw = await target.fetch_manifest(repository, image.image)
-        from replicator.oci.manifest import parse_manifest
-
         return parse_manifest(raw).layers[0]
 
     return run(scenario)
