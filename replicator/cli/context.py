@@ -72,6 +72,10 @@ class CliContext:
     insecure: bool = False
     plain_http: bool = False
     ca_file: str | None = None
+    #: --connect-timeout, --timeout, --retry-deadline (None: the options' defaults).
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    retry_deadline: float | None = None
     debug: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     is_tty: bool = False
@@ -119,6 +123,9 @@ class CliContext:
             insecure=bool(getattr(args, "insecure", False)),
             plain_http=bool(getattr(args, "plain_http", False)),
             ca_file=getattr(args, "ca_file", None),
+            connect_timeout=getattr(args, "connect_timeout", None),
+            read_timeout=getattr(args, "timeout", None),
+            retry_deadline=getattr(args, "retry_deadline", None),
             debug=bool(getattr(args, "debug", False)),
             out=stream,
             is_tty=_stream_isatty(stream),
@@ -147,6 +154,8 @@ class CliContext:
         hosts use plain HTTP and every other host HTTPS.  ``--insecure`` skips
         TLS certificate verification and leaves the choice of scheme alone (so
         ``--insecure`` with a local plain-HTTP registry keeps working).
+        ``--connect-timeout``, ``--timeout`` and ``--retry-deadline`` set the
+        options' time-outs; absent, their defaults stay.
         """
         cached = self._options.get(host)
         if cached is not None:
@@ -156,11 +165,15 @@ class CliContext:
             plain_http = True
         elif self.ca_file is not None:
             plain_http = False
+        defaults = RegistryOptions()
         options = RegistryOptions(
             credentials=self.credentials(host),
             plain_http=plain_http,
             insecure=self.insecure,
             ca_file=self.ca_file,
+            connect_timeout=self.connect_timeout or defaults.connect_timeout,
+            read_timeout=self.read_timeout or defaults.read_timeout,
+            retry_deadline=self.retry_deadline or defaults.retry_deadline,
         )
         self._options[host] = options
         return options

@@ -59,6 +59,7 @@ from replicator.errors import (
     Interrupted,
 )
 from replicator.observe.logging import configure_logging, get_logger
+from replicator.targets.registry.options import RegistryOptions
 
 _log = get_logger("replicator.cli")
 
@@ -190,6 +191,45 @@ def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
         help="PEM bundle of CA certificates to verify registry TLS against; implies HTTPS, "
         "also for loopback hosts",
     )
+    group.add_argument(
+        "--connect-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=default(None),
+        help="give up a connection attempt to a registry after SECONDS "
+        f"(default {_REGISTRY_DEFAULTS.connect_timeout:g})",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=default(None),
+        help="longest wait for the next bytes of a registry's answer "
+        f"(default {_REGISTRY_DEFAULTS.read_timeout:g})",
+    )
+    group.add_argument(
+        "--retry-deadline",
+        metavar="SECONDS",
+        type=_seconds,
+        default=default(None),
+        help="time one request may spend on retries after its first failure "
+        f"(default {_REGISTRY_DEFAULTS.retry_deadline:g})",
+    )
+
+
+#: Where the defaults of the time-out flags come from.
+_REGISTRY_DEFAULTS = RegistryOptions()
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse type of the time-out flags)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 class _CommandParser(argparse.ArgumentParser):

@@ -14,7 +14,12 @@ answers and returns a :class:`RunningRegistry` whose ``.instance`` (a
                OCI 1.1 referrers API.
 
 Every variant enables deletes.  The registry logs to ``registry.log`` in its
-directory; start-up failures quote the tail of that log.
+directory; start-up failures quote the tail of that log.  Each registry has a
+fixed ``http.secret`` (the key of the state its upload locations carry) in a
+config file written once, so :meth:`RunningRegistry.restart` brings it back on
+the same port, storage and secret: upload sessions open before the restart go
+on after it.  :func:`upload_patches` reads the chunk offsets of the ``PATCH``
+requests a registry served from its log.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import base64
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 import ssl
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -193,10 +200,17 @@ class RunningRegistry:
             if not proc.alive():
                 proc.start(timeout=timeout)
 
-    def restart(self, timeout: float = 60.0) -> None:
-        """Stop and start again (a registry outage that ends); content survives,
-        the shim's referrers memory does not."""
+    def restart(self, timeout: float = 60.0, *, downtime: float = 0.0) -> None:
+        """Stop, stay down ``downtime`` seconds, start again: a registry outage that ends.
+
+        Port, configuration (``http.secret`` included), storage and log are
+        kept, so upload sessions survive; the shim's referrers memory does not.
+        With ``drain_timeout`` given at start, a stop lets requests in flight
+        finish first (as a registry deployed for graceful restarts does).
+        """
         self.stop()
+        if downtime > 0:
+            time.sleep(downtime)
         self.start(timeout=timeout)
 
     def kill(self) -> None:
@@ -229,15 +243,24 @@ def registry_binary() -> str:
 
 
 def _registry_config(
-    workdir: Path, port: int, *, auth: dict[str, Any] | None, tls: dict[str, str] | None
+    workdir: Path,
+    port: int,
+    *,
+    auth: dict[str, Any] | None,
+    tls: dict[str, str] | None,
+    drain_timeout: float | None = None,
 ) -> dict[str, Any]:
     http: dict[str, Any] = {
         "addr": f"127.0.0.1:{port}",
+        # Fixed for the registry's life (the config is written once): upload
+        # locations signed with it stay valid across restarts.
         "secret": secrets.token_hex(16),
         "headers": {"X-Content-Type-Options": ["nosniff"]},
     }
     if tls:
         http["tls"] = tls
+    if drain_timeout is not None:
+        http["draintimeout"] = f"{drain_timeout:g}s"
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
@@ -261,6 +284,7 @@ def _start_registry_process(
     tls: dict[str, str] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     timeout: float = 60.0,
+    drain_timeout: float | None = None,
 ) -> tuple[ManagedProcess, int]:
     binary = registry_binary()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +294,10 @@ def _start_registry_process(
         config_path = workdir / "config.yml"
         # JSON is YAML: no YAML library needed.
         config_path.write_text(
-            json.dumps(_registry_config(workdir, port, auth=auth, tls=tls), indent=2)
+            json.dumps(
+                _registry_config(workdir, port, auth=auth, tls=tls, drain_timeout=drain_timeout),
+                indent=2,
+            )
         )
         scheme = "https" if tls else "http"
         proc = ManagedProcess(
@@ -347,9 +374,12 @@ def _signing_material(workdir: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def start_open(workdir: Path) -> RunningRegistry:
-    """An open registry (no auth, plain HTTP)."""
-    proc, port = _start_registry_process(workdir, label="open")
+def start_open(workdir: Path, *, drain_timeout: float | None = None) -> RunningRegistry:
+    """An open registry (no auth, plain HTTP).
+
+    ``drain_timeout``: seconds a stop waits for requests in flight (graceful stop).
+    """
+    proc, port = _start_registry_process(workdir, label="open", drain_timeout=drain_timeout)
     inst = RegistryInstance(name="open", host=f"127.0.0.1:{port}", log_file=proc.log_path)
     return RunningRegistry(inst, [proc], workdir)
 
@@ -384,8 +414,15 @@ def start_basic(workdir: Path) -> RunningRegistry:
     return RunningRegistry(inst, [proc], workdir)
 
 
-def start_token(workdir: Path, *, token_ttl: int = 300) -> RunningRegistry:
-    """A registry with token auth, backed by a token server process."""
+def start_token(
+    workdir: Path, *, token_ttl: int = 300, token_real_ttl: int | None = None
+) -> RunningRegistry:
+    """A registry with token auth, backed by a token server process.
+
+    ``token_ttl`` is the lifetime tokens claim (``expires_in``);
+    ``token_real_ttl`` makes the registry refuse them that many seconds after
+    they were issued instead (see :mod:`tests.infra.token_server`).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = _signing_material(workdir)
     users = {name: _random_password() for name in TOKEN_USERS}
@@ -420,6 +457,7 @@ def start_token(workdir: Path, *, token_ttl: int = 300) -> RunningRegistry:
             TOKEN_ISSUER,
             "--ttl",
             str(token_ttl),
+            *(("--real-ttl", str(token_real_ttl)) if token_real_ttl is not None else ()),
         ),
         log_path=workdir / "token-server.log",
         ready_url=f"http://127.0.0.1:{token_port}/_health",
@@ -529,6 +567,45 @@ STARTERS: dict[Variant, Callable[..., RunningRegistry]] = {
 def start_registry(variant: Variant, workdir: Path, **kwargs: Any) -> RunningRegistry:
     """Start ``variant`` with everything under ``workdir``; raise StartupError on failure.
 
-    ``kwargs`` go to the variant's starter (``token_ttl`` for ``token``).
+    ``kwargs`` go to the variant's starter (``token_ttl``, ``token_real_ttl``
+    for ``token``; ``drain_timeout`` for ``open``).
     """
     return STARTERS[variant](workdir, **kwargs)
+
+
+@dataclass(frozen=True)
+class UploadPatch:
+    """One ``PATCH`` of a chunked upload a registry served, as its log tells."""
+
+    repository: str
+    upload: str
+    #: The offset the upload location carried: where this chunk was to start.
+    offset: int
+    status: int
+
+
+_PATCH_LINE = re.compile(
+    r'http\.request\.method=PATCH .*?http\.request\.uri="?([^" ]+)"? .*?'
+    r"http\.response\.status=(\d+)"
+)
+
+
+def upload_patches(log_file: Path) -> list[UploadPatch]:
+    """Every ``PATCH`` a registry logged, in order, with the offset its location carried.
+
+    distribution's upload locations carry ``_state``: base64url of an HMAC-SHA256
+    (32 bytes) followed by JSON with ``Name``, ``UUID`` and ``Offset``.
+    """
+    out: list[UploadPatch] = []
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = _PATCH_LINE.search(line)
+        if not match:
+            continue
+        query = urllib.parse.urlsplit(match.group(1)).query
+        state = urllib.parse.parse_qs(query).get("_state")
+        if not state:
+            continue
+        raw = base64.urlsafe_b64decode(state[0] + "=" * (-len(state[0]) % 4))
+        doc = json.loads(raw[32:])
+        out.append(UploadPatch(doc["Name"], doc["UUID"], int(doc["Offset"]), int(match.group(2))))
+    return out

@@ -17,6 +17,12 @@ them.  The ``access`` claim grants only the intersection of what was asked and
 what the user's rules in USERS.json allow.  A wrong password or an unknown
 refresh token answers 401.
 
+``--real-ttl N`` makes a token server that lies: its tokens claim ``--ttl``
+seconds in ``expires_in`` but the registry refuses them about N seconds after
+they were issued (their ``exp`` claim is set N - :data:`REGISTRY_LEEWAY` seconds
+ahead, distribution accepting a token that long past its ``exp``).  Clients
+then meet tokens that expire early, as with clock skew or revocation.
+
 Every request is recorded (user, scopes asked, access granted — never a secret)
 and listed by ``GET /_log``; ``DELETE /_log`` clears the record.  ``GET /_health``
 answers 200 once the server runs.
@@ -48,6 +54,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 log = logging.getLogger("token_server")
+
+#: Seconds distribution 2.8 still accepts a token after its ``exp`` claim
+#: (``token.Leeway``, for clock skew).
+REGISTRY_LEEWAY = 60
 
 
 @dataclass
@@ -129,6 +139,7 @@ class TokenServer:
         anonymous: list[Rule],
         issuer: str,
         ttl: int,
+        real_ttl: int | None = None,
     ) -> None:
         self.key = serialization.load_pem_private_key(key_pem, password=None)
         cert = x509.load_pem_x509_certificate(cert_pem)
@@ -137,6 +148,8 @@ class TokenServer:
         self.anonymous = anonymous
         self.issuer = issuer
         self.ttl = ttl
+        #: Seconds until the registry refuses a token (None: ``ttl``, the truth).
+        self.real_ttl = real_ttl
         self.refresh_tokens: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
 
@@ -147,7 +160,7 @@ class TokenServer:
             "iss": self.issuer,
             "sub": user or "",
             "aud": service,
-            "exp": now + self.ttl,
+            "exp": now + self._exp_offset(),
             "nbf": now - 10,
             "iat": now,
             "jti": uuid.uuid4().hex,
@@ -159,6 +172,12 @@ class TokenServer:
             algorithm="RS256",
             headers={"x5c": self.x5c},
         )
+
+    def _exp_offset(self) -> int:
+        """Seconds from now to the ``exp`` claim: ``ttl``, or the lie's real lifetime."""
+        if self.real_ttl is None:
+            return self.ttl
+        return self.real_ttl - REGISTRY_LEEWAY
 
     def rules_for(self, user: str | None) -> list[Rule]:
         """Rules of ``user`` (the anonymous rules for None)."""
@@ -330,7 +349,15 @@ def build_app(server: TokenServer) -> web.Application:
     return app
 
 
-def load_server(key: Path, cert: Path, users_file: Path, *, issuer: str, ttl: int) -> TokenServer:
+def load_server(
+    key: Path,
+    cert: Path,
+    users_file: Path,
+    *,
+    issuer: str,
+    ttl: int,
+    real_ttl: int | None = None,
+) -> TokenServer:
     """Build a TokenServer from the files given on the command line."""
     raw = json.loads(users_file.read_text())
     users = {
@@ -344,6 +371,7 @@ def load_server(key: Path, cert: Path, users_file: Path, *, issuer: str, ttl: in
         anonymous=_rules(raw.get("anonymous", [])),
         issuer=issuer,
         ttl=ttl,
+        real_ttl=real_ttl,
     )
 
 
@@ -357,9 +385,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=Path, required=True)
     parser.add_argument("--issuer", default="replicator-test-token-server")
     parser.add_argument("--ttl", type=int, default=300, help="token lifetime in seconds")
+    parser.add_argument(
+        "--real-ttl",
+        type=int,
+        default=None,
+        help="seconds until the registry refuses a token, whatever expires_in claims",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = load_server(args.key, args.cert, args.users, issuer=args.issuer, ttl=args.ttl)
+    server = load_server(
+        args.key, args.cert, args.users, issuer=args.issuer, ttl=args.ttl, real_ttl=args.real_ttl
+    )
     web.run_app(
         build_app(server),
         host=args.host,

@@ -584,6 +584,98 @@ def test_referrers_written_read_and_deleted(
     run(scenario)
 
 
+def _attached_image(instance: Any, repo: str, count: int) -> tuple[Descriptor, list[Descriptor]]:
+    """An image in ``repo`` with ``count`` referrers listed in its fallback index."""
+
+    async def scenario() -> tuple[Descriptor, list[Descriptor]]:
+        async with target_for(instance) as target:
+            image = await _push_image(target, repo, "v1")
+            made = [
+                await _attach(target, repo, image, "signature/example", f"r{i}")
+                for i in range(count)
+            ]
+            return image, made
+
+    return run(scenario)
+
+
+def test_unlist_referrers_takes_them_out_in_one_read_modify_write(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: str
+) -> None:
+    image, (a, b, c) = _attached_image(registry_open, unique_repo, 3)
+    proxy = fault_proxy(registry_open)
+    index_path = f"/v2/{unique_repo}/manifests/{referrers_tag(image.digest)}"
+    absent = "sha256:" + "0" * 64
+
+    async def scenario() -> None:
+        async with target_for(proxy) as target:
+            old_index, _ = await target.fetch_manifest(unique_repo, referrers_tag(image.digest))
+            await target.delete_manifest(unique_repo, a, update_referrers=False)
+            await target.delete_manifest(unique_repo, b, update_referrers=False)
+            proxy.reset()
+            # Two listed digests, one listed twice, one never listed: only the
+            # entries present count, and they go in one update.
+            removed = await target.unlist_referrers(
+                unique_repo, image, [a.digest, b.digest, a.digest, absent]
+            )
+            assert removed == 2
+            stats = proxy.stats()
+            assert stats.paths("GET", "manifest") == {index_path: 1}
+            assert stats.paths("PUT", "manifest") == {index_path: 1}
+            # The replaced index is deleted by digest, not left behind.
+            assert stats.paths("DELETE", "manifest") == {
+                f"/v2/{unique_repo}/manifests/{old_index.digest}": 1
+            }
+            assert [d.digest for d in await target.referrers(unique_repo, image)] == [c.digest]
+            # Nothing listed of what is asked: no write at all.
+            proxy.reset()
+            assert await target.unlist_referrers(unique_repo, image, [a.digest, absent]) == 0
+            assert proxy.stats().requests("PUT") == proxy.stats().requests("DELETE") == 0
+
+    run(scenario)
+
+
+def test_unlist_referrers_deletes_the_index_and_its_tag_once_empty(
+    registry_open: RegistryInstance, fault_proxy: Any, unique_repo: str
+) -> None:
+    image, (a, b) = _attached_image(registry_open, unique_repo, 2)
+    proxy = fault_proxy(registry_open)
+    fallback = referrers_tag(image.digest)
+
+    async def scenario() -> None:
+        async with target_for(proxy) as target:
+            index, _ = await target.fetch_manifest(unique_repo, fallback)
+            for referrer in (a, b):
+                await target.delete_manifest(unique_repo, referrer, update_referrers=False)
+            proxy.reset()
+            assert await target.unlist_referrers(unique_repo, image, [a.digest, b.digest]) == 2
+            stats = proxy.stats()
+            assert stats.requests("PUT", "manifest") == 0  # no empty index written
+            assert stats.paths("DELETE", "manifest") == {
+                f"/v2/{unique_repo}/manifests/{index.digest}": 1
+            }
+            assert await target.tags(unique_repo) == ["v1"]
+            assert await target.referrers(unique_repo, image) == []
+            assert await target.unlist_referrers(unique_repo, image, [a.digest]) == 0
+
+    run(scenario)
+
+
+def test_unlist_referrers_is_a_no_op_with_the_referrers_api(
+    registry_referrers: RegistryInstance, unique_repo: str
+) -> None:
+    image, (a,) = _attached_image(registry_referrers, unique_repo, 1)
+
+    async def scenario() -> None:
+        async with target_for(registry_referrers) as target:
+            await target.delete_manifest(unique_repo, a, update_referrers=False)
+            assert await target.unlist_referrers(unique_repo, image, [a.digest]) == 0
+            assert await target.referrers(unique_repo, image) == []
+            assert referrers_tag(image.digest) not in await target.tags(unique_repo)
+
+    run(scenario)
+
+
 def test_fallback_tag_holding_something_else_counts_as_no_referrers(
     registry_open: RegistryInstance, unique_repo: str
 ) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 from replicator.errors import AuthenticationError, DeniedError
@@ -22,7 +24,7 @@ from replicator.oci.digest import descriptor_for
 from replicator.targets.registry.auth import Authenticator
 from replicator.targets.registry.client import RegistryTarget
 from replicator.targets.registry.options import Credentials, RegistryOptions, RetryPolicy
-from tests.infra.registry import TOKEN_SERVICE, RegistryInstance
+from tests.infra.registry import TOKEN_SERVICE, RegistryInstance, RunningRegistry
 
 T = TypeVar("T")
 
@@ -284,3 +286,54 @@ def test_unknown_identity_token_is_an_authentication_error(
     with pytest.raises(AuthenticationError, match="authentication failed") as info:
         run(scenario)
     assert "no-such-refresh" not in str(info.value)
+
+
+# -- tokens the registry stops accepting before they say they expire -------------------------
+
+
+def test_tokens_refused_again_and_again_in_one_run_are_renewed_each_time(
+    registry_factory: Callable[..., RunningRegistry], unique_repo: str
+) -> None:
+    # The token server claims 300 s of life for every token, but the registry
+    # refuses each one about 2 s after it was issued (as with clock skew or
+    # revocation): a run that keeps reading meets refused tokens again and again,
+    # each one the replacement of the one before.
+    instance = registry_factory("token", token_real_ttl=2).instance
+    data = b"read again while tokens keep dying"
+
+    async def scenario() -> tuple[int, int]:
+        async with Client(instance, instance.credentials("reader")) as reader:
+            async with Client(instance, instance.credentials("admin")) as admin:
+                desc = await admin.push_blob(unique_repo, data)
+            reads = 0
+            give_up = time.monotonic() + 60
+            # The first token and two renewals: the second renewal replaces a
+            # token that was itself issued after a refusal.
+            while reader.target.stats.token < 3:
+                assert time.monotonic() < give_up, "no token was refused in a minute"
+                assert await reader.pull_blob(unique_repo, desc) == data
+                reads += 1
+                await anyio.sleep(0.2)
+            assert await reader.pull_blob(unique_repo, desc) == data
+            return reads, reader.target.stats.token
+
+    reads, tokens = run(scenario)
+    assert reads >= 3
+    readers = [e for e in token_requests_for(instance, unique_repo) if e["user"] == "reader"]
+    assert len(readers) == tokens == 3
+
+
+def test_a_token_server_whose_tokens_are_never_accepted_fails_one_request_quickly(
+    registry_factory: Callable[..., RunningRegistry],
+) -> None:
+    # Re-authentication is bounded per request: the token it got after the first
+    # refusal refused too, the request fails, instead of asking forever.
+    instance = registry_factory("token", token_real_ttl=-5).instance
+
+    async def scenario() -> int:
+        async with Client(instance, instance.credentials("reader")) as reader:
+            with pytest.raises(AuthenticationError, match="refused the token its token server"):
+                await reader.ping()
+            return reader.target.stats.token
+
+    assert run(scenario) == 2

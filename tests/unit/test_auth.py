@@ -24,9 +24,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.errors import AuthenticationError, DeniedError, ProtocolError
-from replicator.targets.registry.auth import (
-    Authenticator,
+from replicator.targets.registry.auth import Authenticator
+from replicator.targets.registry.challenge import (
     Challenge,
+    ChallengeRound,
     challenge_error,
     is_insufficient_scope,
     normalize_scopes,
@@ -396,6 +397,68 @@ def test_refused_token_is_refetched_once_then_an_error() -> None:
             )
 
     with pytest.raises(AuthenticationError, match="refused the token"):
+        run(scenario)
+    assert len(server.requests) == 2
+
+
+def test_a_renewed_token_once_accepted_is_renewed_again_when_refused_later() -> None:
+    # Tokens that die before they say (clock skew, revocation): each refusal in a
+    # run gets a fresh token, as long as the one before had been accepted.
+    server = TokenServer()
+    scopes = ["repository:a:pull"]
+
+    async def scenario() -> list[str]:
+        async with token_server(server) as session:
+            auth = Authenticator("reg.test", ALICE)
+            refused = bearer(server, error="invalid_token")
+            seen = [(await auth.on_challenge(session, bearer(server), scopes))["Authorization"]]
+            for _ in range(3):
+                fresh = await auth.on_challenge(
+                    session,
+                    refused,
+                    scopes,
+                    sent_authorization=seen[-1],
+                    challenge_round=ChallengeRound(),
+                )
+                auth.accepted(fresh["Authorization"])  # a later request went through
+                seen.append(fresh["Authorization"])
+            return seen
+
+    assert run(scenario) == [f"Bearer tok-{i}" for i in (1, 2, 3, 4)]
+    assert len(server.requests) == 4
+
+
+def test_a_renewed_token_refused_within_the_same_request_is_an_error() -> None:
+    server = TokenServer()
+    scopes = ["repository:a:pull"]
+
+    async def scenario() -> None:
+        async with token_server(server) as session:
+            auth = Authenticator("reg.test", ALICE)
+            challenge = bearer(server, error="invalid_token")
+            first = await auth.on_challenge(session, bearer(server), scopes)
+            auth.accepted(first["Authorization"])
+            request = ChallengeRound()
+            fresh = await auth.on_challenge(
+                session,
+                challenge,
+                scopes,
+                sent_authorization=first["Authorization"],
+                challenge_round=request,
+            )
+            assert request.renewed
+            # Proven good by another request meanwhile, still refused again
+            # within this one: no third token for the same request.
+            auth.accepted(fresh["Authorization"])
+            await auth.on_challenge(
+                session,
+                challenge,
+                scopes,
+                sent_authorization=fresh["Authorization"],
+                challenge_round=request,
+            )
+
+    with pytest.raises(AuthenticationError, match="refused the token its token server issued"):
         run(scenario)
     assert len(server.requests) == 2
 

@@ -15,16 +15,12 @@ from replicator.errors import IntegrityError, ReferenceError
 from replicator.oci.digest import DigestVerifier, digest_bytes
 from replicator.oci.mediatype import OCI_INDEX, OCI_MANIFEST
 from replicator.targets.base import RequestStats
+from replicator.targets.registry.bodies import ChunkSource, verified
+from replicator.targets.registry.fallback import index_entries
+from replicator.targets.registry.listing import parse_next_link
 from replicator.targets.registry.options import RegistryOptions
-from replicator.targets.registry.referrers import index_entries, parse_next_link
+from replicator.targets.registry.sessions import parse_range, repository_of_location, with_query
 from replicator.targets.registry.transport import Transport
-from replicator.targets.registry.uploads import (
-    _ChunkSource,
-    _verified,
-    parse_range,
-    repository_of_location,
-    with_query,
-)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -124,7 +120,7 @@ def test_chunk_source_cuts_exact_bodies_across_pieces() -> None:
         return _stream(pieces if offset == 0 else [data[offset:]])
 
     async def scenario() -> list[bytes]:
-        source = _ChunkSource(opener, 0, DigestVerifier(digest_bytes(data), len(data)))
+        source = ChunkSource(opener, 0, DigestVerifier(digest_bytes(data), len(data)))
         out = [b"".join([p async for p in source.body(4)])]
         source.mark()
         first = [p async for p in source.body(4)]
@@ -144,7 +140,7 @@ def test_chunk_source_cuts_exact_bodies_across_pieces() -> None:
 
 def test_chunk_source_short_source_is_an_integrity_error() -> None:
     async def scenario() -> None:
-        source = _ChunkSource(lambda offset: _stream([b"abc"]), 0, None)
+        source = ChunkSource(lambda offset: _stream([b"abc"]), 0, None)
         with pytest.raises(IntegrityError):
             _ = [p async for p in source.body(4)]
         assert source.failed is not None
@@ -159,7 +155,7 @@ def test_verified_stream_holds_back_the_last_piece_until_checked() -> None:
     async def collect(digest: str, size: int) -> list[bytes]:
         got: list[bytes] = []
         try:
-            async for piece in _verified(_stream(data), DigestVerifier(digest, size)):
+            async for piece in verified(_stream(data), DigestVerifier(digest, size)):
                 got.append(piece)
         except IntegrityError:
             return got
@@ -173,13 +169,24 @@ def test_verified_stream_holds_back_the_last_piece_until_checked() -> None:
 
 
 class _NoAuth:
+    token_requests = 0
+
     async def authorize(self, session: object, scopes: object) -> dict[str, str]:
         return {}
 
     async def on_challenge(
-        self, session: object, www: str, scopes: object, *, sent_authorization: str | None = None
+        self,
+        session: object,
+        www: str,
+        scopes: object,
+        *,
+        sent_authorization: str | None = None,
+        challenge_round: object = None,
     ) -> dict[str, str]:
         return {}
+
+    def accepted(self, authorization: str) -> None:
+        return None
 
 
 def test_credentials_stay_on_the_registry_origin() -> None:

@@ -1,8 +1,11 @@
-"""Registry authentication: ``WWW-Authenticate`` challenges, Basic and Bearer tokens.
+"""Registry authentication state: which credential each request carries.
 
-The registry client asks an :class:`Authenticator` (one per registry host) for the
-headers of each request with :meth:`Authenticator.authorize`, and hands it the
-``WWW-Authenticate`` header of every 401 with :meth:`Authenticator.on_challenge`.
+The transport's authentication layer asks an :class:`Authenticator` (one per
+registry host) for the headers of each request with :meth:`Authenticator.authorize`,
+hands it the ``WWW-Authenticate`` header of every 401 with
+:meth:`Authenticator.on_challenge`, and reports with
+:meth:`Authenticator.accepted` that a credential worked.  Challenge parsing
+lives in :mod:`.challenge`, token requests in :mod:`.tokens`.
 
 What it guarantees:
 
@@ -15,286 +18,47 @@ What it guarantees:
   token request.
 * Once the token realm is known, tokens for new scope sets are fetched before the
   request goes out, so a new repository costs no extra 401.
+* A token the registry refuses (expired early, revoked, clock skew) is replaced
+  by a fresh one, as often as that happens in a run, but once per request: the
+  fresh one refused within the same request, or refused before the registry
+  ever accepted it, is an :class:`~replicator.errors.AuthenticationError`.
 * Secrets (passwords, identity tokens, bearer tokens, Basic header values) never
   appear in logs, exception messages or reprs; each one is registered with the
-  log redaction processor when that module is available.
+  log redaction (:func:`replicator.observe.logging.register_secret`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
+import anyio
 import structlog
 
-from replicator.errors import (
-    AuthenticationError,
-    ConnectionFailedError,
-    DeniedError,
-    ProtocolError,
-    RateLimitedError,
-    ServerError,
-    TLSError,
-)
+from replicator.errors import AuthenticationError, DeniedError, ProtocolError
+from replicator.observe.logging import register_secret
 from replicator.targets.registry._aiohttp import aiohttp
+from replicator.targets.registry.challenge import (
+    Challenge,
+    ChallengeRound,
+    normalize_scopes,
+    parse_www_authenticate,
+)
 from replicator.targets.registry.options import Credentials
+from replicator.targets.registry.tokens import Token, TokenServerClient, bad_credentials
 
 log = structlog.get_logger("replicator.auth")
-
-#: ``client_id`` sent in OAuth2 token requests.
-CLIENT_ID = "replicator"
-#: Lifetime assumed when a token response has no (usable) ``expires_in``.
-DEFAULT_TOKEN_LIFETIME = 60.0
-#: Largest token response body read into memory.
-MAX_TOKEN_RESPONSE = 1024 * 1024
-#: Attempts at a token request that fails with a network error, 429 or 5xx.
-TOKEN_ATTEMPTS = 3
-
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-_TOKEN68_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/")
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """One challenge of a ``WWW-Authenticate`` header.
-
-    ``scheme`` is lower-cased (``"bearer"``, ``"basic"``); parameter names are
-    lower-cased, values are unquoted and unescaped.  ``token68`` holds the rare
-    bare credential form (``Negotiate abc==``).
-    """
-
-    scheme: str
-    params: Mapping[str, str] = field(default_factory=dict)
-    token68: str | None = None
-
-    @property
-    def realm(self) -> str | None:
-        """The ``realm`` parameter: the token server URL for Bearer."""
-        return self.params.get("realm")
-
-    @property
-    def service(self) -> str | None:
-        """The ``service`` parameter, echoed in token requests."""
-        return self.params.get("service")
-
-    @property
-    def error(self) -> str | None:
-        """The ``error`` parameter (``invalid_token``, ``insufficient_scope``...)."""
-        return self.params.get("error")
-
-    @property
-    def scopes(self) -> list[str]:
-        """The scopes named by the ``scope`` parameter (space separated)."""
-        return (self.params.get("scope") or "").split()
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t":
-        pos += 1
-    return pos
-
-
-def _read_token(text: str, pos: int) -> tuple[str, int]:
-    start = pos
-    while pos < len(text) and text[pos] in _TOKEN_CHARS:
-        pos += 1
-    return text[start:pos], pos
-
-
-def _read_quoted(text: str, pos: int) -> tuple[str, int]:
-    """Read a quoted-string starting at the opening quote; tolerate a missing close."""
-    out: list[str] = []
-    pos += 1
-    while pos < len(text):
-        char = text[pos]
-        if char == "\\" and pos + 1 < len(text):
-            out.append(text[pos + 1])
-            pos += 2
-            continue
-        if char == '"':
-            return "".join(out), pos + 1
-        out.append(char)
-        pos += 1
-    return "".join(out), pos
-
-
-def _read_value(text: str, pos: int) -> tuple[str, int]:
-    pos = _skip_ws(text, pos)
-    if pos < len(text) and text[pos] == '"':
-        return _read_quoted(text, pos)
-    start = pos
-    while pos < len(text) and text[pos] not in ", \t":
-        pos += 1
-    return text[start:pos], pos
-
-
-def _try_token68(text: str, pos: int) -> tuple[str, int] | None:
-    """A token68 right after the scheme: ``[A-Za-z0-9-._~+/]+=*`` then end or comma."""
-    end = pos
-    while end < len(text) and text[end] in _TOKEN68_CHARS:
-        end += 1
-    if end == pos:
-        return None
-    stop = end
-    while stop < len(text) and text[stop] == "=":
-        stop += 1
-    after = _skip_ws(text, stop)
-    if after < len(text) and text[after] != ",":
-        return None
-    return text[pos:stop], after
-
-
-def _is_param_ahead(text: str, pos: int) -> bool:
-    """Whether ``pos`` starts ``name =`` (an auth-param) rather than a new scheme."""
-    name, after = _read_token(text, _skip_ws(text, pos))
-    if not name:
-        return False
-    after = _skip_ws(text, after)
-    return after < len(text) and text[after] == "="
-
-
-def parse_www_authenticate(header: str) -> list[Challenge]:
-    """Parse a ``WWW-Authenticate`` header into its challenges (RFC 9110 §11.6.1).
-
-    Pure and total: never raises.  Handles several challenges in one header
-    (``Basic realm="a", Bearer realm="b",service="c"``), quoted values with
-    commas and backslash-escaped quotes, unquoted values, odd white space and
-    repeated commas.  Malformed bits are skipped rather than guessed at; the
-    first occurrence of a repeated parameter wins.
-    """
-    challenges: list[Challenge] = []
-    pos = 0
-    length = len(header)
-    while pos < length:
-        while pos < length and header[pos] in ", \t":
-            pos += 1
-        scheme, pos = _read_token(header, pos)
-        if not scheme:
-            # Skip a character we cannot make sense of and go on.
-            pos += 1
-            continue
-        params: dict[str, str] = {}
-        token68: str | None = None
-        pos = _skip_ws(header, pos)
-        if pos < length and header[pos] != ",":
-            found = _try_token68(header, pos)
-            if found is not None:
-                token68, pos = found
-        while pos < length:
-            probe = pos
-            while probe < length and header[probe] in ", \t":
-                probe += 1
-            if not _is_param_ahead(header, probe):
-                break
-            name, probe = _read_token(header, probe)
-            probe = _skip_ws(header, probe) + 1  # past "="
-            value, probe = _read_value(header, probe)
-            params.setdefault(name.lower(), value)
-            pos = _skip_ws(header, probe)
-            if pos < length and header[pos] not in ",":
-                # Junk after a value: skip to the next comma.
-                while pos < length and header[pos] != ",":
-                    pos += 1
-        challenges.append(Challenge(scheme=scheme.lower(), params=params, token68=token68))
-    return challenges
-
-
-def challenge_error(www_authenticate: str) -> str | None:
-    """The ``error`` parameter of the Bearer (else first) challenge, if any."""
-    challenges = parse_www_authenticate(www_authenticate)
-    for challenge in challenges:
-        if challenge.scheme == "bearer":
-            return challenge.error
-    return challenges[0].error if challenges else None
-
-
-def is_insufficient_scope(www_authenticate: str) -> bool:
-    """True when a 401 says the token was valid but lacks the rights asked for.
-
-    The client reports such a 401 as :class:`~replicator.errors.DeniedError`
-    (authenticated, not allowed) rather than as a credentials problem.
-    """
-    return challenge_error(www_authenticate) == "insufficient_scope"
-
-
-# --------------------------------------------------------------------------- scopes
-
-
-def normalize_scopes(scopes: Iterable[str]) -> frozenset[str]:
-    """Merge scopes into a canonical set: one entry per resource, actions sorted.
-
-    ``repository:a:pull`` and ``repository:a:push`` become
-    ``repository:a:pull,push``; the result is usable as a cache key.
-    """
-    actions: dict[str, set[str]] = {}
-    for scope in scopes:
-        scope = scope.strip()
-        if not scope:
-            continue
-        resource, sep, acts = scope.rpartition(":")
-        if not sep or not resource:
-            actions.setdefault(scope, set())
-            continue
-        bucket = actions.setdefault(resource, set())
-        bucket.update(a for a in acts.split(",") if a)
-    return frozenset(
-        f"{resource}:{','.join(sorted(acts))}" if acts else resource
-        for resource, acts in actions.items()
-    )
-
-
-# --------------------------------------------------------------------------- secrets
-
-
-def _register_secret(value: str | None) -> None:
-    """Hand a secret to the log redaction processor, if that module exists."""
-    if not value:
-        return
-    try:
-        from replicator.observe.logging import register_secret
-    except ImportError:
-        return
-    register_secret(value)
 
 
 def basic_header(username: str, password: str) -> str:
     """The ``Authorization`` value for Basic auth (registered as a secret)."""
     raw = f"{username}:{password}".encode()
     value = "Basic " + base64.b64encode(raw).decode("ascii")
-    _register_secret(value.split(" ", 1)[1])
+    register_secret(value.split(" ", 1)[1])
     return value
-
-
-# --------------------------------------------------------------------------- tokens
-
-
-@dataclass(slots=True)
-class _Token:
-    value: str = field(repr=False)
-    expires_at: float
-    #: Fetched because an earlier token for the same scopes was rejected.
-    after_rejection: bool = False
-
-    @property
-    def header(self) -> str:
-        return f"Bearer {self.value}"
-
-
-def _refresh_margin(lifetime: float) -> float:
-    """How long before expiry a token is replaced: a tenth of its life, at most 10 s."""
-    return min(10.0, lifetime / 10.0)
 
 
 class Authenticator:
@@ -321,22 +85,22 @@ class Authenticator:
     ) -> None:
         self.host = host
         self._credentials = credentials or Credentials()
-        self._ssl = ssl
-        self._use_password_grant = use_password_grant
         self._clock = clock
-        self._basic: str | None = None
         creds = self._credentials
+        self._basic: str | None = None
         if creds.username is not None and creds.password is not None:
             self._basic = basic_header(creds.username, creds.password)
         for secret in creds.secrets():
-            _register_secret(secret)
-        self._refresh_token = creds.identity_token
+            register_secret(secret)
+        self._tokens_client = TokenServerClient(
+            host, creds, self._basic, ssl=ssl, use_password_grant=use_password_grant, clock=clock
+        )
         self._scheme: str | None = None
         self._bearer: Challenge | None = None
-        self._tokens: dict[frozenset[str], _Token] = {}
-        self._locks: dict[frozenset[str], asyncio.Lock] = {}
-        self._oauth_post: bool | None = None
-        self.token_requests = 0
+        self._tokens: dict[frozenset[str], Token] = {}
+        self._locks: dict[frozenset[str], anyio.Lock] = {}
+        #: Tokens issued after a rejection that no request has proven good yet.
+        self._unproven: dict[str, Token] = {}
 
     def __repr__(self) -> str:
         user = self._credentials.username
@@ -350,7 +114,12 @@ class Authenticator:
     @property
     def has_credentials(self) -> bool:
         """Whether any credential (password, identity or registry token) is held."""
-        return bool(self._basic or self._refresh_token or self._credentials.registry_token)
+        return self._tokens_client.has_credentials
+
+    @property
+    def token_requests(self) -> int:
+        """HTTP requests made to the token server so far."""
+        return self._tokens_client.token_requests
 
     # ------------------------------------------------------------------ public API
 
@@ -370,8 +139,11 @@ class Authenticator:
         if self._scheme == "basic" and self._basic:
             return {"Authorization": self._basic}
         if self._scheme == "bearer" and self._bearer is not None:
-            token = await self._token_for(session, normalize_scopes(scopes), (), None)
-            return {"Authorization": token.header}
+            key = normalize_scopes(scopes)
+            cached = self._tokens.get(key)
+            if cached is None or self._clock() >= cached.expires_at:
+                cached = await self._token_for(session, key, (), None, ChallengeRound())
+            return {"Authorization": cached.header}
         return {}
 
     async def on_challenge(
@@ -381,42 +153,44 @@ class Authenticator:
         scopes: Sequence[str],
         *,
         sent_authorization: str | None = None,
+        challenge_round: ChallengeRound | None = None,
     ) -> dict[str, str]:
         """Handle a 401 and return the headers to retry the request with.
 
         ``sent_authorization`` is the ``Authorization`` value the failed request
-        carried (``None`` if it had none).  When that is exactly the credential
-        currently held, the credential itself was refused:
+        carried (``None`` if it had none); ``challenge_round`` the state of
+        that request's challenges so far (a fresh round when not given).  When
+        the header sent is exactly the credential currently held, the
+        credential itself was refused:
 
         * Basic → :class:`AuthenticationError` (wrong user name or password);
         * Bearer with ``error="insufficient_scope"`` → :class:`DeniedError`
           (or :class:`AuthenticationError` when anonymous);
-        * another Bearer rejection → one fresh token, and an
-          :class:`AuthenticationError` if that one is refused too.
+        * another Bearer rejection → a fresh token, unless this round already
+          got one or the refused token was itself a replacement the registry
+          never accepted: then :class:`AuthenticationError`.
 
         Otherwise (no header sent, or a stale one, e.g. another task refreshed
         meanwhile) the current credential is returned.  Raises
         :class:`AuthenticationError` for a challenge we cannot answer (no
         credentials for Basic, unknown scheme) and whatever the token request
-        raises.  Callers retry a request once after a challenge.
+        raises.
         """
         challenges = parse_www_authenticate(www_authenticate)
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         basic = next((c for c in challenges if c.scheme == "basic"), None)
-        preset = self._credentials.registry_token
         log.debug(
-            "auth.challenge",
+            "auth.challenge_received",
             registry=self.host,
             schemes=[c.scheme for c in challenges],
             error=next((c.error for c in challenges if c.error), None),
         )
+        preset = self._credentials.registry_token
         if preset:
-            header = f"Bearer {preset}"
-            if sent_authorization == header:
-                raise self._refused_error(bearer, scopes, token_kind="registry token")
-            return {"Authorization": header}
+            return self._on_preset(preset, bearer, scopes, sent_authorization)
         if bearer is not None:
-            return await self._on_bearer(session, bearer, scopes, sent_authorization)
+            round_ = challenge_round if challenge_round is not None else ChallengeRound()
+            return await self._on_bearer(session, bearer, scopes, sent_authorization, round_)
         if basic is not None:
             return self._on_basic(sent_authorization)
         shown = ", ".join(sorted({c.scheme for c in challenges})) or "none"
@@ -425,6 +199,17 @@ class Authenticator:
             status=401,
             registry=self.host,
         )
+
+    def accepted(self, authorization: str) -> None:
+        """A request carrying ``authorization`` got an answer other than 401.
+
+        A token issued to replace a refused one is proven good by this: refused
+        later on (expired early, revoked), it is simply replaced again.
+        """
+        if self._unproven:
+            token = self._unproven.pop(authorization, None)
+            if token is not None:
+                token.after_rejection = False
 
     def invalidate(self, scopes: Sequence[str] | None = None) -> None:
         """Forget cached tokens (for ``scopes``, or all of them)."""
@@ -435,6 +220,18 @@ class Authenticator:
 
     # ------------------------------------------------------------------ challenges
 
+    def _on_preset(
+        self,
+        preset: str,
+        bearer: Challenge | None,
+        scopes: Sequence[str],
+        sent_authorization: str | None,
+    ) -> dict[str, str]:
+        header = f"Bearer {preset}"
+        if sent_authorization == header:
+            raise self._refused_error(bearer, scopes, token_kind="registry token")
+        return {"Authorization": header}
+
     def _on_basic(self, sent_authorization: str | None) -> dict[str, str]:
         if not self._basic:
             raise AuthenticationError(
@@ -444,10 +241,10 @@ class Authenticator:
                 registry=self.host,
             )
         if self._scheme != "basic":
-            log.debug("auth.basic", registry=self.host)
+            log.debug("auth.basic_chosen", registry=self.host)
         self._scheme = "basic"
         if sent_authorization == self._basic:
-            raise self._bad_credentials()
+            raise bad_credentials(self.host)
         return {"Authorization": self._basic}
 
     async def _on_bearer(
@@ -456,6 +253,7 @@ class Authenticator:
         challenge: Challenge,
         scopes: Sequence[str],
         sent_authorization: str | None,
+        challenge_round: ChallengeRound,
     ) -> dict[str, str]:
         realm = challenge.realm
         if not realm or urlsplit(realm).scheme not in ("http", "https"):
@@ -466,12 +264,11 @@ class Authenticator:
             )
         if self._bearer is None or self._bearer.realm != realm:
             self._tokens.clear()
-        self._bearer = Challenge("bearer", {k: v for k, v in challenge.params.items()})
+        self._bearer = Challenge("bearer", dict(challenge.params))
         self._scheme = "bearer"
         key = normalize_scopes(scopes)
-        token = await self._token_for(
-            session, key, challenge.scopes, (sent_authorization, challenge)
-        )
+        rejection = (sent_authorization, challenge)
+        token = await self._token_for(session, key, challenge.scopes, rejection, challenge_round)
         return {"Authorization": token.header}
 
     async def _token_for(
@@ -480,215 +277,58 @@ class Authenticator:
         key: frozenset[str],
         extra_scopes: Sequence[str],
         rejection: tuple[str | None, Challenge] | None,
-    ) -> _Token:
+        challenge_round: ChallengeRound,
+    ) -> Token:
         """The token for ``key``: cached, or fetched once under the key's lock.
 
         ``rejection`` is set when called from a 401: (the header that request
         carried, the challenge).  If that header is the cached token, the token
-        was refused and is not reused.
+        was refused and is replaced (see :meth:`_refused`).
         """
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = anyio.Lock()
         async with lock:
             cached = self._tokens.get(key)
-            after_rejection = False
-            if cached is not None and rejection is not None:
-                sent, challenge = rejection
-                if sent == cached.header:
-                    if challenge.error == "insufficient_scope":
-                        raise self._refused_error(challenge, sorted(key), token_kind="token")
-                    if cached.after_rejection:
-                        raise AuthenticationError(
-                            f"{self.host}: the registry refused the token its token server "
-                            f"issued ({challenge.error or 'no reason given'})",
-                            status=401,
-                            registry=self.host,
-                        )
-                    self._tokens.pop(key, None)
-                    cached = None
-                    after_rejection = True
+            renewal = False
+            if cached is not None and rejection is not None and rejection[0] == cached.header:
+                self._refused(cached, rejection[1], key, challenge_round)
+                self._tokens.pop(key, None)
+                self._unproven.pop(cached.header, None)
+                cached, renewal = None, True
             if cached is not None and self._clock() < cached.expires_at:
                 return cached
-            token = await self._request_token(session, key | normalize_scopes(extra_scopes))
-            token.after_rejection = after_rejection
+            assert self._bearer is not None
+            token = await self._tokens_client.request(
+                session, self._bearer, key | normalize_scopes(extra_scopes)
+            )
+            if renewal:
+                token.after_rejection = True
+                challenge_round.renewed = True
+                self._unproven[token.header] = token
             self._tokens[key] = token
             return token
 
-    # ------------------------------------------------------------------ token server
-
-    async def _request_token(
-        self, session: aiohttp.ClientSession, scopes: frozenset[str]
-    ) -> _Token:
-        """Ask the token server for a token covering ``scopes`` (retrying transient failures)."""
-        assert self._bearer is not None
-        realm = self._bearer.realm or ""
-        last_error: Exception | None = None
-        for attempt in range(TOKEN_ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(0.2 * 2**attempt)
-            try:
-                return await self._request_token_once(session, realm, scopes)
-            except (ServerError, RateLimitedError, ConnectionFailedError) as exc:
-                last_error = exc
-                log.debug("auth.token_retry", registry=self.host, attempt=attempt + 1)
-        assert last_error is not None
-        raise last_error
-
-    async def _request_token_once(
-        self, session: aiohttp.ClientSession, realm: str, scopes: frozenset[str]
-    ) -> _Token:
-        assert self._bearer is not None
-        service = self._bearer.service
-        ordered = sorted(scopes)
-        use_post = self._oauth_post is not False and (
-            self._refresh_token is not None or (self._use_password_grant and self._basic)
-        )
-        if use_post:
-            status, body = await self._post_token(session, realm, service, ordered)
-            if status in (404, 405):
-                log.debug("auth.oauth_unsupported", registry=self.host, status=status)
-                self._oauth_post = False
-            else:
-                self._oauth_post = True
-                return self._token_from_response(status, body, realm)
-        status, body = await self._get_token(session, realm, service, ordered)
-        return self._token_from_response(status, body, realm)
-
-    async def _post_token(
-        self, session: aiohttp.ClientSession, realm: str, service: str | None, scopes: list[str]
-    ) -> tuple[int, bytes]:
-        form: dict[str, str] = {"client_id": CLIENT_ID}
-        if service:
-            form["service"] = service
-        if scopes:
-            form["scope"] = " ".join(scopes)
-        if self._refresh_token is not None:
-            form["grant_type"] = "refresh_token"
-            form["refresh_token"] = self._refresh_token
-        else:
-            form["grant_type"] = "password"
-            form["username"] = self._credentials.username or ""
-            form["password"] = self._credentials.password or ""
-            form["access_type"] = "offline"
-        log.debug("auth.token_request", registry=self.host, method="POST", scopes=scopes)
-        return await self._send(session, "POST", realm, data=form)
-
-    async def _get_token(
-        self, session: aiohttp.ClientSession, realm: str, service: str | None, scopes: list[str]
-    ) -> tuple[int, bytes]:
-        params: list[tuple[str, str]] = []
-        if service:
-            params.append(("service", service))
-        params.extend(("scope", s) for s in scopes)
-        headers: dict[str, str] = {}
-        if self._basic:
-            headers["Authorization"] = self._basic
-            params.append(("account", self._credentials.username or ""))
-        log.debug("auth.token_request", registry=self.host, method="GET", scopes=scopes)
-        return await self._send(session, "GET", realm, params=params, headers=headers)
-
-    async def _send(
-        self, session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
-    ) -> tuple[int, bytes]:
-        self.token_requests += 1
-        if self._ssl is not None:
-            kwargs["ssl"] = self._ssl
-        where = _origin(url)
-        try:
-            async with session.request(
-                method,
-                url,
-                timeout=aiohttp.ClientTimeout(total=60),
-                allow_redirects=True,
-                **kwargs,
-            ) as response:
-                body = await response.content.read(MAX_TOKEN_RESPONSE + 1)
-                status = response.status
-        except aiohttp.ClientSSLError as exc:
-            raise TLSError(
-                f"{self.host}: TLS verification of token server {where} failed: "
-                f"{type(exc).__name__}"
-            ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ConnectionFailedError(
-                f"{self.host}: token server {where} unreachable ({type(exc).__name__})"
-            ) from None
-        log.debug("auth.token_response", registry=self.host, status=status)
-        if len(body) > MAX_TOKEN_RESPONSE:
-            raise ProtocolError(
-                f"{self.host}: token server response is larger than {MAX_TOKEN_RESPONSE} bytes",
-                registry=self.host,
-            )
-        return status, body
-
-    def _token_from_response(self, status: int, body: bytes, realm: str) -> _Token:
-        where = _origin(realm)
-        if status == 401:
-            if self.has_credentials:
-                raise self._bad_credentials()
+    def _refused(
+        self,
+        token: Token,
+        challenge: Challenge,
+        key: frozenset[str],
+        challenge_round: ChallengeRound,
+    ) -> None:
+        """The registry refused the current ``token``: raise unless a fresh one may follow."""
+        if challenge.error == "insufficient_scope":
+            raise self._refused_error(challenge, sorted(key), token_kind="token")
+        if token.after_rejection or challenge_round.renewed:
             raise AuthenticationError(
-                f"{self.host}: authentication required (the token server {where} refused "
-                f"anonymous access); log in with 'replicator login {self.host}'",
+                f"{self.host}: the registry refused the token its token server "
+                f"issued ({challenge.error or 'no reason given'})",
                 status=401,
                 registry=self.host,
             )
-        if status == 403:
-            raise DeniedError(
-                f"{self.host}: denied by the token server {where}",
-                status=403,
-                code="DENIED",
-                registry=self.host,
-            )
-        if status == 429:
-            raise RateLimitedError(
-                f"{self.host}: token server {where} is rate limiting (429)",
-                status=429,
-                registry=self.host,
-            )
-        if status >= 500:
-            raise ServerError(
-                f"{self.host}: token server {where} failed with HTTP {status}",
-                status=status,
-                registry=self.host,
-            )
-        if status != 200:
-            raise ProtocolError(
-                f"{self.host}: token server {where} answered HTTP {status}",
-                status=status,
-                registry=self.host,
-            )
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise ProtocolError(
-                f"{self.host}: token server {where} sent a response that is not a JSON object",
-                registry=self.host,
-            )
-        value = doc.get("token") or doc.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise ProtocolError(
-                f"{self.host}: token server {where} sent no token", registry=self.host
-            )
-        _register_secret(value)
-        refresh = doc.get("refresh_token")
-        if isinstance(refresh, str) and refresh:
-            _register_secret(refresh)
-            self._refresh_token = refresh
-        lifetime = _lifetime(doc.get("expires_in"))
-        log.debug("auth.token_issued", registry=self.host, expires_in=lifetime)
-        expires_at = self._clock() + lifetime - _refresh_margin(lifetime)
-        return _Token(value=value, expires_at=expires_at)
+        log.debug("auth.token_refused", registry=self.host, error=challenge.error)
 
     # ------------------------------------------------------------------ errors
-
-    def _bad_credentials(self) -> AuthenticationError:
-        return AuthenticationError(
-            f"{self.host}: authentication failed (wrong user name or password?)",
-            status=401,
-            code="UNAUTHORIZED",
-            registry=self.host,
-        )
 
     def _refused_error(
         self, challenge: Challenge | None, scopes: Sequence[str], *, token_kind: str
@@ -711,18 +351,3 @@ class Authenticator:
         return AuthenticationError(
             f"{self.host}: the registry refused the {token_kind}", status=401, registry=self.host
         )
-
-
-def _lifetime(raw: object) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
-        return DEFAULT_TOKEN_LIFETIME
-    return float(raw)
-
-
-def _origin(url: str) -> str:
-    """``scheme://host[:port]`` of a URL: what error messages show of a realm."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}"

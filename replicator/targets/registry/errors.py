@@ -12,16 +12,19 @@ Guarantees:
   else (HTML, empty, truncated JSON) yields an error without a code.
 * Messages never contain request headers, query strings (upload locations can
   carry state) or anything the caller did not pass in explicitly.
+* :func:`failure_kind` sorts a request that got no answer into the few kinds
+  the retry policy tells apart (refused, reset, timed out, TLS, DNS, not HTTP),
+  so that the classification and the messages cannot disagree.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 from replicator.errors import (
     AuthenticationError,
@@ -178,12 +181,54 @@ def is_tls_failure(exc: BaseException) -> bool:
     return False
 
 
-def connection_error(host: str, exc: BaseException) -> ConnectionFailedError:
+class DeadlineExceeded(TimeoutError):
+    """An attempt still waiting for its answer when the request's retry deadline passed."""
+
+
+#: How a request that got no answer failed (see :func:`failure_kind`).
+FailureKind = Literal["tls", "not_http", "dns", "refused", "timeout", "reset"]
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """Sort an exception of a request that got no HTTP answer.
+
+    ``tls``: certificate or handshake failure; ``not_http``: the peer answered
+    something that is not HTTP; ``dns``: the name did not resolve; ``refused``:
+    no connection could be made (refused, unreachable); ``timeout``: connecting
+    or waiting for the answer took too long; ``reset``: the connection broke
+    (closed, reset, body cut off) — and anything else.
+    """
+    if is_tls_failure(exc):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "not_http"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "reset"
+
+
+def connection_error(
+    host: str, exc: BaseException, *, attempts: int = 1, elapsed: float | None = None
+) -> ConnectionFailedError:
     """The exception for a request that never got an answer (DNS, refused, TLS, time-out...).
 
     Only the OS-level reason goes into the message, never aiohttp's own text,
-    which can contain the full request URL (query strings included).
+    which can contain the full request URL (query strings included).  When the
+    request was sent ``attempts`` > 1 times over ``elapsed`` seconds, the
+    message says so.
     """
+    err = _connection_error(host, exc)
+    if attempts > 1 and not isinstance(err, TLSError):
+        spent = f" over {elapsed:.1f} s" if elapsed is not None else ""
+        err = ConnectionFailedError(f"{err} (gave up after {attempts} attempts{spent})")
+    return err
+
+
+def _connection_error(host: str, exc: BaseException) -> ConnectionFailedError:
     if is_tls_failure(exc):
         reason = _tls_reason(exc)
         if reason in _NOT_TLS_REASONS:
@@ -194,7 +239,11 @@ def connection_error(host: str, exc: BaseException) -> ConnectionFailedError:
         return TLSError(
             f"TLS certificate of {host} did not verify: {reason}; use --ca-file or --insecure"
         )
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectionFailedError(f"cannot reach {host}: timed out connecting")
+    if isinstance(exc, aiohttp.SocketTimeoutError | DeadlineExceeded):
+        return ConnectionFailedError(f"cannot reach {host}: timed out waiting for an answer")
+    if isinstance(exc, TimeoutError):
         return ConnectionFailedError(f"cannot reach {host}: timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
@@ -205,8 +254,6 @@ def connection_error(host: str, exc: BaseException) -> ConnectionFailedError:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ConnectionFailedError(f"cannot reach {host}: response body broken off")
     if isinstance(exc, OSError) and exc.strerror:
-        return ConnectionFailedError(f"cannot reach {host}: {_clean(exc.strerror)}")
-    if isinstance(exc, aiohttp.ClientOSError) and exc.strerror:
         return ConnectionFailedError(f"cannot reach {host}: {_clean(exc.strerror)}")
     return ConnectionFailedError(f"cannot reach {host}: {type(exc).__name__}")
 

@@ -1,4 +1,12 @@
-"""Connection settings for one registry host."""
+"""Connection settings for one registry host: credentials, TLS, time-outs, retries.
+
+Pure data (no aiohttp import), so the CLI can build options cheaply.  The
+defaults bound how long an unresponsive or restarting registry can hold a
+request: a connection attempt gives up after :attr:`RegistryOptions.connect_timeout`,
+an open connection that sends nothing for :attr:`RegistryOptions.read_timeout`
+counts as broken, and one request spends at most
+:attr:`RegistryOptions.retry_deadline` on retries after its first failure.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +32,25 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Retries with jittered exponential backoff (Retry-After wins when longer)."""
+    """How a failed request is sent again.
+
+    An answer worth another try (408, 429, 502, 503, 504; 500 where the request
+    allows it) is retried until ``attempts`` sends in all.  A request that got no
+    answer at all (connection refused or reset, time-out) is retried for as long
+    as :attr:`RegistryOptions.retry_deadline` allows, however many sends that
+    takes.  The pause before each retry grows exponentially from ``base_delay``,
+    is jittered (a random 50-100 % of the step) and capped at ``max_delay``
+    (``max_reconnect_delay`` after a connection failure, so that a registry
+    back from a restart is found again quickly); a longer ``Retry-After`` wins.
+    """
 
     attempts: int = 6
     base_delay: float = 0.25
     max_delay: float = 30.0
     #: Retry-After values above this are treated as a failure rather than a sleep.
     max_retry_after: float = 600.0
+    #: Longest pause between attempts to reach a host that did not answer.
+    max_reconnect_delay: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +66,14 @@ class RegistryOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Connections kept per host.
     max_connections: int = 32
-    connect_timeout: float = 15.0
-    #: Seconds without a byte on an open connection before it counts as broken.
-    read_timeout: float = 60.0
+    #: Seconds a connection attempt (TCP and TLS handshake) may take.
+    connect_timeout: float = 10.0
+    #: Seconds the answer to a request may keep us waiting for its next bytes
+    #: (its first ones included); longer, and the connection counts as broken.
+    read_timeout: float = 30.0
+    #: Seconds one request may spend on retries after its first failure before
+    #: its error is raised (an attempt still running then is abandoned).
+    retry_deadline: float = 60.0
     #: Blobs up to this size go monolithic (POST + PUT); larger ones chunked.
     #: (The engine assumes this value: blobs above it always go chunked.)
     monolithic_max: int = 32 * 1024 * 1024

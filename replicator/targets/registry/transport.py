@@ -1,12 +1,20 @@
 """The one request path every registry operation goes through.
 
-:class:`Transport` owns the aiohttp session of one registry host and sends every
-request of the registry target: it adds the authorization headers for the
-request's scopes, answers a 401 challenge once, retries what is worth retrying
-(408, 429, 500 for reads, 502, 503, 504 and broken connections) with jittered
-exponential backoff that honours ``Retry-After``, follows redirects without
-leaking the registry's ``Authorization`` to another host, counts requests and
-turns every failure into one :mod:`replicator.errors` exception.
+:class:`Transport` owns the aiohttp session of one registry host and stacks the
+layers each request passes, outermost first (see :mod:`.exchange`):
+
+1. :class:`ErrorMapping` — an answer outside the request's ``ok`` statuses, or
+   no answer at all, becomes exactly one :mod:`replicator.errors` exception;
+2. :class:`~.auth_layer.AuthLayer` — credentials on, 401 challenges answered;
+3. :class:`~.redirects.RedirectLayer` — redirects followed where asked, the
+   registry's ``Authorization`` never sent to another origin;
+4. :class:`~.retries.RetryLayer` — backoff with jitter, ``Retry-After``
+   honoured, a time budget for a host that stopped answering;
+5. :class:`~.send.SingleRequest` — one request, counted in :attr:`Transport.stats`.
+
+On top of the stack, :meth:`Transport.request` reads a (capped) body and sends
+a GET again whose body broke off; :meth:`Transport.stream` hands the open
+answer to a caller that streams it (blob downloads).
 
 Guarantees:
 
@@ -21,39 +29,43 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import random
-import ssl
-from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
 
+import anyio
 import structlog
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from replicator.errors import ConnectionFailedError, ReferenceError, ReplicatorError
 from replicator.oci.reference import MAX_REPOSITORY_LENGTH, REPOSITORY_RE
 from replicator.targets.base import RequestStats
 from replicator.targets.registry._aiohttp import aiohttp
+from replicator.targets.registry.auth_layer import AuthLayer, AuthProvider
 from replicator.targets.registry.errors import (
     connection_error,
     error_from_response,
-    parse_retry_after,
     protocol_error,
 )
+from replicator.targets.registry.exchange import (
+    BodySourceFailed,
+    HostState,
+    Layer,
+    NoAnswer,
+    Outgoing,
+    Reply,
+    RequestSpec,
+    same_origin,
+)
 from replicator.targets.registry.options import RegistryOptions, uses_plain_http
+from replicator.targets.registry.redirects import RedirectLayer, resolve_location
+from replicator.targets.registry.retries import RetryLayer, backoff_delay
+from replicator.targets.registry.send import SingleRequest
+from replicator.targets.registry.session import new_session
 
 log = structlog.get_logger("replicator.registry.transport")
 
-#: Re-creates a request body stream for each attempt.
-BodyFactory = Callable[[], AsyncIterator[bytes]]
-
-_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-_ERROR_BODY_CAP = 64 * 1024
+ERROR_BODY_CAP = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
 #: What Go's TLS servers (distribution among them) answer to a plain HTTP request.
 _HTTPS_ONLY_MARK = "HTTP request to an HTTPS server"
@@ -67,68 +79,62 @@ def _https_only_error(host: str) -> ConnectionFailedError:
     )
 
 
-class AuthProvider(Protocol):
-    """What the transport needs from an authenticator (see ``auth.Authenticator``)."""
+class ErrorMapping:
+    """The outermost layer: everything but a success becomes one replicator error."""
 
-    async def authorize(
-        self, session: aiohttp.ClientSession, scopes: Sequence[str]
-    ) -> dict[str, str]:
-        """Headers for a request needing ``scopes`` from what is already known."""
-        ...
+    def __init__(self, inner: Layer, host_name: str) -> None:
+        self.inner = inner
+        self.host_name = host_name
 
-    async def on_challenge(
-        self,
-        session: aiohttp.ClientSession,
-        www_authenticate: str,
-        scopes: Sequence[str],
-        *,
-        sent_authorization: str | None = None,
-    ) -> dict[str, str]:
-        """Answer a 401 challenge; headers to retry with (raises AuthenticationError)."""
-        ...
+    async def send(self, request: Outgoing) -> aiohttp.ClientResponse:
+        """The answer to ``request`` when its status is one of ``spec.ok``; else raise."""
+        try:
+            response = await self.inner.send(request)
+        except NoAnswer as exc:
+            raise self._no_answer(request, exc.cause) from None
+        except BodySourceFailed as exc:
+            cause = exc.cause
+            if isinstance(cause, ReplicatorError):
+                raise cause from None
+            raise connection_error(self.host_name, cause) from None
+        if response.status in request.spec.ok:
+            return response
+        raise await self._refusal(request, response)
 
+    def _no_answer(self, request: Outgoing, cause: BaseException) -> ReplicatorError:
+        if isinstance(cause, aiohttp.ClientResponseError):
+            if _HTTPS_ONLY_MARK in str(cause.message):
+                return _https_only_error(self.host_name)
+            # aiohttp could not parse the answer as HTTP at all.
+            return protocol_error(
+                self.host_name, request.spec.repository, "the answer is not valid HTTP"
+            )
+        trace = request.trace
+        return connection_error(
+            self.host_name, cause, attempts=trace.attempts, elapsed=trace.elapsed
+        )
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A finished answer: status, headers, the (capped) body and the final URL."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    url: URL
-
-
-@dataclass(slots=True)
-class RequestSpec:
-    """Everything that describes one logical request (sent one or more times).
-
-    ``what`` names the object for error messages (``manifest "v1"``); ``ok``
-    the statuses that count as success (anything else becomes an exception).
-    """
-
-    method: str
-    url: URL
-    kind: str
-    scopes: Sequence[str]
-    repository: str | None
-    what: str
-    ok: Container[int]
-    headers: Mapping[str, str] | None = None
-    data: bytes | None = None
-    body: BodyFactory | None = None
-    follow_redirects: bool = False
-    retry_500: bool | None = None
-    #: False: send once; failures are the caller's to handle (a stream with state).
-    retry: bool = True
-
-
-class _BodyFailure:
-    """Remembers an exception raised by a streamed body while aiohttp sent it."""
-
-    __slots__ = ("error",)
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
+    async def _refusal(
+        self, request: Outgoing, response: aiohttp.ClientResponse
+    ) -> ReplicatorError:
+        spec = request.spec
+        try:
+            body = await read_capped(
+                response, ERROR_BODY_CAP, strict=False, host=self.host_name, spec=spec
+            )
+        finally:
+            response.release()
+        if response.status == 400 and _HTTPS_ONLY_MARK.encode() in body:
+            return _https_only_error(self.host_name)
+        return error_from_response(
+            response.status,
+            body,
+            registry=self.host_name,
+            repository=spec.repository,
+            what=spec.what,
+            attempts=max(1, request.trace.attempts),
+            expected=_describe_statuses(spec.ok),
+        )
 
 
 class Transport:
@@ -139,9 +145,18 @@ class Transport:
         self.options = options
         self.auth = auth
         self.stats = RequestStats()
+        self.state = HostState()
         scheme = "http" if uses_plain_http(host, options) else "https"
         self.base_url = URL(f"{scheme}://{host}")
         self._session: aiohttp.ClientSession | None = None
+        self._stack = self._layers()
+
+    def _layers(self) -> Layer:
+        single = SingleRequest(lambda: self.session, self.stats, self.state)
+        retries = RetryLayer(single, self.options, self.state, host_name=self.host)
+        redirects = RedirectLayer(retries, self.base_url, host_name=self.host)
+        auth = AuthLayer(redirects, self.auth, lambda: self.session, self.base_url, self.stats)
+        return ErrorMapping(auth, self.host)
 
     # -- session ---------------------------------------------------------------------------
 
@@ -149,57 +164,8 @@ class Transport:
     def session(self) -> aiohttp.ClientSession:
         """The host's session, created on first use (one connection pool per target)."""
         if self._session is None or self._session.closed:
-            self._session = self._new_session()
+            self._session = new_session(self.options)
         return self._session
-
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        """TLS settings of the connector: built only when the options ask for more than the default.
-
-        ``True`` is aiohttp's own verifying context (``ssl.create_default_context()``,
-        made once when aiohttp is imported, its system CA roots read on first use:
-        see :mod:`._aiohttp`): building another one per target costs ~35 ms
-        (``set_default_verify_paths``), for nothing on plain-HTTP hosts.
-        """
-        if self.options.insecure:
-            return False
-        if not self.options.ca_file:
-            return True
-        ctx = ssl.create_default_context()
-        if self.options.ca_file:
-            try:
-                ctx.load_verify_locations(cafile=self.options.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ReplicatorError(
-                    f"cannot load CA file {self.options.ca_file}: "
-                    f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
-                ) from None
-        return ctx
-
-    def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=self.options.max_connections,
-            ssl=self._ssl_context(),
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.options.connect_timeout,
-            sock_read=self.options.read_timeout,
-        )
-        # No aiohttp TraceConfig: its per-request signals cost more CPU than the
-        # one thing they told us (the authenticator's token requests, which it
-        # counts itself: see _sync_tokens).
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            headers={"User-Agent": "replicator/0.1"},
-        )
-
-    def _sync_tokens(self) -> None:
-        """Copy the authenticator's count of token requests into the stats."""
-        n = getattr(self.auth, "token_requests", None)
-        if isinstance(n, int):
-            self.stats.token = n
 
     async def aclose(self) -> None:
         """Close the session and its connections (idempotent)."""
@@ -227,236 +193,64 @@ class Transport:
 
     def is_own_origin(self, url: URL) -> bool:
         """True when ``url`` is on this registry (scheme, host and effective port)."""
-        base = self.base_url
-        return (
-            url.scheme == base.scheme
-            and (url.host or "").lower() == (base.host or "").lower()
-            and url.port == base.port
-        )
+        return same_origin(url, self.base_url)
 
     def resolve(self, base: URL, location: str) -> URL:
-        """Resolve a ``Location`` (possibly relative, maybe with a query) against ``base``.
-
-        The location's encoding is kept byte for byte: upload locations carry
-        opaque state that must not be re-encoded.
-        """
-        target = URL(location, encoded=True)
-        if target.is_absolute():
-            return target
-        return base.join(target)
+        """Resolve a ``Location`` against ``base``, its encoding kept byte for byte."""
+        return resolve_location(base, location)
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def request(self, spec: RequestSpec, *, max_body: int = _ERROR_BODY_CAP) -> Reply:
+    async def request(
+        self, spec: RequestSpec, *, max_body: int = ERROR_BODY_CAP, attempt: int = 1
+    ) -> Reply:
         """Send ``spec`` and read its body (at most ``max_body`` bytes, more is an error).
 
-        A GET whose body breaks off while being read is sent again (with backoff).
+        A GET whose body breaks off while being read is sent again (with backoff),
+        up to ``RetryPolicy.attempts`` sends in all.  ``attempt`` > 1 says the
+        caller sends this request again (it counts as a retry).
         """
-        attempt = 0
+        policy = self.options.retry
         while True:
-            attempt += 1
-            async with self.stream(spec) as resp:
+            out = Outgoing.first(spec).again(attempt)
+            response = await self._stack.send(out)
+            try:
                 if spec.method == "HEAD":
-                    return Reply(resp.status, resp.headers, b"", resp.url)
-                try:
-                    body = await read_capped(resp, max_body, strict=True, host=self.host, spec=spec)
-                except ConnectionFailedError:
-                    if (
-                        spec.method not in _IDEMPOTENT
-                        or not spec.retry
-                        or attempt >= self.options.retry.attempts
-                    ):
-                        raise
-                    retry = True
-                else:
-                    retry = False
-                    self.stats.add("bytes_received", len(body))
-                    reply = Reply(resp.status, resp.headers, body, resp.url)
-            if not retry:
-                return reply
-            await self._backoff(spec, attempt, None, reason="body broken off")
+                    return Reply(response.status, response.headers, b"", response.url)
+                body = await read_capped(response, max_body, strict=True, host=self.host, spec=spec)
+                self.stats.add("bytes_received", len(body))
+                return Reply(response.status, response.headers, body, response.url)
+            except ConnectionFailedError:
+                attempt = out.trace.attempts + 1
+                if spec.method not in _IDEMPOTENT or not spec.retry or attempt > policy.attempts:
+                    raise
+            finally:
+                response.release()
+            delay = backoff_delay(policy, attempt - 1, policy.max_delay, random.uniform(0.5, 1))
+            log.info(
+                "registry.request_retried",
+                host=self.host,
+                kind=spec.kind,
+                method=spec.method,
+                reason="body broken off",
+                attempt=attempt - 1,
+                delay=round(delay, 3),
+            )
+            await anyio.sleep(delay)
 
     @asynccontextmanager
-    async def stream(self, spec: RequestSpec) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send ``spec`` and hand over the open response (released on exit)."""
-        resp = await self._send(spec)
+    async def stream(
+        self, spec: RequestSpec, *, attempt: int = 1
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send ``spec`` and hand over the open response (released on exit).
+
+        ``attempt`` > 1 says the caller sends this request again (a retry).
+        """
+        response = await self._stack.send(Outgoing.first(spec).again(attempt))
         try:
-            yield resp
+            yield response
         finally:
-            resp.release()
-
-    async def _send(self, spec: RequestSpec) -> aiohttp.ClientResponse:
-        attempt = 0
-        challenged = 0
-        extra_auth: dict[str, str] | None = None
-        url = spec.url
-        redirects = 0
-        # Credentials go to the registry's own origin only: never to another host an
-        # upload Location or a redirect points at.
-        same_origin = self.is_own_origin(url)
-        while True:
-            attempt += 1
-            headers: CIMultiDict[str] = CIMultiDict(spec.headers or {})
-            if same_origin:
-                auth_headers = extra_auth or await self._authorize(spec.scopes)
-                headers.update(auth_headers)
-            failure = _BodyFailure()
-            data: Any = spec.data
-            if spec.body is not None:
-                data = self._counted(spec.body(), failure)
-            elif spec.data is not None:
-                self.stats.add("bytes_sent", len(spec.data))
-            self.stats.add(spec.kind)
-            try:
-                resp = await self.session.request(
-                    spec.method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                if failure.error is not None:
-                    raise _as_replicator_error(failure.error, self.host) from None
-                if isinstance(exc, aiohttp.ClientResponseError) and _HTTPS_ONLY_MARK in str(
-                    exc.message
-                ):
-                    raise _https_only_error(self.host) from None
-                if isinstance(exc, aiohttp.ClientResponseError):
-                    # aiohttp could not parse the answer as HTTP at all.
-                    raise protocol_error(
-                        self.host, spec.repository, "the answer is not valid HTTP"
-                    ) from None
-                err = connection_error(self.host, exc)
-                if self._may_retry_connection(spec, exc, attempt):
-                    await self._backoff(spec, attempt, None, reason=type(exc).__name__)
-                    continue
-                raise err from None
-            except BaseException:
-                if failure.error is not None and isinstance(failure.error, ReplicatorError):
-                    raise failure.error from None
-                raise
-
-            status = resp.status
-            if status in spec.ok:
-                return resp
-            if status in _REDIRECTS and spec.follow_redirects and "Location" in resp.headers:
-                redirects += 1
-                if redirects > _MAX_REDIRECTS:
-                    resp.release()
-                    raise protocol_error(self.host, spec.repository, "too many redirects")
-                new_url = self.resolve(resp.url, resp.headers["Location"])
-                resp.release()
-                same_origin = self.is_own_origin(new_url)
-                url = new_url
-                attempt -= 1
-                continue
-            if status == 401 and same_origin and challenged < 2:
-                challenge = resp.headers.get("WWW-Authenticate")
-                resp.release()
-                if challenge:
-                    # The authenticator raises the right error when the credential it
-                    # just gave was refused; a second challenge allows one fresh token.
-                    challenged += 1
-                    try:
-                        extra_auth = await self.auth.on_challenge(
-                            self.session,
-                            challenge,
-                            list(spec.scopes),
-                            sent_authorization=headers.get("Authorization"),
-                        )
-                    finally:
-                        self._sync_tokens()
-                    attempt -= 1
-                    continue
-                raise error_from_response(
-                    401, b"", registry=self.host, repository=spec.repository, what=spec.what
-                )
-            body = await read_capped(resp, _ERROR_BODY_CAP, strict=False, host=self.host, spec=spec)
-            if status == 400 and _HTTPS_ONLY_MARK.encode() in body:
-                resp.release()
-                raise _https_only_error(self.host)
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            resp.release()
-            if self._may_retry_status(spec, status, attempt, retry_after):
-                await self._backoff(spec, attempt, retry_after, reason=f"HTTP {status}")
-                continue
-            raise error_from_response(
-                status,
-                body,
-                registry=self.host,
-                repository=spec.repository,
-                what=spec.what,
-                attempts=attempt,
-                expected=_describe_statuses(spec.ok),
-            )
-
-    async def _authorize(self, scopes: Sequence[str]) -> dict[str, str]:
-        try:
-            return await self.auth.authorize(self.session, list(scopes))
-        finally:
-            self._sync_tokens()
-
-    async def _counted(
-        self, source: AsyncIterator[bytes], failure: _BodyFailure
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in source:
-                self.stats.add("bytes_sent", len(chunk))
-                yield chunk
-        except Exception as exc:  # not GeneratorExit/CancelledError: those are ours
-            failure.error = exc
-            raise
-        finally:
-            closer = getattr(source, "aclose", None)
-            if closer is not None:
-                await closer()
-
-    def _may_retry_connection(self, spec: RequestSpec, exc: BaseException, attempt: int) -> bool:
-        if not spec.retry or attempt >= self.options.retry.attempts:
-            return False
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-            return False
-        if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return False
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            # A refused connection rarely heals within seconds: try a couple of times only.
-            return attempt < min(3, self.options.retry.attempts)
-        return True
-
-    def _may_retry_status(
-        self, spec: RequestSpec, status: int, attempt: int, retry_after: float | None
-    ) -> bool:
-        policy = self.options.retry
-        if not spec.retry or attempt >= policy.attempts:
-            return False
-        if retry_after is not None and retry_after > policy.max_retry_after:
-            return False
-        if status in _RETRY_STATUSES:
-            return True
-        if status == 500:
-            return spec.retry_500 if spec.retry_500 is not None else spec.method in _IDEMPOTENT
-        return False
-
-    async def _backoff(
-        self, spec: RequestSpec, attempt: int, retry_after: float | None, *, reason: str
-    ) -> None:
-        policy = self.options.retry
-        delay = min(policy.max_delay, policy.base_delay * (2 ** (attempt - 1)))
-        delay *= random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        self.stats.add("retries")
-        log.info(
-            "registry.retry",
-            host=self.host,
-            kind=spec.kind,
-            method=spec.method,
-            reason=reason,
-            attempt=attempt,
-            delay=round(delay, 3),
-        )
-        await asyncio.sleep(delay)
+            response.release()
 
 
 def _describe_statuses(ok: Container[int]) -> str | None:
@@ -468,25 +262,19 @@ def _describe_statuses(ok: Container[int]) -> str | None:
     return None
 
 
-def _as_replicator_error(exc: BaseException, host: str) -> BaseException:
-    if isinstance(exc, ReplicatorError):
-        return exc
-    return connection_error(host, exc)
-
-
 async def read_capped(
     resp: aiohttp.ClientResponse, cap: int, *, strict: bool, host: str, spec: RequestSpec
 ) -> bytes:
     """Read a response body of at most ``cap`` bytes.
 
     ``strict``: a longer body is a :class:`ProtocolError`; otherwise it is cut.
-    Connection failures while reading become :class:`ConnectionFailedError`.
+    Connection failures while reading become :class:`ConnectionFailedError`
+    (``strict``) or end the body where it broke.
     """
     length = resp.content_length
+    too_long = f"{spec.what} is larger than {cap} bytes"
     if strict and length is not None and length > cap:
-        raise protocol_error(
-            host, spec.repository, f"{spec.what} is larger than {cap} bytes", status=resp.status
-        )
+        raise protocol_error(host, spec.repository, too_long, status=resp.status)
     buf = bytearray()
     try:
         while True:
@@ -496,12 +284,7 @@ async def read_capped(
             buf += chunk
             if len(buf) > cap:
                 if strict:
-                    raise protocol_error(
-                        host,
-                        spec.repository,
-                        f"{spec.what} is larger than {cap} bytes",
-                        status=resp.status,
-                    )
+                    raise protocol_error(host, spec.repository, too_long, status=resp.status)
                 return bytes(buf[:cap])
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         if strict:
