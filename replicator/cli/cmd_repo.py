@@ -11,13 +11,13 @@ registry catalog (under NAMESPACE when given).
 from __future__ import annotations
 
 import argparse
-import inspect
 from typing import Any
 
 from replicator.cli.context import CliContext
 from replicator.cli.output import write_line
 from replicator.errors import UsageError
 from replicator.oci.reference import Reference, is_referrers_tag, normalise_host, parse_reference
+from replicator.targets.base import CatalogLister
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -55,11 +55,9 @@ async def run_ls(args: argparse.Namespace, ctx: CliContext) -> int:
     host = normalise_host(host_text)
     ref = Reference(scheme="registry", registry=host, repository="", tag=None, digest=None)
     target = ctx.open_target(ref)
-    catalog = getattr(target, "catalog", None)
-    if catalog is None:
+    if not isinstance(target, CatalogLister):
         raise UsageError(f"{target.display} cannot list its repositories")
-    result = catalog()
-    names: list[str] = list(await result if inspect.isawaitable(result) else result)
+    names = await target.catalog()
     prefix = namespace.strip("/") + "/" if namespace.strip("/") else ""
     for name in sorted(names):
         if name.startswith(prefix):

@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import semantic_version  # type: ignore[import-untyped]
 from wcmatch import fnmatch as wc_fnmatch
@@ -49,8 +49,40 @@ from wcmatch import glob as wc_glob
 from replicator.oci.reference import is_referrers_tag
 from replicator.sync.yamlsource import quoted
 
-if TYPE_CHECKING:
-    from replicator.sync.config_schema import TagRules
+
+class TagRules(Protocol):
+    """What the selection reads of a job's ``tags`` (``config_schema.TagRules`` has it)."""
+
+    @property
+    def allow(self) -> tuple[re.Pattern[str], ...]:
+        """Regexes, anchored: a tag must match one of them (none: every tag)."""
+        ...
+
+    @property
+    def deny(self) -> tuple[re.Pattern[str], ...]:
+        """Regexes, anchored: a tag matching one is dropped."""
+        ...
+
+    @property
+    def semver(self) -> Any:
+        """A parsed npm-style range (``semantic_version.NpmSpec``), or None."""
+        ...
+
+    @property
+    def latest(self) -> int | None:
+        """Keep the newest N by semver precedence (None: all)."""
+        ...
+
+    @property
+    def include(self) -> tuple[str, ...]:
+        """Literal tags always selected."""
+        ...
+
+    @property
+    def immutable(self) -> tuple[str, ...]:
+        """Globs of tags never looked at again once at the destination."""
+        ...
+
 
 #: wcmatch flags for repository globs: ``**`` across elements, braces, '/'-separated always.
 REPOSITORY_GLOB_FLAGS = wc_glob.GLOBSTAR | wc_glob.BRACE | wc_glob.FORCEUNIX
