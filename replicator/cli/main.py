@@ -44,6 +44,7 @@ from replicator.cli.failures import (
     primary_exception,
     report_failure,
 )
+from replicator.cli.flags import add_global_flags
 from replicator.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -59,7 +60,6 @@ from replicator.errors import (
     Interrupted,
 )
 from replicator.observe.logging import configure_logging, get_logger
-from replicator.targets.registry.options import RegistryOptions
 
 _log = get_logger("replicator.cli")
 
@@ -130,108 +130,6 @@ def exit_code_table() -> str:
     return "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
 
 
-def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """Add the global flags; with ``suppress`` they have no defaults.
-
-    Subcommand parsers carry the flags too so they work after the command
-    name; without defaults there, an absent flag does not overwrite the value
-    parsed before the command name.
-    """
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    group = parser.add_argument_group("global options")
-    group.add_argument(
-        "--debug",
-        action="store_true",
-        default=default(False),
-        help="log at DEBUG level and show tracebacks on errors",
-    )
-    group.add_argument(
-        "--log-format",
-        choices=("auto", "console", "json"),
-        default=default("auto"),
-        help="log rendering on stderr: auto (console on a TTY, else JSON lines), console, json",
-    )
-    group.add_argument(
-        "-u",
-        "--username",
-        default=default(None),
-        help="registry user name (applies to every registry on the command line)",
-    )
-    group.add_argument(
-        "-p",
-        "--password",
-        default=default(None),
-        help="registry password or token (prefer --password-stdin)",
-    )
-    group.add_argument(
-        "--password-stdin",
-        action="store_true",
-        default=default(False),
-        help="read the password from standard input",
-    )
-    group.add_argument(
-        "--insecure",
-        action="store_true",
-        default=default(False),
-        help="do not verify registry TLS certificates (http/https choice unchanged)",
-    )
-    group.add_argument(
-        "--plain-http",
-        action="store_true",
-        default=default(False),
-        help="talk plain HTTP to registries (default: only for localhost / 127.0.0.1)",
-    )
-    group.add_argument(
-        "--ca-file",
-        metavar="PATH",
-        default=default(None),
-        help="PEM bundle of CA certificates to verify registry TLS against; implies HTTPS, "
-        "also for loopback hosts",
-    )
-    group.add_argument(
-        "--connect-timeout",
-        metavar="SECONDS",
-        type=_seconds,
-        default=default(None),
-        help="give up a connection attempt to a registry after SECONDS "
-        f"(default {_REGISTRY_DEFAULTS.connect_timeout:g})",
-    )
-    group.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_seconds,
-        default=default(None),
-        help="longest wait for the next bytes of a registry's answer "
-        f"(default {_REGISTRY_DEFAULTS.read_timeout:g})",
-    )
-    group.add_argument(
-        "--retry-deadline",
-        metavar="SECONDS",
-        type=_seconds,
-        default=default(None),
-        help="time one request may spend on retries after its first failure "
-        f"(default {_REGISTRY_DEFAULTS.retry_deadline:g})",
-    )
-
-
-#: Where the defaults of the time-out flags come from.
-_REGISTRY_DEFAULTS = RegistryOptions()
-
-
-def _seconds(text: str) -> float:
-    """A positive number of seconds (argparse type of the time-out flags)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
-
-
 class _CommandParser(argparse.ArgumentParser):
     """Parser class of every (sub)command: carries the global flags without defaults.
 
@@ -243,7 +141,7 @@ class _CommandParser(argparse.ArgumentParser):
         kwargs.setdefault("conflict_handler", "resolve")
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
-        _add_global_flags(self, suppress=True)
+        add_global_flags(self, suppress=True)
 
 
 def _import_command(name: str) -> ModuleType | None:
@@ -272,7 +170,7 @@ def iter_command_modules() -> Iterator[ModuleType]:
 def _value_flags() -> frozenset[str]:
     """The global flags that take a value (``--username NAME``)."""
     parser = argparse.ArgumentParser(add_help=False)
-    _add_global_flags(parser, suppress=True)
+    add_global_flags(parser, suppress=True)
     return frozenset(
         option
         for action in parser._actions
@@ -322,7 +220,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"replicator {__version__}")
-    _add_global_flags(parser, suppress=False)
+    add_global_flags(parser, suppress=False)
     subparsers = parser.add_subparsers(
         title="commands",
         dest="command",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-import replicator.observe.logging as logging_mod
+import replicator.observe.redact as logging_mod
 from replicator.observe.logging import (
     MASK,
     configure_logging,
