@@ -123,6 +123,16 @@ class Change:
     removed: bool = False
 
 
+def referrers_shaped(entries: list[Descriptor]) -> bool:
+    """True when every entry looks like a referrer: an artifact type, no platform.
+
+    An image index (a multi-platform image) lists platform manifests; a
+    referrers index lists artifacts by type.  Only the latter may be deleted as
+    a superseded fallback index written by someone else.
+    """
+    return all(e.artifact_type and e.platform is None for e in entries)
+
+
 def apply_changes(entries: list[Descriptor], batch: list[Change]) -> list[Descriptor]:
     """``entries`` with ``batch`` applied (each change marked with what it did)."""
     new_entries = list(entries)
@@ -153,6 +163,8 @@ class FallbackIndexes:
         # Tags of a repository from one listing (None: not listed, or not usable).
         self._tag_sets: dict[str, set[str] | None] = {}
         self._tag_locks: dict[str, anyio.Lock] = {}
+        # Index digests this process wrote: the only superseded ones it deletes.
+        self._owned: set[str] = set()
 
     def mark_new(self, repository: str) -> None:
         """The registry reported ``repository`` new: its fallback tags are ours to know."""
@@ -288,13 +300,17 @@ class FallbackIndexes:
         if [e.digest for e in new_entries] == [e.digest for e in entries]:
             return current
         tag = referrers_tag(subject)
+        disposable = old_desc is not None and (
+            old_desc.digest in self._owned or referrers_shaped(entries)
+        )
         if not new_entries:
             if old_desc is not None:
-                await self._drop_index(repository, old_desc.digest)
+                await self._remove_tag(repository, subject, old_desc.digest, disposable)
                 self._tag_written(repository, tag, present=False)
             return None
         raw = build_index(new_entries)
         new_digest = await self._store.put_manifest_bytes(repository, tag, raw, OCI_INDEX)
+        self._owned.add(new_digest)
         self._tag_written(repository, tag, present=True)
         log.debug(
             "registry.referrers_index_updated",
@@ -305,8 +321,47 @@ class FallbackIndexes:
             changes=len(batch),
         )
         if old_desc is not None and old_desc.digest != new_digest:
-            await self._drop_index(repository, old_desc.digest)
+            if disposable:
+                await self._drop_index(repository, old_desc.digest)
+            else:
+                self._keep_superseded(repository, tag, old_desc.digest)
         return Descriptor(OCI_INDEX, new_digest, len(raw)), new_entries
+
+    def _keep_superseded(self, repository: str, tag: str, digest: str) -> None:
+        """A superseded index that may be something else stays (untagged).
+
+        Deleting a manifest deletes every tag on it, and the fallback tag is
+        only a claim: anyone who can push a tag can point ``sha256-<subject>``
+        at an image index other tags rely on.  So a superseded index is deleted
+        only when this process wrote it, or when it has the shape of a
+        referrers index (:func:`referrers_shaped`); another stays in the
+        registry, untagged, for its garbage collection.
+        """
+        log.info(
+            "registry.referrers_superseded_index_kept",
+            host=self._host,
+            repository=repository,
+            tag=tag,
+            digest=digest,
+        )
+
+    async def _remove_tag(
+        self, repository: str, subject: str, digest: str, disposable: bool
+    ) -> None:
+        """Remove ``subject``'s fallback tag, deleting no manifest another tag may need.
+
+        A ``disposable`` index (see :meth:`_keep_superseded`) is deleted with
+        its tag.  Any other is left in place: the tag is first moved onto a
+        marker index of its own (unique to the subject), deleted with the tag.
+        """
+        if disposable:
+            await self._drop_index(repository, digest)
+            return
+        tag = referrers_tag(subject)
+        marker = build_index([], annotations={"vnd.replicator.removed-referrers-of": subject})
+        moved = await self._store.put_manifest_bytes(repository, tag, marker, OCI_INDEX)
+        self._keep_superseded(repository, tag, digest)
+        await self._drop_index(repository, moved)
 
     async def _drop_index(self, repository: str, digest: str) -> None:
         try:
