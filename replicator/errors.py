@@ -58,9 +58,14 @@ def _clip(text: str, limit: int = _MAX_DETAIL) -> str:
 
 
 class ReplicatorError(Exception):
-    """Base of every error replicator raises on purpose."""
+    """Base of every error replicator raises on purpose.
+
+    ``details``: further lines shown under the one-line message (each problem
+    of a configuration file, say), empty for most errors.
+    """
 
     exit_code: int = EXIT_FAILURE
+    details: tuple[str, ...] = ()
 
     def __init__(self, message: str, *, side: str | None = None) -> None:
         super().__init__(message)

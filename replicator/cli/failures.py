@@ -66,7 +66,10 @@ def describe_failure(exc: BaseException, *, debug: bool) -> tuple[str, int]:
     """The ``Error: ...`` line (secrets redacted) and the exit code for ``exc``."""
     chosen = primary_exception(exc)
     if isinstance(chosen, ReplicatorError):
-        message, code = f"Error: {chosen}", chosen.exit_code
+        text = str(chosen)
+        if chosen.details:  # the details follow on lines of their own
+            text = text.splitlines()[0] if text else text
+        message, code = f"Error: {text}", chosen.exit_code
     elif isinstance(chosen, KeyboardInterrupt):
         message, code = "Error: interrupted", EXIT_KEYBOARD_INTERRUPT
     else:
@@ -88,13 +91,21 @@ def report_failure(
     ``exit_code``, the traceback as ``exception`` with ``debug``).
     """
     line, code = describe_failure(exc, debug=debug)
+    chosen = primary_exception(exc)
+    details = (
+        [redact_text(d) for d in chosen.details] if isinstance(chosen, ReplicatorError) else []
+    )
     if json_logs:
         extra: dict[str, Any] = {"exc_info": exc} if debug else {}
+        if details:
+            extra["details"] = details
         _log.error("cli.failed", error=line.removeprefix("Error: "), exit_code=code, **extra)
         return code
     if debug:
         stderr.write(redact_text("".join(traceback.format_exception(exc))))
     stderr.write(line + "\n")
+    for detail in details:
+        stderr.write(f"  {detail}\n")
     stderr.flush()
     return code
 

@@ -86,6 +86,8 @@ COMMANDS: tuple[str, ...] = (
     "login",
     "logout",
     "copy",
+    "sync",
+    "verify",
     "push",
     "attach",
     "discover",
@@ -288,7 +290,7 @@ def _leftover_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -
 
 
 #: Commands that call :func:`.heap.settle` themselves, once their own start-up is done.
-_SETTLE_THEMSELVES = frozenset({"copy", "cp"})
+_SETTLE_THEMSELVES = frozenset({"copy", "cp", "sync", "verify"})
 
 
 async def _run_handler(handler: Handler, args: argparse.Namespace, ctx: CliContext) -> int:

@@ -28,6 +28,7 @@ from replicator.engine.ledger import Confirmation
 from replicator.engine.once import Once
 from replicator.engine.state import DestNode, DestRepo, DestTag, SourceNode, Visit, cell
 from replicator.errors import RegistryError, ReplicatorError
+from replicator.graph.filters import GraphFilter
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.manifest import Manifest
 from replicator.targets.base import PushResult
@@ -53,12 +54,14 @@ class ManifestCommitter:
         d: Endpoint,
         subject: Descriptor | None,
         root: bool = False,
+        flt: GraphFilter | None = None,
     ) -> None:
         """Push ``manifest`` to ``d`` once its blobs, children (and subject) are there."""
         once = self.cell(d, desc.digest)
         try:
             await self._wait_dependencies(manifest, d, subject, desc)
-            tags = await self._direct_tags(src, desc, manifest, d) if root else ()
+            selection = flt or self._ctx.options.filter
+            tags = await self._direct_tags(src, desc, manifest, d, selection) if root else ()
             # Stores with a client-kept referrers index get it written once per
             # subject by the referrer walk; others ignore the request.
             defer = (
@@ -88,14 +91,14 @@ class ManifestCommitter:
                 raise DependencyFailed(f"{desc.digest}: a dependency failed at {d}")
 
     async def _direct_tags(
-        self, src: Endpoint, desc: Descriptor, manifest: Manifest, d: Endpoint
+        self, src: Endpoint, desc: Descriptor, manifest: Manifest, d: Endpoint, flt: GraphFilter
     ) -> tuple[str, ...]:
         """The job tag a root may be pushed under right away, if its graph below is complete."""
         key = SourceNode(src.location, src.repository, desc.digest)
         job_tags = self._state.root_tags.get(DestNode(d.location, d.repository, desc.digest), ())
         if not job_tags:
             return ()
-        if not self._ctx.options.filter.follows_referrers_at(0):
+        if not flt.follows_referrers_at(0):
             # No referrer is walked in this run: a child's walk covers only
             # its own subtree (a DAG below the root), so waiting for it
             # cannot deadlock; it ends right after its confirmed push.
@@ -104,7 +107,7 @@ class ManifestCommitter:
                 walk = self._state.walks.get(Visit(child, d.key))
                 if walk is not None:
                     await walk.wait()
-        if self.complete_below(key, manifest, d.key):
+        if self.complete_below(key, manifest, d.key, flt):
             return job_tags[:1]
         return ()
 
@@ -180,7 +183,9 @@ class ManifestCommitter:
         report.manifests_pushed += 1
         self._ctx.observer.manifest_finished(desc, "pushed", str(d))
 
-    def complete_below(self, root: SourceNode, manifest: Manifest, dest: DestRepo) -> bool:
+    def complete_below(
+        self, root: SourceNode, manifest: Manifest, dest: DestRepo, flt: GraphFilter
+    ) -> bool:
         """True when everything under ``root`` (not itself) is confirmed at ``dest`` now.
 
         Never waits: a root's push must not depend on its descendants' referrer
@@ -191,7 +196,7 @@ class ManifestCommitter:
         state = self._state
         if root in state.referrer_errors:
             return False
-        follows = self._ctx.options.filter.follows_referrers_at(0) and root not in state.synthetic
+        follows = flt.follows_referrers_at(0) and root not in state.synthetic
         if follows and Visit(root, dest) not in state.referrers_walked:
             return False
         children = {

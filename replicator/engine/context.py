@@ -26,6 +26,7 @@ from replicator.engine.report import CopyReport, FailureCause, PlannedWrite
 from replicator.engine.state import DestRepo, RunState, SourceNode
 from replicator.engine.trust import LedgerView
 from replicator.errors import EXIT_INCOMPLETE, EXIT_REFUSED, RegistryError, ReplicatorError
+from replicator.graph.filters import GraphFilter
 from replicator.oci.descriptor import Descriptor
 from replicator.targets.base import Abilities, Target, abilities_of
 
@@ -71,6 +72,8 @@ class NodeVisit:
     parent: SourceNode | None = None
     implied: frozenset[DestRepo] = frozenset()
     fresh: frozenset[DestRepo] = frozenset()
+    #: The selection of the job this visit belongs to.
+    flt: GraphFilter = field(default_factory=GraphFilter)
     #: The node at the source, made once (tables key by it).
     key: SourceNode = field(init=False, compare=False, repr=False)
 

@@ -81,6 +81,10 @@ class CopyJob:
     the source; checked before anything is written for this job, a root
     lacking one is refused (``GateRefusedError``, exit 10) with the missing types.
     ``name``: the job it belongs to (a sync job's name), for reports.
+    ``filter``: this job's selection (referrers, types, depth, platforms) when it
+    differs from the run's (``CopyOptions.filter``).  A node two jobs with
+    different selections share is walked with the selection of the job that
+    reaches it first.
     """
 
     source: Endpoint
@@ -89,6 +93,7 @@ class CopyJob:
     display: str = ""
     require: tuple[str, ...] = ()
     name: str = ""
+    filter: GraphFilter | None = None
 
 
 @dataclass(frozen=True, slots=True)

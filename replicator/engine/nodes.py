@@ -76,7 +76,7 @@ class GraphVisitor:
         overlap = (
             (v.subject is not None or v.parent is not None)
             and not self._sources.referrers_asked(key)
-            and self.referrers.follows(key, v.depth)
+            and self.referrers.follows(key, v.depth, v.flt)
             and any(
                 d.key not in v.implied and Visit(key, d.key) not in self._state.walks
                 for d in v.dests
@@ -117,7 +117,7 @@ class GraphVisitor:
         self, v: NodeVisit, claimed: list[Endpoint], known: dict[DestRepo, bool]
     ) -> None:
         """Visit a claimed node; ``known``: presence already learned (by the referrer check)."""
-        follow = self.referrers.follows(v.key, v.depth)
+        follow = self.referrers.follows(v.key, v.depth, v.flt)
         # An index's children are visited even where it is present when they may
         # have referrers of their own, or when the deep check asks about each.
         visit_children = mt.is_index(v.desc.media_type) and (follow or self._ctx.options.deep_check)
@@ -232,18 +232,18 @@ class GraphVisitor:
         work: list[Call] = []
         if follow:
             pushed = frozenset(d.key for d in responsible)
-            work.append(partial(self.referrers.walk, v.src, v.desc, claimed, v.depth, pushed))
+            walk = partial(self.referrers.walk, v.src, v.desc, claimed, v.depth, pushed, v.flt)
+            work.append(walk)
         if manifest is None:
             return work
         for child in manifest.children():
-            visit = NodeVisit(v.src, child, claimed, v.depth, None, v.key, present_here)
+            visit = NodeVisit(v.src, child, claimed, v.depth, None, v.key, present_here, flt=v.flt)
             work.append(partial(self.visit, visit))
         if responsible:
             for blob in manifest.blobs():
                 work.append(partial(self.blobs.copy, v.src, blob, responsible))
             root = v.depth == 0 and v.subject is None
             for d in responsible:
-                work.append(
-                    partial(self.commits.commit, v.src, v.desc, manifest, d, v.subject, root)
-                )
+                commit = self.commits.commit
+                work.append(partial(commit, v.src, v.desc, manifest, d, v.subject, root, v.flt))
         return work

@@ -42,6 +42,7 @@ from replicator.engine.sources import SourceReader
 from replicator.engine.state import DestNode, DestRepo, SourceNode, Visit
 from replicator.errors import ReplicatorError
 from replicator.graph import rules
+from replicator.graph.filters import GraphFilter
 from replicator.oci.descriptor import Descriptor
 
 
@@ -57,12 +58,9 @@ class ReferrerWalker:
         self._presence = presence
         self._visit = visit
 
-    def follows(self, key: SourceNode, depth: int) -> bool:
+    def follows(self, key: SourceNode, depth: int, flt: GraphFilter) -> bool:
         """Whether the referrers of the node ``key`` at referrer level ``depth`` are walked."""
-        return (
-            self._ctx.options.filter.follows_referrers_at(depth)
-            and key not in self._state.synthetic
-        )
+        return flt.follows_referrers_at(depth) and key not in self._state.synthetic
 
     async def walk(
         self,
@@ -71,6 +69,7 @@ class ReferrerWalker:
         dests: list[Endpoint],
         depth: int,
         fresh: frozenset[DestRepo],
+        flt: GraphFilter,
     ) -> None:
         """Copy the selected referrers of ``desc`` (and theirs, recursively) to ``dests``."""
         key = SourceNode(src.location, src.repository, desc.digest)
@@ -91,7 +90,7 @@ class ReferrerWalker:
         if walked and not self._ctx.options.deep_check:
             listed = await self._presence.listed_at(dests, desc, fresh)
         selected: list[Descriptor] = []
-        child = partial(self._maybe_walk_one, src, dests, depth, desc, key, fresh, selected)
+        child = partial(self._maybe_walk_one, src, dests, depth, desc, key, fresh, selected, flt)
         await run_bounded(
             (
                 partial(child, r, frozenset(k for k, ds in listed.items() if r.digest in ds))
@@ -114,6 +113,7 @@ class ReferrerWalker:
         subject_key: SourceNode,
         fresh: frozenset[DestRepo],
         selected: list[Descriptor],
+        flt: GraphFilter,
         r: Descriptor,
         listed_at: frozenset[DestRepo],
     ) -> None:
@@ -122,7 +122,6 @@ class ReferrerWalker:
         A listing entry without ``artifactType`` (written by a tool that left it
         out) is judged by the manifest's own artifact type, read for that.
         """
-        flt = self._ctx.options.filter
         if r.artifact_type is None and flt.filters_types:
             try:
                 kind = (await self._sources.manifest(src, r)).artifact_type
@@ -134,7 +133,7 @@ class ReferrerWalker:
             return
         selected.append(r)
         await self._visit(
-            NodeVisit(src, r, dests, depth + 1, subject, subject_key, listed_at, fresh)
+            NodeVisit(src, r, dests, depth + 1, subject, subject_key, listed_at, fresh, flt)
         )
 
     async def admit(self, v: NodeVisit) -> dict[DestRepo, bool] | None:

@@ -32,7 +32,7 @@ from replicator.engine.state import DestNode, DestTag
 from replicator.engine.tagging import Tagger
 from replicator.errors import ReplicatorError, UsageError
 from replicator.graph import rules
-from replicator.graph.filters import is_docker_attestation
+from replicator.graph.filters import GraphFilter, is_docker_attestation
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.manifest import Manifest, build_index, parse_manifest
@@ -124,7 +124,7 @@ class JobRunner:
         async with anyio.create_task_group() as tg:
             # The root's referrers are listed at the source while the destinations
             # are asked where their tags point and whether they hold the root.
-            if self._visitor.referrers.follows(key, 0):
+            if self._visitor.referrers.follows(key, 0, self._filter(job)):
                 tg.start_soon(self._sources.prefetch_referrers, src, root_desc)
             checked = await self._tagger.check_tags(job, result, root_desc)
             if checked.skipped:
@@ -132,7 +132,9 @@ class JobRunner:
             self._note_direct_tags(job, root)
             dests = [d.endpoint for d in job.destinations if d.endpoint.key not in checked.skipped]
             if dests:
-                visit = NodeVisit(src, root_desc, dests, 0, implied=checked.implied)
+                visit = NodeVisit(
+                    src, root_desc, dests, 0, implied=checked.implied, flt=self._filter(job)
+                )
                 await self._visitor.visit(visit)
 
     def _note_direct_tags(self, job: CopyJob, root: Manifest) -> None:
@@ -153,6 +155,10 @@ class JobRunner:
             tags = tuple(w.tag for w in wheres if w not in state.kept_tags)
             if tags:
                 state.root_tags.setdefault(DestNode(ep.location, ep.repository, root.digest), tags)
+
+    def _filter(self, job: CopyJob) -> GraphFilter:
+        """The job's selection: its own, else the run's."""
+        return job.filter or self._ctx.options.filter
 
     async def _gate(self, job: CopyJob, result: JobResult, root: Manifest) -> bool:
         """The promotion gate: the root must have a genuine referrer of each required type.
@@ -216,7 +222,7 @@ class JobRunner:
         self, job: CopyJob, result: JobResult, root: Manifest
     ) -> Manifest | None:
         """Apply ``--platform`` to a root index (see the module doc)."""
-        flt = self._ctx.options.filter
+        flt = self._filter(job)
         if not flt.platforms:
             return root
         if not root.is_index:

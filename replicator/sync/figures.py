@@ -64,10 +64,14 @@ def _counting_targets(targets: TargetPool) -> list[Any]:
 def job_states(
     jobs: Sequence[CopyJob], report: CopyReport, ledger: AttemptLedger
 ) -> list[JobState]:
-    """Per job: failed, or copied when one of its destination repositories was written to."""
+    """Per job: copied when one of its destination repositories was written to, else
+    up-to-date; kept (``overwrite: never`` left every tag), refused (a promotion
+    gate), or failed."""
     states: list[JobState] = []
     for job, result in zip(jobs, report.jobs, strict=False):
-        if result.status != "copied":
+        if result.status in ("kept", "refused"):
+            states.append(result.status)
+        elif result.status not in ("copied", "up-to-date"):
             states.append("failed")
         elif any(d.endpoint.key in ledger.written for d in job.destinations):
             states.append("copied")

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicator.engine import CopyJob, Destination, Endpoint
+from replicator.engine.jobs import Overwrite
+from replicator.graph.filters import GraphFilter
 from replicator.oci.reference import (
     Reference,
     is_referrers_tag,
@@ -47,10 +49,18 @@ class DestinationSpec:
 
     ref: Reference
     tags: tuple[str, ...] = ()
+    overwrite: Overwrite = "if-changed"
+    backup: str | None = None
 
     @property
     def display(self) -> str:
-        """How results name it: ``host/repo:t1,t2`` for several tags, else the reference."""
+        """How results name it: ``host/repo:t1,t2`` for several tags, else the reference.
+
+        A repository inside a shared layout is named too: ``ocidir://PATH (repo:tag)``.
+        """
+        if self.ref.scheme == "ocidir" and self.ref.repository:
+            tag = ",".join(self.tags) or self.ref.digest or ""
+            return f"{self.ref.without_tag_or_digest()} ({self.ref.repository}:{tag})"
         if len(self.tags) > 1:
             return str(self.ref).rsplit(":", 1)[0] + ":" + ",".join(self.tags)
         return str(self.ref)
@@ -61,11 +71,17 @@ class ReferenceJob:
     """Copy the graph of ``source`` (a tag or a digest) to every destination.
 
     ``origin`` says where the job came from (``pairs.txt:3``), for messages.
+    A config-file front end also names the job (``name``), its promotion gate
+    (``require``: artifact types the root must have referrers of) and its own
+    graph selection (``filter``, None: the run's).
     """
 
     source: Reference
     destinations: tuple[DestinationSpec, ...]
     origin: str = ""
+    name: str = ""
+    require: tuple[str, ...] = ()
+    filter: GraphFilter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +157,20 @@ def _reference_job(job: ReferenceJob, targets: TargetPool) -> CopyJob:
             tags=d.tags,
             digest=d.ref.digest,
             display=d.display,
+            overwrite=d.overwrite,
+            backup=d.backup,
         )
         for d in job.destinations
     )
-    return CopyJob(src, job.source.reference, dests, display=str(job.source))
+    return CopyJob(
+        src,
+        job.source.reference,
+        dests,
+        display=str(job.source),
+        require=job.require,
+        name=job.name,
+        filter=job.filter,
+    )
 
 
 async def _repository_jobs(job: RepositoryJob, targets: TargetPool) -> list[CopyJob]:

@@ -9,7 +9,8 @@ Statuses: ``copied`` (complete, something was written), ``up-to-date`` (complete
 nothing was written: no blob, manifest, referrers index or tag), ``failed``
 (an error, or something selected is missing), ``interrupted`` (stopped on
 request; a rerun resumes).  Each job has a status of its own in the report:
-``copied``, ``up-to-date`` or ``failed``.
+``copied``, ``up-to-date``, ``kept`` (``overwrite: never`` left the destination
+tag where it pointed), ``refused`` (a promotion gate) or ``failed``.
 
 The JSON report (:meth:`RunOutcome.to_json`) is the engine report's JSON with
 fields added, never removed: ``status``, ``exit_code``, ``error``, ``run``
@@ -29,7 +30,7 @@ from replicator.errors import InputError, ReplicatorError
 from replicator.sync.journal_run import SourceMoved
 
 RunStatus = Literal["copied", "up-to-date", "failed", "interrupted"]
-JobState = Literal["copied", "up-to-date", "failed"]
+JobState = Literal["copied", "up-to-date", "kept", "refused", "failed"]
 MessageKind = Literal["info", "warning", "note"]
 
 
@@ -78,7 +79,10 @@ class RunOutcome:
         """The status of job ``index`` of the report."""
         if index < len(self.job_states):
             return self.job_states[index]
-        return "copied" if self.report.jobs[index].status == "copied" else "failed"
+        status = self.report.jobs[index].status
+        if status in ("copied", "up-to-date", "kept", "refused"):
+            return status
+        return "failed"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON report (see the module doc)."""

@@ -337,7 +337,7 @@ class _Run:
         outcome = self._verdict(engine, report, interrupted and not finished)
         outcome.unfinished_upload_bytes = unfinished
         outcome.job_states = job_states(jobs, report, ledger)
-        if outcome.ok and all(s == "up-to-date" for s in outcome.job_states):
+        if outcome.ok and all(s in ("up-to-date", "kept") for s in outcome.job_states):
             outcome.status = "up-to-date"
         await self._settle_journal(outcome)
         for warning in report.warnings:

@@ -61,6 +61,7 @@ class ConfigFileError(ConfigError):
     def __init__(self, message: str, problems: tuple[str, ...]) -> None:
         super().__init__(message)
         self.problems = problems
+        self.details = problems
 
 
 @dataclass(frozen=True, slots=True)

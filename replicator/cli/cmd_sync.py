@@ -1,0 +1,161 @@
+"""``replicator sync CONFIG`` and ``replicator verify CONFIG``: jobs from a config file.
+
+``sync`` parses the config (``docs/SYNC-CONFIG.md``), hands it to the run layer
+(:func:`~replicator.sync.syncing.run_sync`: the jobs expanded and run in one
+engine run, one journal run) and prints per job what was selected, copied,
+found up to date, kept, refused or failed.  ``--dry-run`` writes nothing: it
+prints the plan (``replicator.sync.syncing``).  ``verify`` audits without writing
+and lists every difference (exit 9 when there is one).
+
+Exit codes: 0; 9 when something selected is missing at a destination (or, for
+``verify``, any difference); 10 when a promotion gate refused a graph; the code
+of the most severe failure otherwise; 75 after SIGTERM/SIGINT (a rerun of the
+same config resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from replicator.cli import heap
+from replicator.cli.cmd_copy import (
+    _message_printer,
+    _observer,
+    _positive,
+    _size_arg,
+    request_lines,
+    summary_line,
+)
+from replicator.cli.context import CliContext
+from replicator.cli.sync_output import print_plan, print_sync
+from replicator.errors import EXIT_INTERRUPTED, GateRefusedError
+from replicator.journal.store import default_journal_path
+from replicator.sync import JournalChoice, StopRequest, TargetPool, concurrency_limits
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``sync`` command (``verify`` is in :mod:`.cmd_verify`)."""
+    p = subparsers.add_parser(
+        "sync",
+        help="run the jobs of a config file: selection, mapping, gates, overwrite policy",
+        description=(
+            "Run the jobs of CONFIG (YAML, see docs/SYNC-CONFIG.md) once, in one run with "
+            "shared limits and one journal. --dry-run prints the plan and writes nothing."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="the sync config file (YAML)")
+    add_common(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing anywhere")
+    p.add_argument(
+        "--chunk-size",
+        type=_size_arg,
+        default=None,
+        metavar="SIZE",
+        help="upload blobs larger than SIZE in chunks of SIZE",
+    )
+    p.add_argument(
+        "--journal",
+        metavar="PATH",
+        help=f"resume journal (default {default_journal_path()}); a rerun of the same config resumes",
+    )
+    p.add_argument("--fresh", action="store_true", help="ignore an unfinished run: start over")
+    p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
+    p.set_defaults(handler=run_sync_command)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--job",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this job (repeatable; default: every job)",
+    )
+    p.add_argument("--report", metavar="FILE", help="write a JSON report (a section per job)")
+    p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=32,
+        metavar="N",
+        help="global cap on concurrent requests (default 32)",
+    )
+
+
+def load(args: argparse.Namespace) -> Any:
+    from replicator.sync.config import load_config
+
+    return load_config(Path(args.config).expanduser())
+
+
+def report_path(args: argparse.Namespace) -> Path | None:
+    """Where ``--report`` writes, if given."""
+    return Path(args.report).expanduser() if args.report else None
+
+
+def pool(ctx: CliContext, config: Any) -> TargetPool:
+    """Targets with each host's settings from the config, over the command line's."""
+    return TargetPool(lambda host: config.registry_options(host, base=ctx.registry_options(host)))
+
+
+async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Load, run, print; raise nothing for job failures: the exit code says it."""
+    from replicator.sync.syncing import SyncRequest, run_sync
+
+    config = load(args)
+    journal = (
+        JournalChoice.off()
+        if args.no_journal
+        else JournalChoice.at(args.journal or default_journal_path(), fresh=args.fresh)
+    )
+    request = SyncRequest(
+        config=config,
+        jobs=tuple(args.job),
+        dry_run=args.dry_run,
+        journal=journal,
+        limits=concurrency_limits(args.concurrency),
+        chunk_size=args.chunk_size,
+        report_path=report_path(args),
+        command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
+    )
+    observer, display = _observer(ctx)
+    stop = StopRequest()
+    async with pool(ctx, config) as targets:
+        with display, stop.on_signals():
+            outcome = await run_sync(
+                request,
+                targets=targets,
+                observer=observer,
+                stop=stop,
+                on_message=_message_printer(ctx),
+                before_network=heap.settle,
+            )
+    if args.dry_run:
+        print_plan(ctx.out, outcome)
+    else:
+        print_sync(ctx.out, outcome)
+    if outcome.report is not None and not args.dry_run:
+        ctx.out.write(summary_line(outcome.report) + "\n")
+        for line in request_lines(outcome.report):
+            ctx.out.write(line + "\n")
+    print_errors(ctx, outcome)
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED
+    return outcome.exit_code
+
+
+def print_errors(ctx: CliContext, outcome: Any, *, ignore_refusals: bool = False) -> None:
+    """One ``Error:`` line per job that could not be listed, and the run's own error."""
+    lines = [f"job {p.name}: {p.error}" for p in outcome.expansion.jobs if p.error is not None]
+    error = None if outcome.run is None else outcome.run.error
+    if error is not None and not (ignore_refusals and isinstance(error, GateRefusedError)):
+        lines.append(str(error))
+    for line in lines:
+        if ctx.json_logs:
+            from replicator.observe.logging import get_logger
+
+            get_logger("replicator.cli").error("cli.job_failed", error=line)
+        else:
+            ctx.err.write(f"Error: {line}\n")
+    ctx.err.flush()

@@ -1,0 +1,172 @@
+"""What ``sync``, ``sync --dry-run`` and ``verify`` print, per job.
+
+Result lines go to stdout (``Copied``, ``Up to date:``, ``Kept``, ``Refused``,
+``Failed``; in a dry run ``would copy``, ``would move tag``, ...); errors and
+warnings go to stderr with the logs.  Every figure printed is in the JSON report
+(``--report``) too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TextIO
+
+from replicator.cli.output import human_size, pluralize
+from replicator.engine.report import JobResult, PlannedWrite
+from replicator.oci.reference import is_referrers_tag
+from replicator.sync.expand import JobPlan, RepositoryPlan
+from replicator.sync.syncing import SyncOutcome
+
+#: At most this many not-selected tags are named per repository (the rest are counted).
+SHOWN_REJECTED = 12
+
+
+def print_sync(out: TextIO, outcome: SyncOutcome) -> None:
+    """Per job: what was copied, up to date, kept, refused or failed."""
+    for plan in outcome.expansion.jobs:
+        out.write(f"Job {plan.name}\n")
+        if plan.error is not None:
+            out.write(f"  Failed: {plan.error}\n")
+            continue
+        results = outcome.job_results(plan.name)
+        for index, result in results:
+            state = outcome.run.job_state(index) if outcome.run is not None else "failed"
+            for line in _result_lines(result, state):
+                out.write(f"  {line}\n")
+        for repo in plan.repositories:
+            for tag, where in repo.immutable_skipped:
+                out.write(f"  Immutable, already there: {tag} at {where}\n")
+        if not results and not any(r.immutable_skipped for r in plan.repositories):
+            out.write("  Nothing selected\n")
+
+
+def _result_lines(result: JobResult, state: str) -> list[str]:
+    lines = []
+    if state in ("copied", "up-to-date"):
+        verb = "Copied" if state == "copied" else "Up to date:"
+        what = _what_changed(result) if state == "copied" else ""
+        for dst in result.destinations:
+            lines.append(f"{verb} {result.source} => {dst}{what}")
+    elif state == "refused":
+        lines.append(f"Refused {result.source}: no referrer of type {', '.join(result.refused)}")
+    elif state == "failed":
+        lines.append(f"Failed {result.source}: {result.error}")
+    lines += [f"Kept {k} (overwrite: never)" for k in result.kept]
+    lines += [f"Backed up {b}" for b in result.backups]
+    return lines
+
+
+def _what_changed(result: JobResult) -> str:
+    if result.root_new:
+        return f" (new graph: {pluralize(result.new_manifests, 'manifest')})"
+    if result.new_referrers:
+        return f" ({pluralize(result.new_referrers, 'new referrer')} on an existing image)"
+    if result.tags_moved:
+        return f" (tag moved: {', '.join(result.tags_moved)})"
+    return ""
+
+
+def print_plan(out: TextIO, outcome: SyncOutcome) -> None:
+    """The dry run's plan: per job the selection and what a real run would do."""
+    out.write("Plan (dry run: nothing was written)\n")
+    for plan in outcome.expansion.jobs:
+        out.write(f"Job {plan.name}\n")
+        if plan.error is not None:
+            out.write(f"  cannot be planned: {plan.error}\n")
+            continue
+        for line in _catalog_lines(plan):
+            out.write(f"  {line}\n")
+        results = {r.source: (i, r) for i, r in outcome.job_results(plan.name)}
+        for repo in plan.repositories:
+            for line in _repository_plan(repo, results, outcome):
+                out.write(f"  {line}\n")
+    if outcome.run is not None:
+        out.write(_plan_total(outcome.run.report.planned, outcome.run.report.planned_bytes) + "\n")
+
+
+def _catalog_lines(plan: JobPlan) -> list[str]:
+    if not plan.catalog:
+        return []
+    chosen = [d.repository for d in plan.catalog if d.selected]
+    left = [f"{d.repository} ({d.reason})" for d in plan.catalog if not d.selected]
+    lines = [f"repositories: {', '.join(chosen) or 'none'}"]
+    if left:
+        lines.append(f"not selected: {'; '.join(left)}")
+    return lines
+
+
+def _repository_plan(
+    repo: RepositoryPlan, results: dict[str, tuple[int, JobResult]], outcome: SyncOutcome
+) -> list[str]:
+    dests = ", ".join(str(d) for d in repo.destinations)
+    lines = [f"{repo.source} => {dests}"]
+    lines.append(f"  tags selected: {', '.join(repo.selected) or 'none'}")
+    rejected = [
+        f"{d.tag} ({d.reason})"
+        for d in repo.decisions
+        if not d.selected and not is_referrers_tag(d.tag)
+    ]
+    if rejected:
+        more = len(rejected) - SHOWN_REJECTED
+        shown = "; ".join(rejected[:SHOWN_REJECTED]) + (f"; and {more} more" if more > 0 else "")
+        lines.append(f"  not selected: {shown}")
+    for tag, where in repo.immutable_skipped:
+        lines.append(f"  immutable, already there: {tag} at {where}")
+    for tag in repo.selected:
+        found = results.get(str(repo.source.with_tag(tag)))
+        if found is None:
+            continue
+        index, result = found
+        state = outcome.run.job_state(index) if outcome.run is not None else "failed"
+        lines.append(f"  {_plan_line(tag, result, state)}")
+    return lines
+
+
+def _plan_line(tag: str, result: JobResult, state: str) -> str:
+    if state == "refused":
+        return f"would refuse {tag}: no referrer of type {', '.join(result.refused)}"
+    if state == "failed":
+        return f"cannot copy {tag}: {result.error}"
+    if result.kept and not result.tags_moved:
+        return f"would keep {', '.join(result.kept)} (overwrite: never)"
+    if result.root_new:
+        return f"would copy {tag}: new graph, {pluralize(result.new_manifests, 'manifest')}"
+    if result.new_referrers:
+        return f"would copy {tag}: {pluralize(result.new_referrers, 'new referrer')} on an existing image"
+    if result.tags_moved:
+        return f"would move tag {', '.join(result.tags_moved)} to {result.digest}"
+    return f"up to date: {tag}"
+
+
+def _plan_total(planned: Iterable[PlannedWrite], planned_bytes: int) -> str:
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.action] = counts.get(p.action, 0) + 1
+    return (
+        f"Total: {pluralize(counts.get('push', 0), 'manifest')} to push, "
+        f"{pluralize(counts.get('upload', 0), 'blob')} to upload ({human_size(planned_bytes)}), "
+        f"{pluralize(counts.get('mount', 0), 'mount')}, {pluralize(counts.get('tag', 0), 'tag')} "
+        f"to set, {pluralize(counts.get('index', 0), 'referrers index', 'referrers indexes')} "
+        f"to update, {pluralize(counts.get('backup', 0), 'backup')}"
+    )
+
+
+def print_verify(out: TextIO, outcome: SyncOutcome) -> None:
+    """Every difference, one per line, then the verdict."""
+    for d in outcome.differences:
+        out.write(d.describe() + "\n")
+    if outcome.run is not None:
+        for result in outcome.run.report.jobs:
+            if result.status == "refused":
+                types = ", ".join(result.refused)
+                out.write(f"not promoted (gate: no referrer of type {types}): {result.source}\n")
+    checked = 0 if outcome.run is None else len(outcome.run.report.jobs)
+    if outcome.differences:
+        out.write(
+            f"Verify: {pluralize(len(outcome.differences), 'difference')} in "
+            f"{pluralize(checked, 'tag')} checked\n"
+        )
+    elif outcome.exit_code == 0:
+        out.write(
+            f"Verified: {pluralize(checked, 'tag')}, every graph complete at every destination\n"
+        )

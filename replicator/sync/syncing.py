@@ -1,0 +1,245 @@
+"""``sync`` and ``verify`` of a config file, as functions of the run layer.
+
+:func:`run_sync` expands the config's jobs (:mod:`replicator.sync.expand`) and
+runs them all in **one** run of the engine (:func:`~replicator.sync.runner.run_copy`):
+shared limits, shared deduplication, one journal run whose key is the digest of
+the selected jobs' definitions (an edited job starts a new run; a rerun of the
+same config resumes).  One job's failure does not stop the others
+(``keep_going``).  With ``dry_run`` nothing is written anywhere: the engine
+plans (``CopyOptions.plan``), the journal is not used, and the outcome's report
+lists every write the run would make.
+
+:func:`run_verify` audits without writing: the same expansion (immutable tags
+included), then a dry run that asks the destinations about every manifest
+(``deep_check``) and, with ``deep``, every blob of the manifests they hold; every
+write it would make is a difference (:mod:`replicator.engine.audit`).
+
+Exit codes: a run's own (0; 9 when something selected is missing at a
+destination; 10 when a promotion gate refused a graph; the code of the most
+severe failure otherwise), combined with the jobs' listing failures.  ``verify``
+exits 9 when it found a difference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from replicator.engine import CopyOptions, LimitSettings
+from replicator.engine.audit import Difference, differences
+from replicator.engine.events import CopyObserver
+from replicator.engine.report import CopyReport, most_severe
+from replicator.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_REFUSED, InputError
+from replicator.sync.config import SyncConfig
+from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
+from replicator.sync.jobs import ReferenceJob
+from replicator.sync.outcome import RunOutcome
+from replicator.sync.request import JournalChoice, RunRequest
+from replicator.sync.runner import MessageSink, run_copy
+from replicator.sync.stop import StopRequest
+from replicator.sync.targets import TargetPool
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """One ``sync`` of a config: which jobs, dry run or not, journal, limits, report."""
+
+    config: SyncConfig
+    jobs: tuple[str, ...] = ()
+    dry_run: bool = False
+    journal: JournalChoice = field(default_factory=JournalChoice)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    chunk_size: int | None = None
+    report_path: Path | None = None
+    command: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    """What a sync (or verify) ended with: the expansion, the run, differences, the exit code."""
+
+    expansion: Expansion
+    run: RunOutcome | None
+    exit_code: int
+    dry_run: bool = False
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def report(self) -> CopyReport | None:
+        """The engine's report of the run (None when no job had a tag to copy)."""
+        return None if self.run is None else self.run.report
+
+    def job_results(self, name: str) -> list[tuple[int, Any]]:
+        """``(index, JobResult)`` of the run's jobs that belong to config job ``name``."""
+        if self.run is None:
+            return []
+        return [(i, r) for i, r in enumerate(self.run.report.jobs) if r.name == name]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report: a section per job, then the run's own report."""
+        out: dict[str, Any] = {
+            "dry_run": self.dry_run,
+            "exit_code": self.exit_code,
+            "jobs": {plan.name: self._job_json(plan) for plan in self.expansion.jobs},
+        }
+        if self.differences:
+            out["differences"] = [
+                {
+                    "kind": d.kind,
+                    "destination": d.destination,
+                    "digest": d.digest,
+                    "detail": d.detail,
+                }
+                for d in self.differences
+            ]
+        if self.run is not None:
+            out["run"] = self.run.to_json()
+            if self.dry_run:
+                out["bytes_to_move"] = self.run.report.planned_bytes
+        return out
+
+    def _job_json(self, plan: JobPlan) -> dict[str, Any]:
+        results = []
+        for index, result in self.job_results(plan.name):
+            state = self.run.job_state(index) if self.run is not None else "failed"
+            results.append(
+                {
+                    "source": result.source,
+                    "destinations": result.destinations,
+                    "status": state,
+                    "digest": result.digest,
+                    "root_new": result.root_new,
+                    "new_manifests": result.new_manifests,
+                    "new_referrers": result.new_referrers,
+                    "tags_moved": result.tags_moved,
+                    "kept": result.kept,
+                    "backups": result.backups,
+                    "refused": result.refused,
+                    "error": result.error,
+                }
+            )
+        return {
+            "error": None if plan.error is None else str(plan.error),
+            "catalog": [
+                {"repository": d.repository, "selected": d.selected, "reason": d.reason}
+                for d in plan.catalog
+            ],
+            "repositories": [
+                {
+                    "source": str(repo.source),
+                    "destinations": [str(d) for d in repo.destinations],
+                    "tags": [
+                        {"tag": d.tag, "selected": d.selected, "reason": d.reason}
+                        for d in repo.decisions
+                    ],
+                    "immutable_skipped": [
+                        {"tag": t, "destination": where} for t, where in repo.immutable_skipped
+                    ],
+                }
+                for repo in plan.repositories
+            ],
+            "results": results,
+        }
+
+
+def definition(config: SyncConfig, names: Sequence[str]) -> dict[str, str]:
+    """What names the run in the journal: the digest of each selected job's definition."""
+    return {job.name: config.job_digests[job.name] for job in selected_jobs(config, names)}
+
+
+async def run_sync(
+    request: SyncRequest,
+    *,
+    targets: TargetPool,
+    observer: CopyObserver | None = None,
+    stop: StopRequest | None = None,
+    on_message: MessageSink | None = None,
+    before_network: Callable[[], None] | None = None,
+) -> SyncOutcome:
+    """Sync the request's jobs (see the module doc)."""
+    if before_network is not None:
+        before_network()
+    expansion = await expand(request.config, request.jobs, targets)
+    run: RunOutcome | None = None
+    if expansion.reference_jobs:
+        options = CopyOptions(keep_going=True, chunk_size=request.chunk_size, plan=request.dry_run)
+        run_request = RunRequest(
+            jobs=tuple(expansion.reference_jobs),
+            options=options,
+            limits=request.limits,
+            journal=JournalChoice.off() if request.dry_run else request.journal,
+            command=request.command,
+            definition={"sync": definition(request.config, request.jobs)},
+        )
+        run = await run_copy(
+            run_request, targets=targets, observer=observer, stop=stop, on_message=on_message
+        )
+    outcome = SyncOutcome(expansion, run, _exit_code(expansion, run), dry_run=request.dry_run)
+    if request.report_path is not None:
+        write_sync_report(request.report_path, outcome)
+    return outcome
+
+
+async def run_verify(
+    config: SyncConfig,
+    names: Sequence[str] = (),
+    *,
+    targets: TargetPool,
+    deep: bool = False,
+    limits: LimitSettings | None = None,
+    report_path: Path | None = None,
+    on_message: MessageSink | None = None,
+) -> SyncOutcome:
+    """Audit the jobs ``names`` (all when empty) of ``config`` without writing (see the module doc)."""
+    expansion = await expand(config, names, targets, honour_immutable=False)
+    run: RunOutcome | None = None
+    found: list[Difference] = []
+    if expansion.reference_jobs:
+        jobs = tuple(_audited(job) for job in expansion.reference_jobs)
+        options = CopyOptions(keep_going=True, plan=True, deep_check=True, check_blobs=deep)
+        run_request = RunRequest(
+            jobs=jobs,
+            options=options,
+            limits=limits or LimitSettings(),
+            journal=JournalChoice.off(),
+            definition={"verify": definition(config, names)},
+        )
+        run = await run_copy(run_request, targets=targets, on_message=on_message)
+        found = differences(run.report)
+    # A tag the promotion gate refuses is not meant to be at the destination.
+    code = _exit_code(expansion, run, ignore=(EXIT_REFUSED,))
+    if code == 0 and found:
+        code = EXIT_INCOMPLETE
+    outcome = SyncOutcome(expansion, run, code, dry_run=True, differences=found)
+    if report_path is not None:
+        write_sync_report(report_path, outcome)
+    return outcome
+
+
+def _audited(job: ReferenceJob) -> ReferenceJob:
+    """The job as verify runs it: every destination tag must point at the source's digest."""
+    dests = tuple(replace(d, overwrite="if-changed", backup=None) for d in job.destinations)
+    return replace(job, destinations=dests)
+
+
+def _exit_code(
+    expansion: Expansion, run: RunOutcome | None, *, ignore: tuple[int, ...] = ()
+) -> int:
+    """The run's exit code combined with the jobs' listing failures (most severe wins)."""
+    if run is not None and run.exit_code == EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED
+    codes = [e.exit_code for e in expansion.errors]
+    if run is not None and run.exit_code and run.exit_code not in ignore:
+        codes.append(run.exit_code)
+    return most_severe(codes) if codes else 0
+
+
+def write_sync_report(path: Path, outcome: SyncOutcome) -> None:
+    """Write the JSON report to ``path``; :class:`InputError` when it cannot be written."""
+    try:
+        path.write_text(json.dumps(outcome.to_json(), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the report {path} ({exc.strerror})") from None
