@@ -22,8 +22,9 @@ i.e. what each further node costs beyond the process itself.  ``--build
 LABEL=PATH`` (repeatable) runs each scenario with every build given (an older
 checkout's ``.venv/bin/replicator``) on the same world, each into a fresh
 destination: a before / after comparison in the same conditions.  Without it,
-this checkout's build runs alone.  ``--delete`` also times ``manifest delete -f``
-of the subject at the destination after the referrers scenarios.
+this checkout's build runs alone.  ``--delete LABEL`` also times ``manifest
+delete -f`` of the subject at the destination after the referrers scenarios,
+with that build.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def scenario(
     work: Path,
     kind: str,
     n: int,
-    delete: bool = False,
+    delete: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Build one world, then per build: copy it cold and again (and delete); the figures."""
     src = regs.start(f"src-{kind}-{n}")
@@ -213,7 +214,7 @@ def scenario(
             "cold": cold,
             "rerun": warm,
         }
-        if delete and kind == "referrers":
+        if label in delete and kind == "referrers":
             gone = run(
                 replicator,
                 ["manifest", "delete", "-f", f"{d}/scale/app:v1"],
@@ -248,7 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL=PATH",
         help="a replicator console script to measure (repeatable; default: this checkout's)",
     )
-    p.add_argument("--delete", action="store_true", help="also time manifest delete -f")
+    p.add_argument(
+        "--delete",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="also time manifest delete -f with this build (repeatable; an old build's "
+        "delete is quadratic in the referrers: benchmarks/RESULTS-delete.md)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "scale_results.json")
     p.add_argument("--ram", type=Path, default=Path("/dev/shm"))
     args = p.parse_args(argv)
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for kind, counts in (("referrers", args.referrers), ("tags", args.tags)):
             for text in filter(None, counts.split(",")):
-                for res in scenario(regs, builds, work, kind, int(text), args.delete):
+                for res in scenario(regs, builds, work, kind, int(text), tuple(args.delete)):
                     per_node(res, results["baseline_rss_mib"][res["build"]])
                     results["runs"].append(res)
                 args.out.write_text(json.dumps(results, indent=2) + "\n")
