@@ -156,7 +156,9 @@ def test_a_low_quota_pauses_the_run_until_the_reset_and_says_so(
     times = sorted(r.started for r in source.stats().log)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     print(f"gaps over 1 s: {[round(g, 2) for g in gaps if g > 1.0]}")
-    assert [g for g in gaps if g > 1.0] and all(1.9 <= g < 4.0 for g in gaps if g > 1.0)
+    # About the 2 s reset: a request already sent when the low quota was read
+    # may start a little after that answer, so its gap to the next is shorter.
+    assert [g for g in gaps if g > 1.0] and all(1.5 <= g < 4.0 for g in gaps if g > 1.0)
     assert len([g for g in gaps if g > 1.0]) == 1
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     paused = [e for e in events if e.get("event") == "registry.rate_limit_paused"]
