@@ -30,7 +30,7 @@ def print_sync(out: TextIO, outcome: SyncOutcome) -> None:
             continue
         results = outcome.job_results(plan.name)
         for index, result in results:
-            state = outcome.run.job_state(index) if outcome.run is not None else "failed"
+            state = outcome.state(index)
             for line in _result_lines(result, state):
                 out.write(f"  {line}\n")
         for repo in plan.repositories:
@@ -117,7 +117,7 @@ def _repository_plan(
         if found is None:
             continue
         index, result = found
-        state = outcome.run.job_state(index) if outcome.run is not None else "failed"
+        state = outcome.state(index)
         lines.append(f"  {_plan_line(tag, result, state)}")
     return lines
 
@@ -130,12 +130,18 @@ def _plan_line(tag: str, result: JobResult, state: str) -> str:
     if result.kept and not result.tags_moved:
         return f"would keep {', '.join(result.kept)} (overwrite: never)"
     if result.root_new:
-        return f"would copy {tag}: new graph, {pluralize(result.new_manifests, 'manifest')}"
-    if result.new_referrers:
-        return f"would copy {tag}: {pluralize(result.new_referrers, 'new referrer')} on an existing image"
-    if result.tags_moved:
-        return f"would move tag {', '.join(result.tags_moved)} to {result.digest}"
-    return f"up to date: {tag}"
+        line = f"would copy {tag}: new graph, {pluralize(result.new_manifests, 'manifest')}"
+    elif result.new_referrers:
+        line = f"would copy {tag}: {pluralize(result.new_referrers, 'new referrer')} on an existing image"
+    elif result.new_manifests:
+        line = f"would copy {tag}: {pluralize(result.new_manifests, 'missing manifest')}"
+    elif result.tags_moved:
+        line = f"would move tag {', '.join(result.tags_moved)} to {result.digest}"
+    else:
+        return f"up to date: {tag}"
+    if result.backups:
+        line += f"; backup first: {', '.join(result.backups)}"
+    return line
 
 
 def _plan_total(planned: Iterable[PlannedWrite], planned_bytes: int) -> str:

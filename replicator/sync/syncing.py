@@ -36,7 +36,7 @@ from replicator.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_REFUSED, I
 from replicator.sync.config import SyncConfig
 from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
 from replicator.sync.jobs import ReferenceJob
-from replicator.sync.outcome import RunOutcome
+from replicator.sync.outcome import JobState, RunOutcome
 from replicator.sync.request import JournalChoice, RunRequest
 from replicator.sync.runner import MessageSink, run_copy
 from replicator.sync.stop import StopRequest
@@ -78,6 +78,25 @@ class SyncOutcome:
             return []
         return [(i, r) for i, r in enumerate(self.run.report.jobs) if r.name == name]
 
+    def state(self, index: int) -> JobState:
+        """What run job ``index`` did to its own graph (in a dry run: would do).
+
+        ``copied`` when it pushed a manifest of its graph, wrote one of its tags
+        or kept a backup anywhere; ``up-to-date`` when it changed nothing;
+        otherwise the run's state (``kept``, ``refused``, ``failed``).  Unlike the
+        run layer's state, another job writing to the same destination
+        repository does not make this one ``copied``, and a dry run says what
+        the real run would do.
+        """
+        if self.run is None:
+            return "failed"
+        state = self.run.job_state(index)
+        if state not in ("copied", "up-to-date"):
+            return state
+        result = self.run.report.jobs[index]
+        changed = result.new_manifests or result.tags_moved or result.backups
+        return "copied" if changed else "up-to-date"
+
     def to_json(self) -> dict[str, Any]:
         """The JSON report: a section per job, then the run's own report."""
         out: dict[str, Any] = {
@@ -97,6 +116,8 @@ class SyncOutcome:
             ]
         if self.run is not None:
             out["run"] = self.run.to_json()
+            for index, job in enumerate(out["run"]["jobs"]):
+                job["status"] = self.state(index)
             if self.dry_run:
                 out["bytes_to_move"] = self.run.report.planned_bytes
         return out
@@ -104,7 +125,7 @@ class SyncOutcome:
     def _job_json(self, plan: JobPlan) -> dict[str, Any]:
         results = []
         for index, result in self.job_results(plan.name):
-            state = self.run.job_state(index) if self.run is not None else "failed"
+            state = self.state(index)
             results.append(
                 {
                     "source": result.source,
