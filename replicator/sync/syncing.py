@@ -5,7 +5,10 @@ runs them all in **one** run of the engine (:func:`~replicator.sync.runner.run_c
 shared limits, shared deduplication, one journal run whose key is the digest of
 the selected jobs' definitions (an edited job starts a new run; a rerun of the
 same config resumes).  One job's failure does not stop the others
-(``keep_going``).  With ``dry_run`` nothing is written anywhere: the engine
+(``keep_going``).  By default a destination's presence is trusted where it
+vouches for it (a tag on the root, a present index for its children, a
+subject's referrers listing); ``deep`` asks about every manifest and every
+blob instead, so a sync repairs everything ``verify --deep`` reports.  With ``dry_run`` nothing is written anywhere: the engine
 plans (``CopyOptions.plan``), the journal is not used, and the outcome's report
 lists every write the run would make.
 
@@ -55,6 +58,9 @@ class SyncRequest:
     chunk_size: int | None = None
     report_path: Path | None = None
     command: tuple[str, ...] = ()
+    #: Ask the destinations about every manifest and every blob of the manifests
+    #: they hold (as ``verify --deep`` does) and copy again what is missing.
+    deep: bool = False
 
 
 @dataclass(slots=True)
@@ -186,7 +192,13 @@ async def run_sync(
     expansion = await expand(request.config, request.jobs, targets)
     run: RunOutcome | None = None
     if expansion.reference_jobs:
-        options = CopyOptions(keep_going=True, chunk_size=request.chunk_size, plan=request.dry_run)
+        options = CopyOptions(
+            keep_going=True,
+            chunk_size=request.chunk_size,
+            plan=request.dry_run,
+            deep_check=request.deep,
+            check_blobs=request.deep,
+        )
         run_request = RunRequest(
             jobs=tuple(expansion.reference_jobs),
             options=options,
