@@ -15,6 +15,7 @@ from replicator.cli.output import human_size, pluralize
 from replicator.engine.report import JobResult, PlannedWrite
 from replicator.oci.reference import is_referrers_tag
 from replicator.sync.expand import JobPlan, RepositoryPlan
+from replicator.sync.mapping import describe_destination
 from replicator.sync.syncing import SyncOutcome
 
 #: At most this many not-selected tags are named per repository (the rest are counted).
@@ -98,7 +99,7 @@ def _catalog_lines(plan: JobPlan) -> list[str]:
 def _repository_plan(
     repo: RepositoryPlan, results: dict[str, tuple[int, JobResult]], outcome: SyncOutcome
 ) -> list[str]:
-    dests = ", ".join(str(d) for d in repo.destinations)
+    dests = ", ".join(describe_destination(d) for d in repo.destinations)
     lines = [f"{repo.source} => {dests}"]
     lines.append(f"  tags selected: {', '.join(repo.selected) or 'none'}")
     rejected = [

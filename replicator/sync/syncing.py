@@ -26,6 +26,7 @@ exits 9 when it found a difference.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,14 +37,18 @@ from replicator.engine.audit import Difference, differences
 from replicator.engine.events import CopyObserver
 from replicator.engine.report import CopyReport, most_severe
 from replicator.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_REFUSED, InputError
+from replicator.oci.reference import Reference
 from replicator.sync.config import SyncConfig
 from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
 from replicator.sync.jobs import ReferenceJob
+from replicator.sync.mapping import describe_destination
 from replicator.sync.outcome import JobState, RunOutcome
 from replicator.sync.request import JournalChoice, RunRequest
 from replicator.sync.runner import MessageSink, run_copy
 from replicator.sync.stop import StopRequest
 from replicator.sync.targets import TargetPool
+from replicator.targets.base import Target
+from replicator.targets.memory import MemoryTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +162,7 @@ class SyncOutcome:
             "repositories": [
                 {
                     "source": str(repo.source),
-                    "destinations": [str(d) for d in repo.destinations],
+                    "destinations": [describe_destination(d) for d in repo.destinations],
                     "tags": [
                         {"tag": d.tag, "selected": d.selected, "reason": d.reason}
                         for d in repo.decisions
@@ -189,6 +194,8 @@ async def run_sync(
     """Sync the request's jobs (see the module doc)."""
     if before_network is not None:
         before_network()
+    if request.dry_run:
+        targets = WritesNothingPool(targets)
     expansion = await expand(request.config, request.jobs, targets)
     run: RunOutcome | None = None
     if expansion.reference_jobs:
@@ -227,6 +234,7 @@ async def run_verify(
     on_message: MessageSink | None = None,
 ) -> SyncOutcome:
     """Audit the jobs ``names`` (all when empty) of ``config`` without writing (see the module doc)."""
+    targets = WritesNothingPool(targets)
     expansion = await expand(config, names, targets, honour_immutable=False)
     run: RunOutcome | None = None
     found: list[Difference] = []
@@ -276,3 +284,50 @@ def write_sync_report(path: Path, outcome: SyncOutcome) -> None:
         path.write_text(json.dumps(outcome.to_json(), indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report {path} ({exc.strerror})") from None
+
+
+class WritesNothingPool(TargetPool):
+    """The targets of a run that writes nothing (``sync --dry-run``, ``verify``).
+
+    Hands out the targets of ``inner``, except that an OCI layout destination
+    that does not exist yet is not created: the run sees an empty, local
+    stand-in kept in memory, so it plans (or reports) everything as missing
+    there and leaves the disk as it was.  Closing this pool closes only the
+    stand-ins; ``inner`` belongs to the caller.
+    """
+
+    def __init__(self, inner: TargetPool) -> None:
+        super().__init__()
+        self._inner = inner
+        self._standins: dict[str, Target] = {}
+
+    def open(self, ref: Reference, *, create: bool = False) -> Target:
+        """The inner pool's target, or an empty stand-in for a layout that does not exist."""
+        standin = self._standins.get(ref.location)
+        if standin is not None:
+            return standin
+        missing_layout = (
+            ref.scheme == "ocidir"
+            and ref.layout_path is not None
+            and self._inner.opened(ref.location) is None
+            and not os.path.exists(ref.layout_path)
+        )
+        if not (create and missing_layout):
+            return self._inner.open(ref, create=create)
+        standin = MemoryTarget(
+            ref.location, referrers_api=True, repository_probe=False, catalog=False, is_local=True
+        )
+        self._standins[ref.location] = standin
+        return standin
+
+    def opened(self, location: str) -> Target | None:
+        """The target open for ``location`` (stand-in or inner), if any."""
+        return self._standins.get(location) or self._inner.opened(location)
+
+    def targets(self) -> list[Target]:
+        """Every target this run opened: the inner pool's and the stand-ins."""
+        return [*self._inner.targets(), *self._standins.values()]
+
+    async def aclose(self) -> None:
+        """Forget the stand-ins; the inner pool is closed by its owner."""
+        self._standins.clear()

@@ -88,6 +88,24 @@ def test_catalog_globs_and_mapping_to_registries_and_layouts(
     assert f"{base}/team/api" in collide.cli.stderr and f"{base}/other/api" in collide.cli.stderr
     assert plain_tags(registry_referrers, f"{base}/clash/api") == set()  # nothing written
 
+    plan = run_sync("sync", config, "--job", "mirror", "--dry-run", home=tmp_path)
+    assert plan.code == 0, plan.cli.stderr[-3000:]
+    # A shared layout destination names the repository inside it.
+    src, dst = registry_open.host, registry_referrers.host
+    assert (
+        f"{src}/{base}/team/api => {dst}/mirror/{base}/team/api, "
+        f"ocidir://{tmp_path / 'airgap'} ({base}/team/api)"
+    ) in plan.stdout, plan.stdout
+    repos = plan.report["jobs"]["mirror"]["repositories"]
+    assert f"ocidir://{tmp_path / 'airgap'} ({base}/team/web)" in [
+        d for r in repos for d in r["destinations"]
+    ]
+    assert not (tmp_path / "airgap").exists()  # a dry run creates no layout
+    before = run_sync("verify", config, "--job", "mirror", home=tmp_path)
+    assert before.code == 9, before.stdout + before.cli.stderr[-2000:]
+    assert f"tag-missing: ocidir://{tmp_path / 'airgap'}" in before.stdout
+    assert not (tmp_path / "airgap").exists()  # nor does verify
+
     run = run_sync("sync", config, "--job", "mirror", "--job", "flat", home=tmp_path)
     assert run.code == 0, run.cli.stderr[-3000:]
     catalog = {

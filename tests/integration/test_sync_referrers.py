@@ -122,3 +122,49 @@ def test_new_referrers_on_an_old_image_are_picked_up_by_the_next_sync(
 
     audit = run_sync("verify", config, home=tmp_path)
     assert audit.code == 0, audit.stdout + audit.cli.stderr[-2000:]
+
+
+def test_jobs_sharing_a_source_each_get_their_own_referrer_rules(
+    registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    """One run, one source tag, three jobs: no referrers, direct ones, all of them."""
+    base = str(unique_repo)
+
+    async def seed(t: RegistryTarget) -> SignedImage:
+        return await GraphBuilder(t, f"{base}/app").signed_image("app", tags=["v1"])
+
+    signed = with_target(registry_open, seed)
+    host = registry_open.host
+    rules = {"bare": "false", "direct": "{depth: 1}", "every": "true"}
+    config = write_config(
+        tmp_path / "sync.yaml",
+        "version: 1\njobs:\n"
+        + "".join(
+            f"  - name: {name}\n    source: {host}/{base}/app\n"
+            f"    destinations: [{host}/{base}/{name}]\n    tags: {{include: [v1]}}\n"
+            f"    referrers: {rule}\n"
+            for name, rule in rules.items()
+        ),
+    )
+    run = run_sync("sync", config, "--no-journal", home=tmp_path)
+    assert run.code == 0, run.cli.stderr[-3000:]
+    news = {name: [r["new_referrers"] for r in run.results(name)] for name in rules}
+    assert news == {"bare": [0], "direct": [2], "every": [3]}
+
+    async def referrers(t: RegistryTarget) -> dict[str, set[str]]:
+        out = {}
+        for name in rules:
+            direct = await t.referrers(f"{base}/{name}", signed.image)
+            deeper = await t.referrers(f"{base}/{name}", signed.sbom)
+            out[name] = {d.digest for d in direct} | {d.digest for d in deeper}
+        return out
+
+    found = with_target(registry_open, referrers)
+    assert found["bare"] == set()
+    assert found["direct"] == {signed.signature.digest, signed.sbom.digest}
+    assert found["every"] == {
+        signed.signature.digest,
+        signed.sbom.digest,
+        signed.sbom_signature.digest,
+    }
+    assert run_sync("verify", config, home=tmp_path).code == 0
