@@ -174,11 +174,11 @@ class SyncWorld:
 SYNC_WORLDS: dict[str, SyncWorld] = {
     "promote.yaml": SyncWorld(
         tags={
-            "api": ("1.3.0", "1.4.0", "1.4.1", "1.5.0-rc.1", "2.0.0", "stable"),
+            "api": ("1.3.0", "1.4.0", "1.4.1", "1.4.2", "1.5.0-rc.1", "2.0.0", "stable"),
             "worker": ("1.4.2", "1.5.0"),
         },
         selected={
-            "promote-api": {("api", "1.4.0"), ("api", "1.4.1"), ("api", "stable")},
+            "promote-api": {("api", "1.4.1"), ("api", "1.4.2"), ("api", "stable")},
             "promote-worker": {("worker", "1.4.2")},
         },
         destination=lambda repo: ("prod", f"{{prefix}}/{repo}"),
