@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from replicator.cli.output import human_size, pluralize
-from replicator.engine.report import JobResult, PlannedWrite
+from replicator.engine.report import OK_STATUSES, JobResult, PlannedWrite
 from replicator.oci.reference import is_referrers_tag
 from replicator.sync.expand import JobPlan, RepositoryPlan
 from replicator.sync.mapping import describe_destination
@@ -159,15 +159,23 @@ def _plan_total(planned: Iterable[PlannedWrite], planned_bytes: int) -> str:
 
 
 def print_verify(out: TextIO, outcome: SyncOutcome) -> None:
-    """Every difference, one per line, then the verdict."""
+    """Every difference, one per line, every tag that could not be checked, then the verdict."""
     for d in outcome.differences:
         out.write(d.describe() + "\n")
+    failed = 0
     if outcome.run is not None:
         for result in outcome.run.report.jobs:
             if result.status == "refused":
                 types = ", ".join(result.refused)
                 out.write(f"not promoted (gate: no referrer of type {types}): {result.source}\n")
-    checked = 0 if outcome.run is None else len(outcome.run.report.jobs)
+            elif result.status not in OK_STATUSES:
+                failed += 1
+                out.write(f"cannot check {result.source}: {result.error}\n")
+    for plan in outcome.expansion.jobs:
+        if plan.error is not None:
+            out.write(f"cannot check job {plan.name}: {plan.error}\n")
+    checked = 0 if outcome.run is None else len(outcome.run.report.jobs) - failed
+    unchecked = failed + len(outcome.expansion.errors)
     if outcome.differences:
         out.write(
             f"Verify: {pluralize(len(outcome.differences), 'difference')} in "
@@ -177,3 +185,6 @@ def print_verify(out: TextIO, outcome: SyncOutcome) -> None:
         out.write(
             f"Verified: {pluralize(checked, 'tag')}, every graph complete at every destination\n"
         )
+    if unchecked:
+        what = pluralize(unchecked, "tag or job", "tags or jobs")
+        out.write(f"Verify incomplete: {what} could not be checked\n")
