@@ -46,8 +46,8 @@ def _result_lines(result: JobResult, state: str) -> list[str]:
     if state in ("copied", "up-to-date"):
         verb = "Copied" if state == "copied" else "Up to date:"
         what = _what_changed(result) if state == "copied" else ""
-        for dst in result.destinations:
-            lines.append(f"{verb} {result.source} => {dst}{what}")
+        # One line per tag: the figures are the job's, summed over its destinations.
+        lines.append(f"{verb} {result.source} => {', '.join(result.destinations)}{what}")
     elif state == "refused":
         lines.append(f"Refused {result.source}: no referrer of type {', '.join(result.refused)}")
     elif state == "failed":
