@@ -33,14 +33,22 @@ class Reachable(Protocol):
     """A registry the tests can talk to: a RegistryInstance or a FaultProxy."""
 
     @property
-    def host(self) -> str: ...
+    def host(self) -> str:
+        """``HOST:PORT`` as clients name it."""
+        ...
 
     @property
-    def url(self) -> str: ...
+    def url(self) -> str:
+        """The base URL (``http://HOST:PORT``)."""
+        ...
 
-    def options(self, user: str | None = None, **overrides: Any) -> RegistryOptions: ...
+    def options(self, user: str | None = None, **overrides: Any) -> RegistryOptions:
+        """Connection settings that work for it (as ``user`` when given)."""
+        ...
 
-    def basic_auth_header(self, user: str | None = None) -> dict[str, str]: ...
+    def basic_auth_header(self, user: str | None = None) -> dict[str, str]:
+        """``Authorization: Basic`` for ``user`` ({} when it needs none)."""
+        ...
 
 
 def with_target(reg: Reachable, work: Callable[[RegistryTarget], Awaitable[T]]) -> T:
