@@ -1,7 +1,7 @@
 """Scale: memory, time and requests of graphs with many nodes.
 
-    python -m benchmarks.scale [--referrers 5000,20000] [--tags 20000] [--replicator PATH]
-                               [--label NAME] [--out FILE] [--ram DIR]
+    python -m benchmarks.scale [--referrers 5000,20000] [--tags 20000]
+                               [--build LABEL=PATH]... [--out FILE] [--ram DIR]
 
 Scenarios, each built into a fresh source registry (storage on a tmpfs, ``--ram``,
 default ``/dev/shm``, so that the registries' disks do not dominate):
@@ -18,9 +18,13 @@ Each command runs cold (fresh destination) and again (re-run against the filled
 destination), as a child process measured for wall time, CPU and peak RSS
 (:func:`benchmarks.harness.measure`); the requests come from its ``--report``.
 *Per node*: (peak RSS - the tiny scenario's peak RSS) / manifests in the graph,
-i.e. what each further node costs beyond the process itself.  ``--replicator``
-runs another build (an older checkout's ``.venv/bin/replicator``) for a before /
-after comparison in the same conditions.
+i.e. what each further node costs beyond the process itself.  ``--build
+LABEL=PATH`` (repeatable) runs each scenario with every build given (an older
+checkout's ``.venv/bin/replicator``) on the same world, each into a fresh
+destination: a before / after comparison in the same conditions.  Without it,
+this checkout's build runs alone.  ``--delete LABEL`` also times ``manifest
+delete -f`` of the subject at the destination after the referrers scenarios,
+with that build.
 """
 
 from __future__ import annotations
@@ -133,12 +137,14 @@ async def build_tags(t: RegistryTarget, repo: str, n: int) -> None:
     await _bounded(n, tag)
 
 
-def run(replicator: str, argv: list[str], work: Path, label: str) -> dict[str, Any]:
-    """One measured command with ``--report``; its figures and requests."""
-    report = work / f"report-{time.monotonic_ns()}.json"
+def run(
+    replicator: str, argv: list[str], work: Path, label: str, *, report: bool = True
+) -> dict[str, Any]:
+    """One measured command (with ``--report`` when ``report``); its figures and requests."""
+    path = work / f"report-{time.monotonic_ns()}.json"
     m = measure(
         label,
-        [replicator, *argv, "--report", str(report)],
+        [replicator, *argv, *(["--report", str(path)] if report else [])],
         log=work / "commands.log",
         env={"NO_COLOR": "1"},
         check=False,
@@ -149,8 +155,8 @@ def run(replicator: str, argv: list[str], work: Path, label: str) -> dict[str, A
         "cpu_s": round(m.cpu_s, 2),
         "peak_rss_mib": round(m.max_rss_mib, 1),
     }
-    if report.exists():
-        data = json.loads(report.read_text())
+    if report and path.exists():
+        data = json.loads(path.read_text())
         out["requests"] = sum(
             v
             for counts in data.get("requests", {}).values()
@@ -162,8 +168,15 @@ def run(replicator: str, argv: list[str], work: Path, label: str) -> dict[str, A
     return out
 
 
-def scenario(regs: Registries, replicator: str, work: Path, kind: str, n: int) -> dict[str, Any]:
-    """Build one world, copy it cold and again; figures of both."""
+def scenario(
+    regs: Registries,
+    builds: list[tuple[str, str]],
+    work: Path,
+    kind: str,
+    n: int,
+    delete: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """Build one world, then per build: copy it cold and again (and delete); the figures."""
     src = regs.start(f"src-{kind}-{n}")
     host = src.instance.host
     t0 = time.perf_counter()
@@ -177,22 +190,44 @@ def scenario(regs: Registries, replicator: str, work: Path, kind: str, n: int) -
 
     asyncio.run(build())
     built = round(time.perf_counter() - t0, 1)
-    dst = regs.start(f"dst-{kind}-{n}")
-    d = dst.instance.host
-    if kind == "referrers":
-        argv = ["copy", "-r", f"{host}/scale/app:v1", f"{d}/scale/app:v1"]
-        nodes = n + 1
-    else:
-        argv = ["copy", "--all-tags", "-r", f"{host}/scale/app", f"{d}/scale/app"]
-        nodes = n
-    log(f"{kind}-{n}: built in {built}s; copying cold")
-    cold = run(replicator, argv, work, f"{kind}-{n} cold")
-    log(f"  cold {cold}")
-    warm = run(replicator, argv, work, f"{kind}-{n} re-run")
-    log(f"  re-run {warm}")
-    regs.discard(dst)
+    log(f"{kind}-{n}: built in {built}s")
+    out = []
+    for label, replicator in builds:
+        dst = regs.start(f"dst-{kind}-{n}")
+        d = dst.instance.host
+        if kind == "referrers":
+            argv = ["copy", "-r", f"{host}/scale/app:v1", f"{d}/scale/app:v1"]
+            nodes = n + 1
+        else:
+            argv = ["copy", "--all-tags", "-r", f"{host}/scale/app", f"{d}/scale/app"]
+            nodes = n
+        cold = run(replicator, argv, work, f"{label} {kind}-{n} cold")
+        log(f"  {label} cold {cold}")
+        warm = run(replicator, argv, work, f"{label} {kind}-{n} re-run")
+        log(f"  {label} re-run {warm}")
+        result = {
+            "build": label,
+            "kind": kind,
+            "n": n,
+            "manifests": nodes,
+            "build_s": built,
+            "cold": cold,
+            "rerun": warm,
+        }
+        if label in delete and kind == "referrers":
+            gone = run(
+                replicator,
+                ["manifest", "delete", "-f", f"{d}/scale/app:v1"],
+                work,
+                "delete",
+                report=False,
+            )
+            log(f"  {label} delete {gone}")
+            result["delete"] = gone
+        out.append(result)
+        regs.discard(dst)
     regs.discard(src)
-    return {"kind": kind, "n": n, "manifests": nodes, "build_s": built, "cold": cold, "rerun": warm}
+    return out
 
 
 def per_node(result: dict[str, Any], baseline_mib: float) -> None:
@@ -207,35 +242,48 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--referrers", default="5000,20000", help="referrer counts (comma-separated)")
     p.add_argument("--tags", default="20000", help="tag counts (comma-separated, '' for none)")
-    p.add_argument("--replicator", default=REPLICATOR, help="the replicator console script")
-    p.add_argument("--label", default="this checkout", help="name of the build measured")
+    p.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a replicator console script to measure (repeatable; default: this checkout's)",
+    )
+    p.add_argument(
+        "--delete",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="also time manifest delete -f with this build (repeatable; an old build's "
+        "delete is quadratic in the referrers: benchmarks/RESULTS-delete.md)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "scale_results.json")
     p.add_argument("--ram", type=Path, default=Path("/dev/shm"))
     args = p.parse_args(argv)
+    builds = [tuple(b.split("=", 1)) for b in args.build] or [("this checkout", REPLICATOR)]
     base = ram_dir(args.ram)
     root = Path(tempfile.mkdtemp(prefix="replicator-scale-", dir=base))
     work = root / "work"
     work.mkdir()
     os.environ["XDG_STATE_HOME"] = str(root / "state")
     regs = Registries(root)
-    results: dict[str, Any] = {"label": args.label, "replicator": args.replicator, "runs": []}
+    results: dict[str, Any] = {"builds": dict(builds), "baseline_rss_mib": {}, "runs": []}
     try:
-        tiny = scenario(regs, args.replicator, work, "referrers", 1)
-        baseline = max(tiny["cold"]["peak_rss_mib"], tiny["rerun"]["peak_rss_mib"])
-        results["baseline_rss_mib"] = baseline
+        for tiny in scenario(regs, builds, work, "referrers", 1):
+            results["baseline_rss_mib"][tiny["build"]] = max(
+                tiny["cold"]["peak_rss_mib"], tiny["rerun"]["peak_rss_mib"]
+            )
         for kind, counts in (("referrers", args.referrers), ("tags", args.tags)):
             for text in filter(None, counts.split(",")):
-                res = scenario(regs, args.replicator, work, kind, int(text))
-                per_node(res, baseline)
-                results["runs"].append(res)
+                for res in scenario(regs, builds, work, kind, int(text), tuple(args.delete)):
+                    per_node(res, results["baseline_rss_mib"][res["build"]])
+                    results["runs"].append(res)
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         regs.close()
         shutil.rmtree(root, ignore_errors=True)
-    previous: dict[str, Any] = {}
-    if args.out.exists():
-        previous = json.loads(args.out.read_text())
-    previous[args.label] = results
-    args.out.write_text(json.dumps(previous, indent=2) + "\n")
+    results["uptime_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {args.out}")
     return 0
 

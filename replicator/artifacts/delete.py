@@ -42,7 +42,7 @@ itself, and its own tags, stay.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -154,12 +154,17 @@ async def plan_delete(
     root: Descriptor,
     *,
     concurrency: int = DEFAULT_DELETE_CONCURRENCY,
+    tag_names: Sequence[str] | None = None,
+    resolved_tags: Mapping[str, str] | None = None,
 ) -> DeletePlan:
     """Find what deleting ``root`` deletes: its admitted referrer graph and every tag on it.
 
     Reads the root (to learn its own subject), discovers the referrer graph
     with the shared admission rules, lists the repository's tags and resolves
-    each one that is not a fallback tag.
+    each one that is not a fallback tag.  A caller that plans several deletes
+    in one repository may pass what it already knows instead: ``tag_names``
+    (every tag, fallback tags included) and ``resolved_tags`` (``tag ->
+    digest`` of every tag but the fallback tags).
     """
     limiter = anyio.CapacityLimiter(max(1, concurrency))
     _, raw = await target.fetch_manifest(repository, root)
@@ -169,9 +174,13 @@ async def plan_delete(
         root_subject = None
     discovery = await discover_graph(target, repository, root, concurrency=concurrency)
     order = deletion_order(root, discovery.nodes)
-    names = await _tag_names(target, repository)
-    resolved = await _resolve_tags(
-        target, repository, [n for n in names if not is_referrers_tag(n)], limiter
+    names = list(tag_names) if tag_names is not None else await _tag_names(target, repository)
+    resolved = (
+        dict(resolved_tags)
+        if resolved_tags is not None
+        else await _resolve_tags(
+            target, repository, [n for n in names if not is_referrers_tag(n)], limiter
+        )
     )
     digests = {d.digest for d in order}
     present = set(names)
@@ -238,6 +247,20 @@ async def execute_delete(
             raise
         raise first from None
     return [d for d in plan.order if d.digest in run.deleted]
+
+
+async def remove_tag(target: Target, repository: str, tag: str) -> None:
+    """Remove ``tag`` alone, whatever it points at, which stays.
+
+    A registry removes a tag only with the manifest it points at (and every
+    other tag on it), so the tag is first moved onto a fresh empty index of
+    this call's own (annotated :data:`_TAG_REMOVAL_ANNOTATION`, never shared),
+    and that index is deleted.
+    """
+    raw = build_index([], annotations={_TAG_REMOVAL_ANNOTATION: secrets.token_hex(16)})
+    fresh = descriptor_for(raw, mt.OCI_INDEX)
+    await target.push_manifest(repository, fresh, raw, (tag,))
+    await target.delete_manifest(repository, fresh, update_referrers=False)
 
 
 async def delete_graph(
@@ -443,12 +466,8 @@ class _DeleteRun:
 
     async def _untag(self, tag: str) -> None:
         """Remove ``tag`` alone: point it at a fresh empty index, then delete that index."""
-        raw = build_index([], annotations={_TAG_REMOVAL_ANNOTATION: secrets.token_hex(16)})
-        fresh = descriptor_for(raw, mt.OCI_INDEX)
         async with self.limiter:
-            await self.target.push_manifest(self.repo, fresh, raw, (tag,))
-        async with self.limiter:
-            await self.target.delete_manifest(self.repo, fresh, update_referrers=False)
+            await remove_tag(self.target, self.repo, tag)
 
     async def _unlist_unsettled(self) -> None:
         """After a failure: unlist the deleted referrers of each subject still listing them."""

@@ -126,6 +126,7 @@ async def discover_graph(
             accept=first.accepts_referrer if first is not None and level == 1 else None,
             skip=guard,
             limiter=limiter,
+            keep_raw=False,
         )
         _note(found, desc.digest, admission)
         nodes: list[ReferrerNode] = []

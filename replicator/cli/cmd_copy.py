@@ -60,6 +60,7 @@ from replicator.sync import (
     run_copy,
 )
 from replicator.sync.pairs import read_pairs
+from replicator.targets.base import NOT_REQUESTS
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -376,10 +377,7 @@ def request_lines(report: CopyReport) -> list[str]:
 def summary_line(report: CopyReport) -> str:
     """One line: manifests and blobs copied/skipped/mounted, bytes, requests, time."""
     requests = sum(
-        v
-        for counts in report.requests.values()
-        for k, v in counts.items()
-        if k not in ("bytes_sent", "bytes_received", "retries")
+        v for counts in report.requests.values() for k, v in counts.items() if k not in NOT_REQUESTS
     )
     counted = (
         f"{pluralize(requests, 'request')}, {pluralize(report.retries, 'retry', 'retries')}; "

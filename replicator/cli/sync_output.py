@@ -1,9 +1,11 @@
 """What ``sync``, ``sync --dry-run`` and ``verify`` print, per job.
 
 Result lines go to stdout (``Copied``, ``Up to date:``, ``Kept``, ``Refused``,
-``Failed``; in a dry run ``would copy``, ``would move tag``, ...); errors and
-warnings go to stderr with the logs.  Every figure printed is in the JSON report
-(``--report``) too.
+``Failed``; in a dry run ``would copy``, ``would move tag``, ...), then each
+job's pruning (``Pruned tag``, ``Deleted manifest``, ``Not pruned``, ``Prune
+refused``...; in a dry run ``would prune tag``, ``would delete manifest``) and
+the quota pauses (``Rate limit:``); errors and warnings go to stderr with the
+logs.  Every figure printed is in the JSON report (``--report``) too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from replicator.engine.report import OK_STATUSES, JobResult, PlannedWrite
 from replicator.oci.reference import is_referrers_tag
 from replicator.sync.expand import JobPlan, RepositoryPlan
 from replicator.sync.mapping import describe_destination
+from replicator.sync.prune import JobPrune
 from replicator.sync.syncing import SyncOutcome
 
 #: At most this many not-selected tags are named per repository (the rest are counted).
@@ -39,6 +42,8 @@ def print_sync(out: TextIO, outcome: SyncOutcome) -> None:
                 out.write(f"  Immutable, already there: {tag} at {where}\n")
         if not results and not any(r.immutable_skipped for r in plan.repositories):
             out.write("  Nothing selected\n")
+        _write_prune(out, outcome, plan.name)
+    _write_pauses(out, outcome)
 
 
 def _result_lines(result: JobResult, state: str) -> list[str]:
@@ -81,6 +86,8 @@ def print_plan(out: TextIO, outcome: SyncOutcome) -> None:
         for repo in plan.repositories:
             for line in _repository_plan(repo, results, outcome):
                 out.write(f"  {line}\n")
+        _write_prune(out, outcome, plan.name)
+    _write_pauses(out, outcome)
     if outcome.run is not None:
         out.write(_plan_total(outcome.run.report.planned, outcome.run.report.planned_bytes) + "\n")
 
@@ -188,3 +195,51 @@ def print_verify(out: TextIO, outcome: SyncOutcome) -> None:
     if unchecked:
         what = pluralize(unchecked, "tag or job", "tags or jobs")
         out.write(f"Verify incomplete: {what} could not be checked\n")
+
+
+def _write_prune(out: TextIO, outcome: SyncOutcome, name: str) -> None:
+    for prune in outcome.prunes:
+        if prune.name == name:
+            for line in prune_lines(prune):
+                out.write(f"  {line}\n")
+
+
+def prune_lines(prune: JobPrune) -> list[str]:
+    """What one job's pruning did (or, in a dry run, would do), one line each."""
+    lines = [f"Prune skipped: {why}" for why in prune.skipped]
+    if prune.refused is not None:
+        lines.append(f"Prune refused: {prune.refused}")
+        for dest in prune.destinations:
+            if dest.tags:
+                shown = ", ".join(t for t, _ in dest.tags)
+                lines.append(f"  would have pruned at {dest.destination}: {shown}")
+        return lines
+    would = "would " if prune.dry_run else ""
+    for dest in prune.destinations:
+        alone = dict(dest.untagged)
+        for tag, digest in dest.tags:
+            why = alone.get(tag, digest)
+            verb = "would prune" if prune.dry_run else "Pruned"
+            lines.append(f"{verb} tag {tag} at {dest.destination} ({why})")
+        verb = "would delete" if prune.dry_run else "Deleted"
+        lines += [f"{verb} manifest {d} at {dest.destination}" for d in dest.manifests]
+        lines += [f"Not pruned: {w} at {dest.destination}: {r}" for w, r in dest.kept]
+        lines += dest.notes
+    if prune.error is not None:
+        lines.append(f"Prune failed: {prune.error}")
+    elif prune.tags_pruned:
+        done, gone = ("would be pruned", "would be deleted") if would else ("pruned", "deleted")
+        lines.append(
+            f"Prune: {pluralize(prune.tags_pruned, 'tag')} {done}, "
+            f"{pluralize(prune.manifests_deleted, 'manifest')} {gone} (prune.max {prune.max})"
+        )
+    return lines
+
+
+def _write_pauses(out: TextIO, outcome: SyncOutcome) -> None:
+    for host, counts in sorted(outcome.rate_limit_pauses.items()):
+        seconds = counts.get("paused_ms", 0) / 1000
+        out.write(
+            f"Rate limit: requests to {host} paused {pluralize(counts.get('pauses', 0), 'time')} "
+            f"({seconds:.1f} s in all): fewer than limits.min-remaining requests were left\n"
+        )

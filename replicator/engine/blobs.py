@@ -31,7 +31,7 @@ from replicator.engine.context import RunContext
 from replicator.engine.jobs import DependencyFailed, Endpoint
 from replicator.engine.ledger import Confirmation
 from replicator.engine.once import Once
-from replicator.engine.state import LocationBlob, cell, dest_node
+from replicator.engine.state import LocationBlob, cell, dest_node, settle
 from replicator.engine.transfer import BlobTee, reading_opener
 from replicator.errors import ReplicatorError
 from replicator.oci.descriptor import Descriptor
@@ -98,8 +98,8 @@ class BlobMover:
                 self.cell(d, blob.digest).set(error=exc)
             raise
         finally:
-            for lead in leads:
-                lead.set()
+            for d, lead in zip(leaders, leads, strict=True):
+                settle(self._state.location_leads, LocationBlob(d.location, blob.digest), lead)
             for d in mine:
                 once = self.cell(d, blob.digest)
                 if not once.done:
@@ -160,11 +160,12 @@ class BlobMover:
         self, d: Endpoint, blob: Descriptor, how: str, error: BaseException | None = None
     ) -> None:
         """Settle the blob's cell at ``d`` and count it (``how``: exists, mounted, uploaded)."""
-        once = self.cell(d, blob.digest)
+        key = dest_node(d.key, blob.digest)
+        once = cell(self._state.blobs, key)
         if error is not None:
             once.set(error=error)
             return
-        once.set(how)
+        settle(self._state.blobs, key, once, how)
         report = self._ctx.report
         if how == "exists":
             report.blobs_skipped += 1

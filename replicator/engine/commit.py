@@ -26,7 +26,7 @@ from replicator.engine.context import RunContext, mark_side
 from replicator.engine.jobs import DependencyFailed, Endpoint
 from replicator.engine.ledger import Confirmation
 from replicator.engine.once import Once
-from replicator.engine.state import DestNode, DestRepo, DestTag, SourceNode, Visit, cell
+from replicator.engine.state import DestNode, DestRepo, DestTag, SourceNode, Visit, cell, settle
 from replicator.errors import RegistryError, ReplicatorError
 from replicator.graph.filters import GraphFilter
 from replicator.oci.descriptor import Descriptor
@@ -70,7 +70,12 @@ class ManifestCommitter:
             place = "referrer" if subject is not None else "root" if root else "child"
             result = await self._push(src, desc, manifest, d, tags, defer, place)
             await self._record_push(desc, manifest, d, tags, defer, result)
-            once.set("pushed")
+            settle(
+                self._state.committed,
+                DestNode(d.location, d.repository, desc.digest),
+                once,
+                "pushed",
+            )
         except ReplicatorError as exc:
             mark_side(exc, "destination")
             once.set(error=exc)

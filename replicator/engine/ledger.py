@@ -45,6 +45,10 @@ class Confirmation:
     ``ocidir://path``), ``repository`` the repository inside it, ``digest`` the
     content (for a ``"referrers"`` confirmation, the referrer's digest; ``subject``
     names what it refers to), ``tag`` the tag for ``"tag"`` confirmations.
+    ``inherited``: the ledger knew it before this run (an interrupted attempt's
+    journal, a blob cache of earlier runs), as opposed to a confirmation this
+    run recorded — the engine checks an inherited one with the destination
+    where that is cheap, and distrusts it where the destination contradicts it.
     """
 
     kind: ConfirmationKind
@@ -56,6 +60,7 @@ class Confirmation:
     tag: str | None = None
     subject: str | None = None
     media_type: str | None = None
+    inherited: bool = False
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ from replicator.engine.once import Once
 from replicator.engine.presence import Presence
 from replicator.engine.referrers import ReferrerWalker
 from replicator.engine.sources import SourceReader
-from replicator.engine.state import DestRepo, Visit, cell
+from replicator.engine.state import DestRepo, Visit, cell, dest_node, settle
 from replicator.errors import ReplicatorError
 from replicator.oci import mediatype as mt
 from replicator.oci.manifest import Manifest
@@ -84,7 +84,7 @@ class GraphVisitor:
         )
         if overlap:
             await run_all(
-                [partial(self._sources.prefetch_referrers, v.src, v.desc), visit_admitted]
+                [partial(self._sources.prefetch_referrers, v.src, v.desc, key), visit_admitted]
             )
         else:
             await visit_admitted()
@@ -110,8 +110,8 @@ class GraphVisitor:
                 raise
             self._ctx.fail(f"{v.desc.digest}: {exc}", exc)
         finally:
-            for once in walks.values():
-                once.set()
+            for dest, once in walks.items():
+                settle(self._state.walks, Visit(key, dest), once)
 
     async def _walk(
         self, v: NodeVisit, claimed: list[Endpoint], known: dict[DestRepo, bool]
@@ -127,7 +127,7 @@ class GraphVisitor:
         responsible: list[Endpoint] = []
         for d, once in mine:
             if found[d.key] is True:
-                once.set("exists")
+                settle(self._state.committed, dest_node(d.key, v.desc.digest), once, "exists")
                 self._ctx.report.manifests_skipped += 1
                 self._ctx.observer.manifest_finished(v.desc, "exists", str(d))
             else:
@@ -137,7 +137,7 @@ class GraphVisitor:
         manifest: Manifest | None = None
         if responsible or visit_children or check:
             try:
-                manifest = await self._sources.manifest(v.src, v.desc)
+                manifest = await self._sources.manifest(v.src, v.desc, v.key)
             except BaseException as exc:
                 for d in responsible:
                     self.commits.cell(d, v.desc.digest).set(error=exc)
@@ -188,7 +188,7 @@ class GraphVisitor:
         if visit_children and not self._sources.is_asked(v.key):
             # An index whose children are visited is read whatever the destinations
             # say: read it while they are asked (an error is kept for the real read).
-            calls.append(partial(self._sources.prefetch_manifest, v.src, v.desc))
+            calls.append(partial(self._sources.prefetch_manifest, v.src, v.desc, v.key))
         try:
             await run_all(calls)
         except BaseException as exc:
@@ -232,7 +232,7 @@ class GraphVisitor:
         work: list[Call] = []
         if follow:
             pushed = frozenset(d.key for d in responsible)
-            walk = partial(self.referrers.walk, v.src, v.desc, claimed, v.depth, pushed, v.flt)
+            walk = partial(self.referrers.walk, v, claimed, pushed)
             work.append(walk)
         if manifest is None:
             return work

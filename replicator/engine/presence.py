@@ -60,8 +60,9 @@ class Presence:
         if d.key in implied:
             return True
         ledger = self._ctx.ledger
-        if await ledger.lookup(d.location, d.repository, desc.digest) is not None:
-            if not root or ledger.is_own(d.location, d.repository, desc.digest):
+        hit = await ledger.lookup(d.location, d.repository, desc.digest)
+        if hit is not None:
+            if not root or not hit.inherited:
                 return True
             if await self._exists(d, desc):
                 return True

@@ -62,19 +62,14 @@ class ReferrerWalker:
         """Whether the referrers of the node ``key`` at referrer level ``depth`` are walked."""
         return flt.follows_referrers_at(depth) and key not in self._state.synthetic
 
-    async def walk(
-        self,
-        src: Endpoint,
-        desc: Descriptor,
-        dests: list[Endpoint],
-        depth: int,
-        fresh: frozenset[DestRepo],
-        flt: GraphFilter,
-    ) -> None:
-        """Copy the selected referrers of ``desc`` (and theirs, recursively) to ``dests``."""
-        key = SourceNode(src.location, src.repository, desc.digest)
+    async def walk(self, v: NodeVisit, dests: list[Endpoint], fresh: frozenset[DestRepo]) -> None:
+        """Copy the selected referrers of ``v.desc`` (and theirs, recursively) to ``dests``.
+
+        ``fresh``: destinations where ``v.desc`` was just pushed (nothing is listed there yet).
+        """
+        src, desc, key, depth, flt = v.src, v.desc, v.key, v.depth, v.flt
         try:
-            found = await self._sources.referrers(src, desc)
+            found = await self._sources.referrers(src, desc, key)
         except ReplicatorError as exc:
             mark_side(exc, "source")
             for d in dests:
@@ -102,7 +97,8 @@ class ReferrerWalker:
             await run_all(
                 [partial(self.relist, d, desc, key, selected, listed.get(d.key)) for d in dests]
             )
-        self._state.referrers_walked.update(Visit(key, d.key) for d in dests)
+        if depth == 0:  # only a root's direct push waits on it (commit.complete_below)
+            self._state.referrers_walked.update(Visit(key, d.key) for d in dests)
 
     async def _maybe_walk_one(
         self,
@@ -170,7 +166,7 @@ class ReferrerWalker:
         if await self._sources.has_referrers_api(v.src):
             return True
         try:
-            manifest = await self._sources.manifest(v.src, v.desc)
+            manifest = await self._sources.manifest(v.src, v.desc, v.key)
         except ReplicatorError as exc:
             mark_side(exc, "source")
             if v.parent is not None:

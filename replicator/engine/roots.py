@@ -18,6 +18,7 @@ a built root has no referrers of its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 import anyio
@@ -192,7 +193,7 @@ class JobRunner:
         return False
 
     async def _admitted_types(
-        self, src: Endpoint, root: Manifest, listing: list[Descriptor], wanted: tuple[str, ...]
+        self, src: Endpoint, root: Manifest, listing: Sequence[Descriptor], wanted: tuple[str, ...]
     ) -> set[str]:
         """Artifact types of the root's genuine referrers that a required pattern may match.
 

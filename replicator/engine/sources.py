@@ -12,10 +12,12 @@ from their exact bytes; a manifest that does not parse is the source's
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from replicator.engine.context import RunContext
 from replicator.engine.jobs import Endpoint
-from replicator.engine.state import SourceNode, cell
+from replicator.engine.once import Once
+from replicator.engine.state import SourceNode
 from replicator.errors import InputError, ProtocolError, ReplicatorError
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import descriptor_for
@@ -49,23 +51,33 @@ class SourceReader:
 
     def seed(self, key: SourceNode, manifest: Manifest) -> None:
         """Remember a manifest read (or built) elsewhere, so it is not read again."""
-        cell(self._state.manifests, key).set((manifest.raw, manifest.media_type))
+        found = self._state.manifests.get(key)
+        if isinstance(found, Once):
+            found.set((manifest.raw, manifest.media_type))
+        self._state.manifests[key] = (manifest.raw, manifest.media_type)
 
     def is_read(self, key: SourceNode) -> bool:
         """True when the manifest of ``key`` was read successfully already."""
         found = self._state.manifests.get(key)
-        return found is not None and found.ok
+        return found is not None and (not isinstance(found, Once) or found.ok)
 
     def is_asked(self, key: SourceNode) -> bool:
         """True when the manifest of ``key`` was asked for (read, reading, or failed)."""
         return key in self._state.manifests
 
-    async def manifest(self, src: Endpoint, desc: Descriptor) -> Manifest:
-        """The source manifest ``desc``, fetched at most once per run."""
-        key = source_node(src, desc.digest)
-        once = self._state.manifests.get(key)
-        if once is None:
-            once = cell(self._state.manifests, key)
+    async def manifest(
+        self, src: Endpoint, desc: Descriptor, key: SourceNode | None = None
+    ) -> Manifest:
+        """The source manifest ``desc``, fetched at most once per run.
+
+        ``key`` (the visit's own) saves making another key for the table.  While
+        a read is in flight the table holds its :class:`Once`; once it succeeded,
+        just the bytes and media type.
+        """
+        key = key or source_node(src, desc.digest)
+        found = self._state.manifests.get(key)
+        if found is None:
+            once = self._state.manifests[key] = Once()
             try:
                 got, raw = await self._ctx.limited(
                     "meta", src.location, lambda: src.target.fetch_manifest(src.repository, desc)
@@ -74,51 +86,67 @@ class SourceReader:
             except BaseException as exc:
                 once.set(error=exc)
                 raise
-            once.set((manifest.raw, manifest.media_type))
+            value = (manifest.raw, manifest.media_type)
+            once.set(value)
+            self._state.manifests[key] = value
             return manifest
-        error = await once.wait()
-        if error is not None:
-            raise error
-        raw, media_type = once.value
+        if isinstance(found, Once):
+            error = await found.wait()
+            if error is not None:
+                raise error
+            found = found.value
+        raw, media_type = found
         return parse_source(raw, media_type, src)
 
-    async def referrers(self, src: Endpoint, desc: Descriptor) -> list[Descriptor]:
+    async def referrers(
+        self, src: Endpoint, desc: Descriptor, key: SourceNode | None = None
+    ) -> Sequence[Descriptor]:
         """The referrer listing of ``desc`` at the source, read at most once per run.
 
         No artifactType hint is passed: a store filtering for us would drop the
         fallback entries that lack artifactType; the engine filters itself.
+        While the read is in flight the table holds its :class:`Once`; then the
+        listing itself (one shared empty tuple for the many nodes without any).
         """
-        key = source_node(src, desc.digest)
-        once = self._state.referrer_lists.get(key)
-        if once is None:
-            once = cell(self._state.referrer_lists, key)
+        key = key or source_node(src, desc.digest)
+        found = self._state.referrer_lists.get(key)
+        if found is None:
+            once = self._state.referrer_lists[key] = Once()
             try:
-                found = await self._ctx.limited(
+                listing = await self._ctx.limited(
                     "meta", src.location, lambda: src.target.referrers(src.repository, desc)
                 )
-                once.set(found)
             except BaseException as exc:
                 once.set(error=exc)
                 raise
-        error = await once.wait()
-        if error is not None:
-            raise error
-        value: list[Descriptor] = once.value
-        return value
+            value: Sequence[Descriptor] = tuple(listing) if listing else ()
+            once.set(value)
+            self._state.referrer_lists[key] = value
+            return value
+        if isinstance(found, Once):
+            error = await found.wait()
+            if error is not None:
+                raise error
+            found = found.value
+        return found
 
     def referrers_asked(self, key: SourceNode) -> bool:
         """True when the referrers of ``key`` were asked for already."""
         return key in self._state.referrer_lists
 
-    async def prefetch_referrers(self, src: Endpoint, desc: Descriptor) -> None:
+    async def prefetch_referrers(
+        self, src: Endpoint, desc: Descriptor, key: SourceNode | None = None
+    ) -> None:
         """List the referrers early (cached); an error is kept for the walk to report."""
         with contextlib.suppress(ReplicatorError):
-            await self.referrers(src, desc)
+            await self.referrers(src, desc, key)
 
-    async def prefetch_manifest(self, src: Endpoint, desc: Descriptor) -> None:
+    async def prefetch_manifest(
+        self, src: Endpoint, desc: Descriptor, key: SourceNode | None = None
+    ) -> None:
         """Read the manifest early (cached); an error is kept for the real read."""
         with contextlib.suppress(ReplicatorError):
-            await self.manifest(src, desc)
+            await self.manifest(src, desc, key)
 
     async def has_referrers_api(self, src: Endpoint) -> bool:
         """True when the source serves the referrers API (its listings need no subject check)."""

@@ -19,11 +19,13 @@ lead to it.  The state belongs to one run; nothing here performs I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 from replicator.engine.once import Once
 from replicator.errors import ReplicatorError
+from replicator.oci.descriptor import Descriptor
 
 K = TypeVar("K")
 
@@ -86,14 +88,40 @@ def cell(table: dict[K, Once], key: K) -> Once:
     return found
 
 
+_SETTLED: dict[object, Once] = {}
+
+
+def settled(value: object) -> Once:
+    """A shared, claimed cell already settled with ``value`` (hashable).
+
+    A run holds a cell per node and destination; once one has succeeded, what
+    is left to know is its value, so the table keeps this shared cell instead
+    (tasks already waiting on the original were woken by it).
+    """
+    found = _SETTLED.get(value)
+    if found is None:
+        found = _SETTLED[value] = Once()
+        found.claimed = True
+        found.set(value)
+    return found
+
+
+def settle(table: dict[K, Once], key: K, once: Once, value: object = None) -> None:
+    """Set ``once`` to ``value`` and, when that succeeded, keep the shared cell in ``table``."""
+    once.set(value)
+    if once.error is None and once.value == value and table.get(key) is once:
+        table[key] = settled(value)
+
+
 @dataclass(slots=True)
 class RunState:
     """Every table of one run (see the module doc for the keys)."""
 
-    #: Source manifests read, once each: their exact bytes and media type.
-    manifests: dict[SourceNode, Once] = field(default_factory=dict)
-    #: Referrer listings read at the source, once each.
-    referrer_lists: dict[SourceNode, Once] = field(default_factory=dict)
+    #: Source manifests read, once each: a read in flight (its cell), then its
+    #: exact bytes and media type.
+    manifests: dict[SourceNode, Once | tuple[bytes, str | None]] = field(default_factory=dict)
+    #: Referrer listings read at the source, once each: a read in flight, then the listing.
+    referrer_lists: dict[SourceNode, Once | Sequence[Descriptor]] = field(default_factory=dict)
     #: Manifests made present at a destination ("exists" or "pushed").
     committed: dict[DestNode, Once] = field(default_factory=dict)
     #: Blobs made present at a destination ("exists", "mounted", "uploaded").

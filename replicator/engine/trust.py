@@ -38,8 +38,6 @@ class LedgerView:
         self.inner = inner
         self.distrust_all = distrust_all
         self._distrusted: set[DestRepo] = set()
-        #: Per destination repository, the digests this run confirmed there.
-        self._mine: dict[DestRepo, set[str]] = {}
         self._my_tags: set[tuple[str, str, str]] = set()
         #: Destination repositories where an inherited confirmation answered.
         self.inherited_used: set[DestRepo] = set()
@@ -54,23 +52,21 @@ class LedgerView:
         """True when inherited confirmations of ``repo`` are hidden."""
         return self.distrust_all or repo in self._distrusted
 
-    def is_own(self, location: str, repository: str, digest: str) -> bool:
-        """True when this run itself confirmed ``digest`` there."""
-        return digest in self._mine.get(DestRepo(location, repository), ())
-
     async def record(self, confirmation: Confirmation) -> None:
-        """Record through the inner ledger, remembering that this run confirmed it."""
+        """Record through the inner ledger, remembering the tags this run set."""
         c = confirmation
         await self.inner.record(c)
         if c.kind == "tag" and c.tag is not None:
             self._my_tags.add((c.location, c.repository, c.tag))
-        elif c.kind in ("blob", "manifest"):
-            self._mine.setdefault(DestRepo(c.location, c.repository), set()).add(c.digest)
 
     async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
-        """The inner answer, unless it is inherited in a distrusted repository."""
+        """The inner answer, unless it is inherited in a distrusted repository.
+
+        Whether an answer is inherited the inner ledger says
+        (``Confirmation.inherited``): a journal knows what it loaded.
+        """
         found = await self.inner.lookup(location, repository, digest)
-        if found is None or self.is_own(location, repository, digest):
+        if found is None or not found.inherited:
             return found
         repo = DestRepo(location, repository)
         if self.distrusts(repo):
@@ -82,11 +78,9 @@ class LedgerView:
     async def locate(self, location: str, digest: str) -> list[str]:
         """Mount candidates, without inherited ones in distrusted repositories."""
         repos = await self.inner.locate(location, digest)
-        return [
-            r
-            for r in repos
-            if not self.distrusts(DestRepo(location, r)) or self.is_own(location, r, digest)
-        ]
+        if not (self.distrust_all or self._distrusted):
+            return repos
+        return [r for r in repos if not self.distrusts(DestRepo(location, r))]
 
     async def tagged(self, location: str, repository: str, tag: str) -> str | None:
         """Where a tag was confirmed to point, unless inherited in a distrusted repository."""
@@ -118,9 +112,6 @@ class LedgerView:
 
     async def forget(self, location: str, repository: str, digest: str) -> None:
         """The destination lost ``digest``: forget it here and in the inner ledger."""
-        mine = self._mine.get(DestRepo(location, repository))
-        if mine is not None:
-            mine.discard(digest)
         await self._forget(location, repository, digest)
 
     async def _forget(self, location: str, repository: str, digest: str) -> None:

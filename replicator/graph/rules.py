@@ -143,6 +143,10 @@ async def listing_is_trusted(target: Target, repository: str) -> bool:
     )
 
 
+#: Listed manifests read at once while a listing is admitted.
+READ_WORKERS = 16
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """A listed referrer that passed admission.
@@ -180,9 +184,13 @@ class Admission:
 
 @dataclass(slots=True)
 class _Read:
+    """One candidate being admitted: what its read found (the manifest itself is not kept)."""
+
     desc: Descriptor
     raw: bytes | None = None
-    manifest: Manifest | None = None
+    read: bool = False
+    parsed: bool = False
+    genuine: bool = False
     missing: bool = False
 
 
@@ -196,6 +204,7 @@ async def admit_referrers(
     accept: Callable[[Descriptor], bool] | None = None,
     skip: Container[str] = (),
     limiter: anyio.CapacityLimiter | None = None,
+    keep_raw: bool = True,
 ) -> Admission:
     """Which entries of a referrer listing of ``subject`` are its referrers.
 
@@ -207,7 +216,10 @@ async def admit_referrers(
     every remaining candidate is read — concurrently, under ``limiter`` when
     given — and admitted only when :func:`names_subject` holds.  A candidate the
     store does not have is reported as missing, one that does not parse as a
-    manifest as foreign; other read errors propagate.
+    manifest as foreign; other read errors propagate.  ``keep_raw`` False drops
+    each read manifest's bytes once judged (a caller that will not need them:
+    a listing of thousands of referrers would otherwise be held whole).  Reads
+    run in a bounded number of workers, not one task each.
     """
     out = Admission()
     candidates = referrer_candidates(subject, listed)
@@ -224,16 +236,27 @@ async def admit_referrers(
         r for r in todo if not trusted or (accept is not None and r.desc.artifact_type is None)
     ]
     if reads:
+        pending = iter(reads)
+
+        async def worker() -> None:
+            for r in pending:
+                await _read_candidate(target, repository, r, limiter, subject, keep_raw)
+
         async with anyio.create_task_group() as tg:
-            for r in reads:
-                tg.start_soon(_read_candidate, target, repository, r, limiter)
+            for _ in range(min(len(reads), READ_WORKERS)):
+                tg.start_soon(worker)
     for r in todo:
         _judge(out, r, subject, trusted=trusted, accept=accept)
     return out
 
 
 async def _read_candidate(
-    target: Target, repository: str, r: _Read, limiter: anyio.CapacityLimiter | None
+    target: Target,
+    repository: str,
+    r: _Read,
+    limiter: anyio.CapacityLimiter | None,
+    subject: str,
+    keep_raw: bool,
 ) -> None:
     """Read one listed manifest by digest (a listing's size or media type may be wrong)."""
     try:
@@ -245,15 +268,17 @@ async def _read_candidate(
     except NotFoundError:
         r.missing = True
         return
-    r.raw = raw
+    r.read = True
+    r.raw = raw if keep_raw else None
     r.desc = replace(r.desc, media_type=got.media_type, size=got.size)
     try:
-        r.manifest = parse_manifest(raw, got.media_type)
+        manifest = parse_manifest(raw, got.media_type)
     except InputError:
-        r.manifest = None
-    else:
-        if r.desc.artifact_type is None and r.manifest.artifact_type is not None:
-            r.desc = replace(r.desc, artifact_type=r.manifest.artifact_type)
+        return
+    r.parsed = True
+    r.genuine = names_subject(manifest, subject)
+    if r.desc.artifact_type is None and manifest.artifact_type is not None:
+        r.desc = replace(r.desc, artifact_type=manifest.artifact_type)
 
 
 def _judge(
@@ -269,7 +294,7 @@ def _judge(
         out.missing.append(r.desc)
         out.warnings.append(missing_referrer_warning(r.desc.digest, subject))
         return
-    if not trusted and (r.manifest is None or not names_subject(r.manifest, subject)):
+    if not trusted and not (r.parsed and r.genuine):
         out.foreign.append(r.desc)
         out.warnings.append(foreign_subject_warning(r.desc.digest, subject))
         return

@@ -22,6 +22,9 @@ from replicator.journal.store import BLOB, MANIFEST, REFERRERS, TAG, Journal, Up
 from replicator.targets.base import UploadProgress
 
 _KIND = {"blob": BLOB, "manifest": MANIFEST, "referrers": REFERRERS, "tag": TAG}
+#: Flags of a confirmation kept in memory (see :attr:`JournalLedger._content`).
+_IS_BLOB = 1
+_INHERITED = 2
 
 
 class JournalLedger:
@@ -30,12 +33,13 @@ class JournalLedger:
     def __init__(self, journal: Journal, run_id: str) -> None:
         self.journal = journal
         self.run_id = run_id
-        self._content: dict[tuple[str, str, str], Confirmation] = {}
+        #: Blobs and manifests confirmed, as flags (kind, inherited): one small
+        #: entry per graph node, the Confirmation is made when asked for.
+        self._content: dict[tuple[str, str, str], int] = {}
         self._tags: dict[tuple[str, str, str], str] = {}
         self._uploads: dict[tuple[str, str, str], UploadProgress] = {}
-        #: Repositories this run confirmed a blob in, per (location, digest).
-        self._run_blobs: dict[tuple[str, str], list[str]] = {}
-        #: The cross-run blob cache, per location (loaded once, kept up to date).
+        #: The cross-run blob cache, per location (loaded once, kept up to date,
+        #: this run's blobs first).
         self._cache: dict[str, dict[str, list[str]]] = {}
         #: How many confirmations were loaded from the journal at start.
         self.resumed_entries = 0
@@ -46,13 +50,8 @@ class JournalLedger:
             elif kind in (BLOB, MANIFEST):
                 if kind == BLOB:
                     self._note_blob(location, repository, digest)
-                self._content[(location, repository, digest)] = Confirmation(
-                    kind="blob" if kind == BLOB else "manifest",
-                    how="exists",
-                    location=location,
-                    repository=repository,
-                    digest=digest,
-                )
+                flags = (_IS_BLOB if kind == BLOB else 0) | _INHERITED
+                self._content[(location, repository, digest)] = flags
         #: How many upload sessions an earlier attempt left in flight.
         self.resumed_uploads = 0
         for up in journal.uploads(run_id):
@@ -73,20 +72,22 @@ class JournalLedger:
                 self.run_id, c.location, c.repository, c.digest, REFERRERS, c.subject or ""
             )
             return
-        self._content.setdefault((c.location, c.repository, c.digest), c)
+        self._content.setdefault(
+            (c.location, c.repository, c.digest), _IS_BLOB if c.kind == "blob" else 0
+        )
         self.journal.confirm(self.run_id, c.location, c.repository, c.digest, _KIND[c.kind])
         if c.kind == "blob":
             self._uploads.pop((c.location, c.repository, c.digest), None)
             self._note_blob(c.location, c.repository, c.digest)
-            cached = self._cached(c.location).setdefault(c.digest, [])
-            if c.repository in cached:
-                cached.remove(c.repository)
-            cached.insert(0, c.repository)
 
     def _note_blob(self, location: str, repository: str, digest: str) -> None:
-        repos = self._run_blobs.setdefault((location, digest), [])
-        if repository not in repos:
-            repos.append(repository)
+        """Put ``repository`` first among the holders of ``digest`` (mount candidates)."""
+        cached = self._cached(location).setdefault(digest, [])
+        if cached and cached[0] == repository:
+            return
+        if repository in cached:
+            cached.remove(repository)
+        cached.insert(0, repository)
 
     def _cached(self, location: str) -> dict[str, list[str]]:
         table = self._cache.get(location)
@@ -96,22 +97,30 @@ class JournalLedger:
 
     async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
         """This run's confirmation, or a blob the cross-run cache places in that repository."""
-        hit = self._content.get((location, repository, digest))
-        if hit is not None:
-            return hit
+        flags = self._content.get((location, repository, digest))
+        if flags is not None:
+            return Confirmation(
+                kind="blob" if flags & _IS_BLOB else "manifest",
+                how="exists",
+                location=location,
+                repository=repository,
+                digest=digest,
+                inherited=bool(flags & _INHERITED),
+            )
         if repository in self._cached(location).get(digest, ()):
             return Confirmation(
-                kind="blob", how="exists", location=location, repository=repository, digest=digest
+                kind="blob",
+                how="exists",
+                location=location,
+                repository=repository,
+                digest=digest,
+                inherited=True,
             )
         return None
 
     async def locate(self, location: str, digest: str) -> list[str]:
         """Repositories of ``location`` that hold ``digest``: this run's first, then the cache."""
-        repos = list(self._run_blobs.get((location, digest), ()))
-        for repo in self._cached(location).get(digest, ()):
-            if repo not in repos:
-                repos.append(repo)
-        return repos
+        return list(self._cached(location).get(digest, ()))
 
     async def tagged(self, location: str, repository: str, tag: str) -> str | None:
         """Digest this run confirmed for the tag, if any."""
@@ -155,9 +164,6 @@ class JournalLedger:
         """The destination lost ``digest``: drop it from memory and from the journal."""
         self._content.pop((location, repository, digest), None)
         self._uploads.pop((location, repository, digest), None)
-        run_repos = self._run_blobs.get((location, digest))
-        if run_repos and repository in run_repos:
-            run_repos.remove(repository)
         cached = self._cached(location).get(digest)
         if cached and repository in cached:
             cached.remove(repository)

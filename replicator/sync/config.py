@@ -60,7 +60,7 @@ from replicator.sync.config_schema import (
     registry_host,
 )
 from replicator.sync.yamlsource import KeyPath, Problem, YamlDocument, raise_problems, read_yaml
-from replicator.targets.registry.options import Credentials, RegistryOptions
+from replicator.targets.registry.options import Credentials, RateLimits, RegistryOptions
 
 log = get_logger(__name__)
 
@@ -113,7 +113,9 @@ class SyncConfig:
         ``verify`` or a ``ca-file`` force HTTPS with verification, loopback hosts
         included; ``insecure`` skips verification; unset leaves ``base`` (or the
         default: HTTP for loopback hosts only).  ``limits.concurrency`` caps the
-        connections.  Raises :class:`ConfigError` naming the variable or file
+        connections; ``limits.requests-per-second``, ``bandwidth`` and
+        ``min-remaining`` become the transport's
+        :class:`~replicator.targets.registry.options.RateLimits`.  Raises :class:`ConfigError` naming the variable or file
         (never its content) when a credential or the CA file cannot be read.
         """
         key = normalise_host(host)
@@ -200,6 +202,23 @@ def _apply(
         insecure=insecure,
         ca_file=ca_file,
         max_connections=connections,
+        rate_limits=rate_limits(settings.limits, start.rate_limits),
+    )
+
+
+def rate_limits(limits: RegistryLimits, start: RateLimits) -> RateLimits:
+    """The transport's rate limits from a registry entry's ``limits``, each set key over ``start``."""
+    return dataclasses.replace(
+        start,
+        requests_per_second=(
+            limits.requests_per_second
+            if limits.requests_per_second is not None
+            else start.requests_per_second
+        ),
+        bandwidth=limits.bandwidth if limits.bandwidth is not None else start.bandwidth,
+        min_remaining=(
+            limits.min_remaining if limits.min_remaining is not None else start.min_remaining
+        ),
     )
 
 

@@ -56,6 +56,8 @@ class RepositoryPlan:
     selected: tuple[str, ...] = ()
     #: Immutable tags already at a destination: ``(tag, destination)`` left alone.
     immutable_skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: The source repository's tags as listed (None: not listed, ``include`` alone).
+    listed: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -185,6 +187,7 @@ async def _select(
         async with limiter:
             listed = await target.tags(repo.source.repository)
     selection = select_tags(job.tags, listed)
+    repo.listed = None if listed is None else tuple(listed)
     repo.decisions = selection.decisions
     repo.selected = selection.selected
     if honour_immutable and job.tags.immutable and repo.selected:

@@ -44,8 +44,8 @@ class AttemptLedger:
         self.inner = inner
         #: ``(location, repository)`` of every destination repository written to.
         self.written: set[tuple[str, str]] = set()
+        #: Uploads this attempt worked on and did not finish (finished ones are dropped).
         self._uploads: dict[_Key, _Upload] = {}
-        self._blobs_confirmed: set[_Key] = set()
 
     async def record(self, confirmation: Confirmation) -> None:
         """Pass the confirmation on; note a write and a finished upload."""
@@ -53,7 +53,7 @@ class AttemptLedger:
         if c.how in WRITES:
             self.written.add((c.location, c.repository))
         if c.kind == "blob":
-            self._blobs_confirmed.add((c.location, c.repository, c.digest))
+            self._uploads.pop((c.location, c.repository, c.digest), None)
         await self.inner.record(confirmation)
 
     async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
@@ -104,8 +104,4 @@ class AttemptLedger:
 
     def unfinished_upload_bytes(self) -> int:
         """Bytes destinations acknowledged this attempt for uploads it did not finish."""
-        return sum(
-            up.abandoned + up.latest - up.start
-            for key, up in self._uploads.items()
-            if key not in self._blobs_confirmed
-        )
+        return sum(up.abandoned + up.latest - up.start for up in self._uploads.values())

@@ -17,10 +17,17 @@ included), then a dry run that asks the destinations about every manifest
 (``deep_check``) and, with ``deep``, every blob of the manifests they hold; every
 write it would make is a difference (:mod:`replicator.engine.audit`).
 
+After the copy, jobs with ``prune.enabled`` prune what left their source
+(:mod:`replicator.sync.prune`; a dry run only plans it): the outcome's
+``prunes`` has one :class:`~replicator.sync.prune.JobPrune` per such job, in
+the JSON report under each job's ``prune``.  ``rate_limit_pauses`` says, per
+host, how often a quota pause (``limits.min-remaining``) held this sync back.
+
 Exit codes: a run's own (0; 9 when something selected is missing at a
 destination; 10 when a promotion gate refused a graph; the code of the most
-severe failure otherwise), combined with the jobs' listing failures.  ``verify``
-exits 9 when it found a difference.
+severe failure otherwise), combined with the jobs' listing failures and their
+pruning (10 when a prune was refused above ``prune.max``; a failed prune's
+error code).  ``verify`` exits 9 when it found a difference.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
 from replicator.sync.jobs import ReferenceJob
 from replicator.sync.mapping import describe_destination
 from replicator.sync.outcome import JobState, RunOutcome
+from replicator.sync.pauses import QuotaPauses
+from replicator.sync.prune import JobPrune, prune_jobs
 from replicator.sync.request import JournalChoice, RunRequest
 from replicator.sync.runner import MessageSink, run_copy
 from replicator.sync.stop import StopRequest
@@ -77,6 +86,10 @@ class SyncOutcome:
     exit_code: int
     dry_run: bool = False
     differences: list[Difference] = field(default_factory=list)
+    #: One per job with ``prune.enabled`` (see :mod:`replicator.sync.prune`).
+    prunes: list[JobPrune] = field(default_factory=list)
+    #: ``host -> {"pauses", "paused_ms"}``: quota pauses during this sync.
+    rate_limit_pauses: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def report(self) -> CopyReport | None:
@@ -125,6 +138,10 @@ class SyncOutcome:
                 }
                 for d in self.differences
             ]
+        for prune in self.prunes:
+            out["jobs"][prune.name]["prune"] = prune.to_json()
+        if self.rate_limit_pauses:
+            out["rate_limit_pauses"] = self.rate_limit_pauses
         if self.run is not None:
             out["run"] = self.run.to_json()
             for index, job in enumerate(out["run"]["jobs"]):
@@ -194,6 +211,7 @@ async def run_sync(
     """Sync the request's jobs (see the module doc)."""
     if before_network is not None:
         before_network()
+    pauses = QuotaPauses(targets)
     if request.dry_run:
         targets = WritesNothingPool(targets)
     expansion = await expand(request.config, request.jobs, targets)
@@ -218,6 +236,11 @@ async def run_sync(
             run_request, targets=targets, observer=observer, stop=stop, on_message=on_message
         )
     outcome = SyncOutcome(expansion, run, _exit_code(expansion, run), dry_run=request.dry_run)
+    outcome.prunes = await prune_jobs(
+        request.config, expansion, run, targets, dry_run=request.dry_run
+    )
+    outcome.exit_code = _with_prunes(outcome.exit_code, outcome.prunes)
+    outcome.rate_limit_pauses = pauses.since()
     if request.report_path is not None:
         write_sync_report(request.report_path, outcome)
     return outcome
@@ -275,6 +298,14 @@ def _exit_code(
     codes = [e.exit_code for e in expansion.errors]
     if run is not None and run.exit_code and run.exit_code not in ignore:
         codes.append(run.exit_code)
+    return most_severe(codes) if codes else 0
+
+
+def _with_prunes(code: int, prunes: Sequence[JobPrune]) -> int:
+    """The exit code with the prunes' refusals and failures (most severe wins)."""
+    if code == EXIT_INTERRUPTED:
+        return code
+    codes = [c for c in (code, *(p.exit_code for p in prunes)) if c]
     return most_severe(codes) if codes else 0
 
 

@@ -92,7 +92,10 @@ class RequestStats:
 
     Every attempt counts (a retried request counts twice under its kind and once
     under ``retries``).  ``token`` counts requests to a token server.  Kinds a
-    store never sends stay 0.
+    store never sends stay 0.  ``rate_limit_pauses`` and ``rate_limit_paused_ms``
+    are not requests: how often, and for how long in all, requests to the store
+    were held back because its quota headers said too few requests remained
+    (``limits.min-remaining``; the ``registry.rate_limit_paused`` log event).
     """
 
     manifest_get: int = 0
@@ -115,6 +118,8 @@ class RequestStats:
     retries: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    rate_limit_pauses: int = 0
+    rate_limit_paused_ms: int = 0
 
     def add(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to counter ``kind`` (unknown kinds are ignored)."""
@@ -127,6 +132,10 @@ class RequestStats:
 
 
 _STAT_FIELDS = frozenset(f.name for f in fields(RequestStats))
+#: Counters of :class:`RequestStats` that are not requests (left out of request totals).
+NOT_REQUESTS = frozenset(
+    {"retries", "bytes_sent", "bytes_received", "rate_limit_pauses", "rate_limit_paused_ms"}
+)
 
 
 @runtime_checkable

@@ -23,12 +23,16 @@ on, at most ``times`` times (``None`` = every time).  Kinds of fault:
 * :meth:`FaultProxy.cut_request` — read N bytes of the request body, then drop
   the connection without forwarding anything;
 * :meth:`FaultProxy.flip` — invert the byte at offset K of the response body;
-* :meth:`FaultProxy.delay` — sleep before forwarding, or after N response bytes.
+* :meth:`FaultProxy.delay` — sleep before forwarding, or after N response bytes;
+* :meth:`FaultProxy.headers` — add (or replace) headers on the answer, fixed or
+  computed from the match number (quota headers that count down, say).  It is
+  not a fault: it does not change what else happens to the request.
 
 :meth:`FaultProxy.stats` returns request and byte counts per method and kind of
 request (``ping``, ``manifest``, ``blob``, ``upload``, ``referrers``, ``tags``,
-``catalog``, ``token``, ``other``) plus the list of every request seen;
-:meth:`FaultProxy.reset` zeroes them.
+``catalog``, ``token``, ``other``) plus the list of every request seen, each
+with the times (``time.monotonic()``) it arrived and its first and last body
+byte moved (either way), for rates; :meth:`FaultProxy.reset` zeroes them.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ import asyncio
 import contextlib
 import copy
 import re
+import socket
 import threading
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -60,7 +66,9 @@ from .forward import (
 )
 from .registry import RegistryInstance
 
-FaultKind = Literal["status", "cut", "cut_request", "flip", "delay"]
+FaultKind = Literal["status", "cut", "cut_request", "flip", "delay", "headers"]
+#: Headers a ``headers`` rule adds: fixed, or computed from the rule's match number (1, 2...).
+HeaderSource = Mapping[str, str] | Callable[[int], Mapping[str, str]]
 
 _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ping", re.compile(r"^/v2/?$")),
@@ -109,6 +117,7 @@ class FaultRule:
     after_bytes: int = 0
     offset: int = 0
     seconds: float = 0.0
+    add_headers: HeaderSource | None = None
     matched: int = 0
     fired: int = 0
 
@@ -129,6 +138,13 @@ class FaultRule:
             return False
         self.fired += 1
         return True
+
+    def headers_now(self) -> Mapping[str, str]:
+        """The headers a ``headers`` rule adds to the answer it fires on."""
+        source = self.add_headers
+        if source is None:
+            return {}
+        return source(self.matched) if callable(source) else source
 
 
 @dataclass
@@ -155,6 +171,11 @@ class RequestRecord:
     bytes_up: int
     bytes_down: int
     fault: str | None
+    #: ``time.monotonic()`` when the request arrived.
+    started: float = 0.0
+    #: When its first and last body byte (request or response) went through; 0: none.
+    first_byte: float = 0.0
+    last_byte: float = 0.0
 
 
 @dataclass
@@ -195,6 +216,31 @@ class ProxyStats:
         """Paths requested more than once (e.g. blobs fetched twice)."""
         return {p: n for p, n in self.paths(method, kind).items() if n > 1}
 
+    def records(self, method: str | None = None, kind: str | None = None) -> list[RequestRecord]:
+        """The requests of ``method`` and ``kind`` (None = any), in arrival order."""
+        return [
+            r
+            for r in self.log
+            if (method is None or r.method == method) and (kind is None or r.kind == kind)
+        ]
+
+    def request_rate(self, method: str | None = None, kind: str | None = None) -> float:
+        """Requests per second between the first and the last arrival (0 for fewer than 2)."""
+        times = sorted(r.started for r in self.records(method, kind))
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def byte_rate(self, method: str | None = None, kind: str | None = None) -> float:
+        """Body bytes (both ways) per second from the first body byte to the last one."""
+        moved = [r for r in self.records(method, kind) if r.first_byte]
+        if not moved:
+            return 0.0
+        start = min(r.first_byte for r in moved)
+        end = max(r.last_byte for r in moved)
+        total = sum(r.bytes_up + r.bytes_down for r in moved)
+        return total / (end - start) if end > start else 0.0
+
 
 class FaultProxy:
     """A fault-injecting, counting reverse proxy in front of one test registry.
@@ -205,9 +251,19 @@ class FaultProxy:
     (the ``fault_proxy`` fixture does both).
     """
 
-    def __init__(self, upstream: RegistryInstance, *, shutdown_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        upstream: RegistryInstance,
+        *,
+        shutdown_timeout: float = 1.0,
+        send_buffer: int | None = None,
+    ) -> None:
         self.upstream = upstream
         self._shutdown_timeout = shutdown_timeout
+        #: SO_SNDBUF of the connections to clients (None: the kernel's autotuning).  A
+        #: small one makes the byte times measure what reached the client's window,
+        #: not what the proxy's kernel queued (downloads a client paces).
+        self._send_buffer = send_buffer
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
         self._by_kind: dict[tuple[str, str], KindStats] = {}
@@ -448,6 +504,27 @@ class FaultProxy:
             FaultRule("flip", method, self._compile(path), nth=nth, times=times, offset=offset)
         )
 
+    def headers(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        headers: HeaderSource,
+        *,
+        nth: int = 1,
+        times: int | None = None,
+    ) -> FaultRule:
+        """Add ``headers`` to the answers of matching requests (replacing same-named ones).
+
+        ``headers`` is a mapping, or a function of the rule's match number
+        (1 for the first matching request) returning one.  Unlike the faults,
+        it applies every time by default (``times=None``).
+        """
+        return self._add(
+            FaultRule(
+                "headers", method, self._compile(path), nth=nth, times=times, add_headers=headers
+            )
+        )
+
     def delay(
         self,
         method: str | None,
@@ -502,13 +579,19 @@ class FaultProxy:
         with self._lock:
             stats = self._by_kind.setdefault((method, kind), KindStats())
             stats.requests += 1
-            rec = RequestRecord(method, target, kind, 0, 0, 0, fault)
+            rec = RequestRecord(method, target, kind, 0, 0, 0, fault, started=time.monotonic())
             self._log.append(rec)
             return _Bytes(self._lock, rec, stats)
 
-    def _firing(self, method: str, target: str) -> list[FaultRule]:
+    def _firing(self, method: str, target: str) -> tuple[list[FaultRule], dict[str, str]]:
+        """The rules that fire for this request, and the headers ``headers`` rules add."""
         with self._lock:
-            return [r for r in self._rules if r.matches(method, target) and r.take()]
+            rules = [r for r in self._rules if r.matches(method, target) and r.take()]
+            added: dict[str, str] = {}
+            for rule in rules:
+                if rule.kind == "headers":
+                    added.update(rule.headers_now())
+            return rules, added
 
     # -- serving -----------------------------------------------------------
 
@@ -530,9 +613,13 @@ class FaultProxy:
             headers.add("WWW-Authenticate", value.replace(token_url.rstrip("/"), self.url))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._send_buffer is not None and request.transport is not None:
+            sock = request.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         target = str(request.rel_url)
-        rules = self._firing(request.method, target)
-        fault = ",".join(r.kind for r in rules) or None
+        rules, added = self._firing(request.method, target)
+        fault = ",".join(r.kind for r in rules if r.kind != "headers") or None
         counter = self._track(request.method, target, classify(request.rel_url.path), fault)
         for rule in rules:
             if rule.kind == "delay" and rule.after_bytes < 0:
@@ -546,11 +633,15 @@ class FaultProxy:
         if early is not None:
             await _drain(request, counter)
             counter.set_status(early.status)
-            return _error_response(early)
-        return await self._forward(request, rules, counter)
+            return _with_added_headers(_error_response(early), added)
+        return await self._forward(request, rules, counter, added)
 
     async def _forward(
-        self, request: web.Request, rules: list[FaultRule], counter: _Bytes
+        self,
+        request: web.Request,
+        rules: list[FaultRule],
+        counter: _Bytes,
+        added: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         assert self._session is not None
         base = self._upstream_base(request.rel_url.path)
@@ -568,9 +659,11 @@ class FaultProxy:
                 if late is not None:
                     await up.read()
                     counter.set_status(late.status)
-                    return _error_response(late)
+                    return _with_added_headers(_error_response(late), added or {})
                 headers = response_headers(up, base, self.url)
                 self._rewrite_challenge(headers)
+                for name, value in (added or {}).items():
+                    headers[name] = value
                 counter.set_status(up.status)
                 resp = await start_response(request, up, headers)
                 if request.method != "HEAD":
@@ -651,11 +744,21 @@ class _Bytes:
             self.up += n
             self._record.bytes_up += n
             self._stats.bytes_up += n
+            self._moved(n)
 
     def add_down(self, n: int) -> None:
         with self._lock:
             self._record.bytes_down += n
             self._stats.bytes_down += n
+            self._moved(n)
+
+    def _moved(self, n: int) -> None:
+        if n <= 0:
+            return
+        now = time.monotonic()
+        if not self._record.first_byte:
+            self._record.first_byte = now
+        self._record.last_byte = now
 
     def set_status(self, status: int) -> None:
         with self._lock:
@@ -687,6 +790,12 @@ def _drop(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+def _with_added_headers(response: web.Response, added: Mapping[str, str]) -> web.Response:
+    for name, value in added.items():
+        response.headers[name] = value
+    return response
 
 
 def _error_response(rule: FaultRule) -> web.Response:

@@ -153,7 +153,7 @@ class BlobReader:
                         skip -= len(chunk)
                         continue
                     chunk, skip = chunk[skip:], 0
-                self.transport.stats.add("bytes_received", len(chunk))
+                await self.transport.received(len(chunk))
                 state.take(chunk)
                 yield chunk
 

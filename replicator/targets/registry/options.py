@@ -1,4 +1,4 @@
-"""Connection settings for one registry host: credentials, TLS, time-outs, retries.
+"""Connection settings for one registry host: credentials, TLS, time-outs, retries, rate limits.
 
 Pure data (no aiohttp import), so the CLI can build options cheaply.  The
 defaults bound how long an unresponsive or restarting registry can hold a
@@ -54,6 +54,43 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimits:
+    """How fast this process may talk to one host (all off by default).
+
+    ``requests_per_second`` paces every request sent to the host (each retry
+    and redirect hop included), evenly, in bursts of one; ``bandwidth`` caps
+    the body bytes per second sent to and received from it, uploads and
+    downloads together; with ``min_remaining`` the host's quota headers
+    (``RateLimit-Remaining``, Docker Hub's ``ratelimit-remaining: N;w=S``)
+    are read on every answer, and while fewer than ``min_remaining`` requests
+    remain no request is sent: the host is left alone until the quota resets
+    (``RateLimit-Reset``), or for ``default_pause`` seconds when it does not
+    say when, never longer than ``max_pause``; then one request goes first and
+    its answer decides whether the others follow or the pause goes on.  See
+    :mod:`.ratelimit`.  These sit under the engine's adaptive (AIMD)
+    concurrency limits, which still decide how many requests run at once.
+    """
+
+    requests_per_second: float | None = None
+    #: Bytes per second, request and response bodies of the host together.
+    bandwidth: int | None = None
+    min_remaining: int | None = None
+    #: Seconds paused when the quota is low and the host gives no reset time.
+    default_pause: float = 60.0
+    #: The longest single pause, whatever the host says (Docker Hub's window: 6 h).
+    max_pause: float = 6 * 3600.0
+
+    @property
+    def active(self) -> bool:
+        """True when any limit is set (otherwise the transport has no rate layer)."""
+        return (
+            self.requests_per_second is not None
+            or self.bandwidth is not None
+            or bool(self.min_remaining)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryOptions:
     """How to talk to one registry host."""
 
@@ -86,6 +123,8 @@ class RegistryOptions:
     chunk_size: int = 32 * 1024 * 1024
     #: Pages of tag lists / referrers followed at most.
     max_pages: int = 1000
+    #: Request rate, bandwidth and quota limits of the host (none by default).
+    rate_limits: RateLimits = field(default_factory=RateLimits)
 
 
 def is_loopback_host(host: str) -> bool:

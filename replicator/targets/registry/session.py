@@ -11,11 +11,22 @@ Its guarantees:
 * TLS: aiohttp's own verifying context unless the options ask for more
   (``--ca-file``: a context trusting that bundle; ``--insecure``: none), so that
   plain-HTTP hosts never pay for loading CA roots (see :mod:`._aiohttp`).
+* Under a bandwidth limit (``RateLimits.bandwidth``) each connection's socket
+  receive buffer is fixed at a twentieth of a second of that bandwidth (64 KiB to
+  16 MiB; the kernel doubles it for its bookkeeping, so the window covers
+  round trips up to about 100 ms at the limit) instead of growing with the
+  kernel's autotuning: a download the rate layer paces then slows the sender
+  down after that much, rather than after the several MiB an autotuned buffer
+  takes in at full speed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+from collections.abc import Callable
+from typing import Any
 
 from replicator.errors import ReplicatorError
 from replicator.targets.registry._aiohttp import aiohttp
@@ -47,12 +58,41 @@ def ssl_context(options: RegistryOptions) -> ssl.SSLContext | bool:
     return ctx
 
 
+#: Seconds of a bandwidth limit a connection's receive buffer holds (see the module doc).
+RECEIVE_BUFFER_SECONDS = 0.05
+_MIN_RECEIVE_BUFFER = 64 * 1024
+_MAX_RECEIVE_BUFFER = 16 * 1024 * 1024
+
+
+def receive_buffer_size(bandwidth: int) -> int:
+    """The socket receive buffer for connections under a limit of ``bandwidth`` bytes/s."""
+    wanted = int(bandwidth * RECEIVE_BUFFER_SECONDS)
+    return max(_MIN_RECEIVE_BUFFER, min(_MAX_RECEIVE_BUFFER, wanted))
+
+
+def _sockets_with_receive_buffer(size: int) -> Callable[[Any], socket.socket]:
+    """A connector socket factory setting ``SO_RCVBUF`` before the socket connects."""
+
+    def factory(addr_info: Any) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        # Refused: the kernel's default then (the limit still holds on average).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        return sock
+
+    return factory
+
+
 def new_session(options: RegistryOptions) -> aiohttp.ClientSession:
     """A session for one host under ``options`` (see the module doc)."""
+    bandwidth = options.rate_limits.bandwidth
+    factory = _sockets_with_receive_buffer(receive_buffer_size(bandwidth)) if bandwidth else None
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=options.max_connections,
         ssl=ssl_context(options),
+        socket_factory=factory,
     )
     timeout = aiohttp.ClientTimeout(
         total=None,

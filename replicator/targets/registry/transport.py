@@ -10,11 +10,14 @@ layers each request passes, outermost first (see :mod:`.exchange`):
    registry's ``Authorization`` never sent to another origin;
 4. :class:`~.retries.RetryLayer` — backoff with jitter, ``Retry-After``
    honoured, a time budget for a host that stopped answering;
-5. :class:`~.send.SingleRequest` — one request, counted in :attr:`Transport.stats`.
+5. :class:`~.ratelimit.RateLimitLayer` — only when the host has rate limits
+   (``RegistryOptions.rate_limits``): request rate, bandwidth, quota pauses;
+6. :class:`~.send.SingleRequest` — one request, counted in :attr:`Transport.stats`.
 
 On top of the stack, :meth:`Transport.request` reads a (capped) body and sends
 a GET again whose body broke off; :meth:`Transport.stream` hands the open
-answer to a caller that streams it (blob downloads).
+answer to a caller that streams it (blob downloads), who reports what it read
+through :meth:`Transport.received` (counted, and paced by a bandwidth limit).
 
 Guarantees:
 
@@ -58,6 +61,7 @@ from replicator.targets.registry.exchange import (
     same_origin,
 )
 from replicator.targets.registry.options import RegistryOptions, uses_plain_http
+from replicator.targets.registry.ratelimit import HostRateLimiter, RateLimitLayer
 from replicator.targets.registry.redirects import RedirectLayer, resolve_location
 from replicator.targets.registry.retries import RetryLayer, backoff_delay
 from replicator.targets.registry.send import SingleRequest
@@ -146,13 +150,21 @@ class Transport:
         self.auth = auth
         self.stats = RequestStats()
         self.state = HostState()
+        #: The host's rate limits (None: no limit set, no rate layer).
+        self.rate_limiter = (
+            HostRateLimiter(host, options.rate_limits, self.stats)
+            if options.rate_limits.active
+            else None
+        )
         scheme = "http" if uses_plain_http(host, options) else "https"
         self.base_url = URL(f"{scheme}://{host}")
         self._session: aiohttp.ClientSession | None = None
         self._stack = self._layers()
 
     def _layers(self) -> Layer:
-        single = SingleRequest(lambda: self.session, self.stats, self.state)
+        single: Layer = SingleRequest(lambda: self.session, self.stats, self.state)
+        if self.rate_limiter is not None:
+            single = RateLimitLayer(single, self.rate_limiter)
         retries = RetryLayer(single, self.options, self.state, host_name=self.host)
         redirects = RedirectLayer(retries, self.base_url, host_name=self.host)
         auth = AuthLayer(redirects, self.auth, lambda: self.session, self.base_url, self.stats)
@@ -218,7 +230,7 @@ class Transport:
                 if spec.method == "HEAD":
                     return Reply(response.status, response.headers, b"", response.url)
                 body = await read_capped(response, max_body, strict=True, host=self.host, spec=spec)
-                self.stats.add("bytes_received", len(body))
+                await self.received(len(body))
                 return Reply(response.status, response.headers, body, response.url)
             except ConnectionFailedError:
                 attempt = out.trace.attempts + 1
@@ -237,6 +249,12 @@ class Transport:
                 delay=round(delay, 3),
             )
             await anyio.sleep(delay)
+
+    async def received(self, n: int) -> None:
+        """Count ``n`` response body bytes just read; wait as the bandwidth limit says."""
+        self.stats.add("bytes_received", n)
+        if self.rate_limiter is not None:
+            await self.rate_limiter.received(n)
 
     @asynccontextmanager
     async def stream(
