@@ -49,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_common(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing anywhere")
     p.add_argument(
+        "--deep",
+        action="store_true",
+        help=(
+            "ask the destinations about every manifest and every blob (as verify --deep), "
+            "not only where nothing vouches for them: repairs content deleted there out of band"
+        ),
+    )
+    p.add_argument(
         "--chunk-size",
         type=_size_arg,
         default=None,
@@ -118,6 +126,7 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
         chunk_size=args.chunk_size,
         report_path=report_path(args),
         command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
+        deep=args.deep,
     )
     observer, display = _observer(ctx)
     stop = StopRequest()

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from replicator.cli.output import human_size, pluralize
-from replicator.engine.report import JobResult, PlannedWrite
+from replicator.engine.report import OK_STATUSES, JobResult, PlannedWrite
 from replicator.oci.reference import is_referrers_tag
 from replicator.sync.expand import JobPlan, RepositoryPlan
+from replicator.sync.mapping import describe_destination
 from replicator.sync.prune import JobPrune
 from replicator.sync.syncing import SyncOutcome
 
@@ -33,7 +34,7 @@ def print_sync(out: TextIO, outcome: SyncOutcome) -> None:
             continue
         results = outcome.job_results(plan.name)
         for index, result in results:
-            state = outcome.run.job_state(index) if outcome.run is not None else "failed"
+            state = outcome.state(index)
             for line in _result_lines(result, state):
                 out.write(f"  {line}\n")
         for repo in plan.repositories:
@@ -50,8 +51,8 @@ def _result_lines(result: JobResult, state: str) -> list[str]:
     if state in ("copied", "up-to-date"):
         verb = "Copied" if state == "copied" else "Up to date:"
         what = _what_changed(result) if state == "copied" else ""
-        for dst in result.destinations:
-            lines.append(f"{verb} {result.source} => {dst}{what}")
+        # One line per tag: the figures are the job's, summed over its destinations.
+        lines.append(f"{verb} {result.source} => {', '.join(result.destinations)}{what}")
     elif state == "refused":
         lines.append(f"Refused {result.source}: no referrer of type {', '.join(result.refused)}")
     elif state == "failed":
@@ -105,7 +106,7 @@ def _catalog_lines(plan: JobPlan) -> list[str]:
 def _repository_plan(
     repo: RepositoryPlan, results: dict[str, tuple[int, JobResult]], outcome: SyncOutcome
 ) -> list[str]:
-    dests = ", ".join(str(d) for d in repo.destinations)
+    dests = ", ".join(describe_destination(d) for d in repo.destinations)
     lines = [f"{repo.source} => {dests}"]
     lines.append(f"  tags selected: {', '.join(repo.selected) or 'none'}")
     rejected = [
@@ -124,7 +125,7 @@ def _repository_plan(
         if found is None:
             continue
         index, result = found
-        state = outcome.run.job_state(index) if outcome.run is not None else "failed"
+        state = outcome.state(index)
         lines.append(f"  {_plan_line(tag, result, state)}")
     return lines
 
@@ -137,12 +138,18 @@ def _plan_line(tag: str, result: JobResult, state: str) -> str:
     if result.kept and not result.tags_moved:
         return f"would keep {', '.join(result.kept)} (overwrite: never)"
     if result.root_new:
-        return f"would copy {tag}: new graph, {pluralize(result.new_manifests, 'manifest')}"
-    if result.new_referrers:
-        return f"would copy {tag}: {pluralize(result.new_referrers, 'new referrer')} on an existing image"
-    if result.tags_moved:
-        return f"would move tag {', '.join(result.tags_moved)} to {result.digest}"
-    return f"up to date: {tag}"
+        line = f"would copy {tag}: new graph, {pluralize(result.new_manifests, 'manifest')}"
+    elif result.new_referrers:
+        line = f"would copy {tag}: {pluralize(result.new_referrers, 'new referrer')} on an existing image"
+    elif result.new_manifests:
+        line = f"would copy {tag}: {pluralize(result.new_manifests, 'missing manifest')}"
+    elif result.tags_moved:
+        line = f"would move tag {', '.join(result.tags_moved)} to {result.digest}"
+    else:
+        return f"up to date: {tag}"
+    if result.backups:
+        line += f"; backup first: {', '.join(result.backups)}"
+    return line
 
 
 def _plan_total(planned: Iterable[PlannedWrite], planned_bytes: int) -> str:
@@ -159,15 +166,23 @@ def _plan_total(planned: Iterable[PlannedWrite], planned_bytes: int) -> str:
 
 
 def print_verify(out: TextIO, outcome: SyncOutcome) -> None:
-    """Every difference, one per line, then the verdict."""
+    """Every difference, one per line, every tag that could not be checked, then the verdict."""
     for d in outcome.differences:
         out.write(d.describe() + "\n")
+    failed = 0
     if outcome.run is not None:
         for result in outcome.run.report.jobs:
             if result.status == "refused":
                 types = ", ".join(result.refused)
                 out.write(f"not promoted (gate: no referrer of type {types}): {result.source}\n")
-    checked = 0 if outcome.run is None else len(outcome.run.report.jobs)
+            elif result.status not in OK_STATUSES:
+                failed += 1
+                out.write(f"cannot check {result.source}: {result.error}\n")
+    for plan in outcome.expansion.jobs:
+        if plan.error is not None:
+            out.write(f"cannot check job {plan.name}: {plan.error}\n")
+    checked = 0 if outcome.run is None else len(outcome.run.report.jobs) - failed
+    unchecked = failed + len(outcome.expansion.errors)
     if outcome.differences:
         out.write(
             f"Verify: {pluralize(len(outcome.differences), 'difference')} in "
@@ -177,6 +192,9 @@ def print_verify(out: TextIO, outcome: SyncOutcome) -> None:
         out.write(
             f"Verified: {pluralize(checked, 'tag')}, every graph complete at every destination\n"
         )
+    if unchecked:
+        what = pluralize(unchecked, "tag or job", "tags or jobs")
+        out.write(f"Verify incomplete: {what} could not be checked\n")
 
 
 def _write_prune(out: TextIO, outcome: SyncOutcome, name: str) -> None:

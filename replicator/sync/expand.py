@@ -137,9 +137,21 @@ async def _expand_job(
         RepositoryPlan(job.source_reference(repo if job.is_catalog else None), mapped[repo])
         for repo in repositories
     ]
+    errors: list[ReplicatorError] = []
+
+    async def select(repo_plan: RepositoryPlan) -> None:
+        # Caught here: a task group would wrap it in an exception group, which
+        # the job's own handler (one failed listing fails that job only) misses.
+        try:
+            await _select(job, repo_plan, targets, limiter, honour_immutable)
+        except ReplicatorError as exc:
+            errors.append(exc)
+
     async with anyio.create_task_group() as tg:
         for repo_plan in plan.repositories:
-            tg.start_soon(_select, job, repo_plan, targets, limiter, honour_immutable)
+            tg.start_soon(select, repo_plan)
+    if errors:
+        raise errors[0]
 
 
 async def _source_repositories(

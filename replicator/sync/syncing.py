@@ -5,7 +5,10 @@ runs them all in **one** run of the engine (:func:`~replicator.sync.runner.run_c
 shared limits, shared deduplication, one journal run whose key is the digest of
 the selected jobs' definitions (an edited job starts a new run; a rerun of the
 same config resumes).  One job's failure does not stop the others
-(``keep_going``).  With ``dry_run`` nothing is written anywhere: the engine
+(``keep_going``).  By default a destination's presence is trusted where it
+vouches for it (a tag on the root, a present index for its children, a
+subject's referrers listing); ``deep`` asks about every manifest and every
+blob instead, so a sync repairs everything ``verify --deep`` reports.  With ``dry_run`` nothing is written anywhere: the engine
 plans (``CopyOptions.plan``), the journal is not used, and the outcome's report
 lists every write the run would make.
 
@@ -30,6 +33,7 @@ error code).  ``verify`` exits 9 when it found a difference.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,16 +44,20 @@ from replicator.engine.audit import Difference, differences
 from replicator.engine.events import CopyObserver
 from replicator.engine.report import CopyReport, most_severe
 from replicator.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_REFUSED, InputError
+from replicator.oci.reference import Reference
 from replicator.sync.config import SyncConfig
 from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
 from replicator.sync.jobs import ReferenceJob
-from replicator.sync.outcome import RunOutcome
+from replicator.sync.mapping import describe_destination
+from replicator.sync.outcome import JobState, RunOutcome
 from replicator.sync.pauses import QuotaPauses
 from replicator.sync.prune import JobPrune, prune_jobs
 from replicator.sync.request import JournalChoice, RunRequest
 from replicator.sync.runner import MessageSink, run_copy
 from replicator.sync.stop import StopRequest
 from replicator.sync.targets import TargetPool
+from replicator.targets.base import Target
+from replicator.targets.memory import MemoryTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,9 @@ class SyncRequest:
     chunk_size: int | None = None
     report_path: Path | None = None
     command: tuple[str, ...] = ()
+    #: Ask the destinations about every manifest and every blob of the manifests
+    #: they hold (as ``verify --deep`` does) and copy again what is missing.
+    deep: bool = False
 
 
 @dataclass(slots=True)
@@ -91,6 +102,25 @@ class SyncOutcome:
             return []
         return [(i, r) for i, r in enumerate(self.run.report.jobs) if r.name == name]
 
+    def state(self, index: int) -> JobState:
+        """What run job ``index`` did to its own graph (in a dry run: would do).
+
+        ``copied`` when it pushed a manifest of its graph, wrote one of its tags
+        or kept a backup anywhere; ``up-to-date`` when it changed nothing;
+        otherwise the run's state (``kept``, ``refused``, ``failed``).  Unlike the
+        run layer's state, another job writing to the same destination
+        repository does not make this one ``copied``, and a dry run says what
+        the real run would do.
+        """
+        if self.run is None:
+            return "failed"
+        state = self.run.job_state(index)
+        if state not in ("copied", "up-to-date"):
+            return state
+        result = self.run.report.jobs[index]
+        changed = result.new_manifests or result.tags_moved or result.backups
+        return "copied" if changed else "up-to-date"
+
     def to_json(self) -> dict[str, Any]:
         """The JSON report: a section per job, then the run's own report."""
         out: dict[str, Any] = {
@@ -114,6 +144,8 @@ class SyncOutcome:
             out["rate_limit_pauses"] = self.rate_limit_pauses
         if self.run is not None:
             out["run"] = self.run.to_json()
+            for index, job in enumerate(out["run"]["jobs"]):
+                job["status"] = self.state(index)
             if self.dry_run:
                 out["bytes_to_move"] = self.run.report.planned_bytes
         return out
@@ -121,7 +153,7 @@ class SyncOutcome:
     def _job_json(self, plan: JobPlan) -> dict[str, Any]:
         results = []
         for index, result in self.job_results(plan.name):
-            state = self.run.job_state(index) if self.run is not None else "failed"
+            state = self.state(index)
             results.append(
                 {
                     "source": result.source,
@@ -147,7 +179,7 @@ class SyncOutcome:
             "repositories": [
                 {
                     "source": str(repo.source),
-                    "destinations": [str(d) for d in repo.destinations],
+                    "destinations": [describe_destination(d) for d in repo.destinations],
                     "tags": [
                         {"tag": d.tag, "selected": d.selected, "reason": d.reason}
                         for d in repo.decisions
@@ -180,10 +212,18 @@ async def run_sync(
     if before_network is not None:
         before_network()
     pauses = QuotaPauses(targets)
+    if request.dry_run:
+        targets = WritesNothingPool(targets)
     expansion = await expand(request.config, request.jobs, targets)
     run: RunOutcome | None = None
     if expansion.reference_jobs:
-        options = CopyOptions(keep_going=True, chunk_size=request.chunk_size, plan=request.dry_run)
+        options = CopyOptions(
+            keep_going=True,
+            chunk_size=request.chunk_size,
+            plan=request.dry_run,
+            deep_check=request.deep,
+            check_blobs=request.deep,
+        )
         run_request = RunRequest(
             jobs=tuple(expansion.reference_jobs),
             options=options,
@@ -217,6 +257,7 @@ async def run_verify(
     on_message: MessageSink | None = None,
 ) -> SyncOutcome:
     """Audit the jobs ``names`` (all when empty) of ``config`` without writing (see the module doc)."""
+    targets = WritesNothingPool(targets)
     expansion = await expand(config, names, targets, honour_immutable=False)
     run: RunOutcome | None = None
     found: list[Difference] = []
@@ -274,3 +315,50 @@ def write_sync_report(path: Path, outcome: SyncOutcome) -> None:
         path.write_text(json.dumps(outcome.to_json(), indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report {path} ({exc.strerror})") from None
+
+
+class WritesNothingPool(TargetPool):
+    """The targets of a run that writes nothing (``sync --dry-run``, ``verify``).
+
+    Hands out the targets of ``inner``, except that an OCI layout destination
+    that does not exist yet is not created: the run sees an empty, local
+    stand-in kept in memory, so it plans (or reports) everything as missing
+    there and leaves the disk as it was.  Closing this pool closes only the
+    stand-ins; ``inner`` belongs to the caller.
+    """
+
+    def __init__(self, inner: TargetPool) -> None:
+        super().__init__()
+        self._inner = inner
+        self._standins: dict[str, Target] = {}
+
+    def open(self, ref: Reference, *, create: bool = False) -> Target:
+        """The inner pool's target, or an empty stand-in for a layout that does not exist."""
+        standin = self._standins.get(ref.location)
+        if standin is not None:
+            return standin
+        missing_layout = (
+            ref.scheme == "ocidir"
+            and ref.layout_path is not None
+            and self._inner.opened(ref.location) is None
+            and not os.path.exists(ref.layout_path)
+        )
+        if not (create and missing_layout):
+            return self._inner.open(ref, create=create)
+        standin = MemoryTarget(
+            ref.location, referrers_api=True, repository_probe=False, catalog=False, is_local=True
+        )
+        self._standins[ref.location] = standin
+        return standin
+
+    def opened(self, location: str) -> Target | None:
+        """The target open for ``location`` (stand-in or inner), if any."""
+        return self._standins.get(location) or self._inner.opened(location)
+
+    def targets(self) -> list[Target]:
+        """Every target this run opened: the inner pool's and the stand-ins."""
+        return [*self._inner.targets(), *self._standins.values()]
+
+    async def aclose(self) -> None:
+        """Forget the stand-ins; the inner pool is closed by its owner."""
+        self._standins.clear()
