@@ -23,7 +23,29 @@ on, at most ``times`` times (``None`` = every time).  Kinds of fault:
 * :meth:`FaultProxy.cut_request` — read N bytes of the request body, then drop
   the connection without forwarding anything;
 * :meth:`FaultProxy.flip` — invert the byte at offset K of the response body;
-* :meth:`FaultProxy.delay` — sleep before forwarding, or after N response bytes.
+* :meth:`FaultProxy.delay` — sleep before forwarding, or after N response bytes;
+* :meth:`FaultProxy.truncate` — send only the first N bytes of the response
+  body with a ``Content-Length`` of N: a short body no transport can notice;
+* :meth:`FaultProxy.wrong_length` — claim a ``Content-Length`` that is off by
+  ``delta`` (more: the connection closes early; less: the body is cut there);
+* :meth:`FaultProxy.header` / :meth:`FaultProxy.wrong_digest` — set, replace or
+  drop a response header (a ``Docker-Content-Digest`` naming other content);
+* :meth:`FaultProxy.flip_request` — invert the byte at offset K of the request
+  body on its way to the registry;
+* :meth:`FaultProxy.throttle` — a slow link: the response (or request) body
+  flows at N bytes per second;
+* :meth:`FaultProxy.redirect` — answer ``307`` to another host (``127.0.0.2``,
+  the proxy's *storage* side), which serves what the registry would have; every
+  request that reaches it is recorded (:meth:`FaultProxy.storage_requests`), so
+  a test sees whether credentials followed the redirect;
+* :meth:`FaultProxy.hook` — call a function (on a thread of its own) when a
+  matching request arrives: a registry restart at the n-th upload, say.
+
+A registry that is down (stopped, restarting) answers through the proxy as
+``upstream_down`` says: ``"502"`` (the default: a gateway's ``502``) or
+``"drop"`` (the connection closes without an answer, as a refused or reset
+connection looks to a client).  :meth:`FaultProxy.tokens_seen` lists every
+token the token server handed out through the proxy (for leak checks).
 
 :meth:`FaultProxy.stats` returns request and byte counts per method and kind of
 request (``ping``, ``manifest``, ``blob``, ``upload``, ``referrers``, ``tags``,
@@ -36,14 +58,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
+import json
 import re
+import secrets
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
+import anyio.to_thread
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -51,6 +77,7 @@ from replicator.targets.registry.options import Credentials, RegistryOptions
 
 from .forward import (
     CHUNK,
+    body_expected,
     client_body,
     has_body,
     make_session,
@@ -60,7 +87,23 @@ from .forward import (
 )
 from .registry import RegistryInstance
 
-FaultKind = Literal["status", "cut", "cut_request", "flip", "delay"]
+FaultKind = Literal[
+    "status",
+    "cut",
+    "cut_request",
+    "flip",
+    "delay",
+    "truncate",
+    "length",
+    "header",
+    "flip_request",
+    "throttle",
+    "redirect",
+    "hook",
+]
+UpstreamDown = Literal["502", "drop"]
+#: The host of the proxy's storage side (another origin than the proxy).
+STORAGE_HOST = "127.0.0.2"
 
 _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ping", re.compile(r"^/v2/?$")),
@@ -109,6 +152,15 @@ class FaultRule:
     after_bytes: int = 0
     offset: int = 0
     seconds: float = 0.0
+    #: ``length``: how far the claimed Content-Length is off; ``throttle``: bytes per second.
+    delta: int = 0
+    #: ``header``: the header's name and its new value (None: removed).
+    header_name: str = ""
+    header_value: str | None = None
+    #: ``throttle``: slow the request body (True) or the response body (False).
+    upload: bool = False
+    #: ``hook``: called on a thread of its own when the rule fires.
+    callback: Callable[[], object] | None = None
     matched: int = 0
     fired: int = 0
 
@@ -205,9 +257,18 @@ class FaultProxy:
     (the ``fault_proxy`` fixture does both).
     """
 
-    def __init__(self, upstream: RegistryInstance, *, shutdown_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        upstream: RegistryInstance,
+        *,
+        shutdown_timeout: float = 1.0,
+        upstream_down: UpstreamDown = "502",
+    ) -> None:
         self.upstream = upstream
         self._shutdown_timeout = shutdown_timeout
+        self.upstream_down: UpstreamDown = upstream_down
+        self._storage = _Storage()
+        self._tokens: list[str] = []
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
         self._by_kind: dict[tuple[str, str], KindStats] = {}
@@ -263,13 +324,19 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
+        storage = web.Application()
+        storage.router.add_route("*", "/{tail:.*}", self._serve_storage)
+        storage_runner = web.AppRunner(storage, access_log=None, shutdown_timeout=0.5)
+        await storage_runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = int(runner.addresses[0][1])
+            self._storage.origin = await _start_storage(storage_runner)
             self._ready.set()
             await self._stop_event.wait()
         finally:
+            await storage_runner.cleanup()
             await runner.cleanup()
             await self._session.close()
 
@@ -471,6 +538,154 @@ class FaultProxy:
             )
         )
 
+    def truncate(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        keep: int,
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Send only ``keep`` bytes of the response body, with ``Content-Length: keep``.
+
+        The answer looks complete to the transport: only a size or digest check
+        can tell.  A body of at most ``keep`` bytes passes unchanged.
+        """
+        return self._add(
+            FaultRule("truncate", method, self._compile(path), nth=nth, times=times, delta=keep)
+        )
+
+    def wrong_length(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        delta: int,
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Claim a ``Content-Length`` ``delta`` bytes off the truth (HEAD answers too).
+
+        With ``delta > 0`` the whole body is sent and the connection closed,
+        short of the claim; with ``delta < 0`` the body stops at the claim.
+        """
+        return self._add(
+            FaultRule("length", method, self._compile(path), nth=nth, times=times, delta=delta)
+        )
+
+    def header(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        name: str,
+        value: str | None,
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Set response header ``name`` to ``value`` (None: remove it)."""
+        return self._add(
+            FaultRule(
+                "header",
+                method,
+                self._compile(path),
+                nth=nth,
+                times=times,
+                header_name=name,
+                header_value=value,
+            )
+        )
+
+    def wrong_digest(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """A ``Docker-Content-Digest`` naming content that is not the answer's."""
+        other = "sha256:" + hashlib.sha256(f"not this content {nth}".encode()).hexdigest()
+        return self.header(method, path, "Docker-Content-Digest", other, nth=nth, times=times)
+
+    def flip_request(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        offset: int = 0,
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Invert the byte at ``offset`` of the request body before the registry gets it."""
+        return self._add(
+            FaultRule(
+                "flip_request", method, self._compile(path), nth=nth, times=times, offset=offset
+            )
+        )
+
+    def throttle(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        bytes_per_second: int,
+        *,
+        upload: bool = False,
+        nth: int = 1,
+        times: int | None = None,
+    ) -> FaultRule:
+        """A slow link: the response body (``upload``: the request body) at this rate."""
+        return self._add(
+            FaultRule(
+                "throttle",
+                method,
+                self._compile(path),
+                nth=nth,
+                times=times,
+                delta=max(1, bytes_per_second),
+                upload=upload,
+            )
+        )
+
+    def redirect(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        *,
+        status: int = 307,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Answer ``status`` with a ``Location`` on another host that serves the same answer.
+
+        The other host is the proxy's storage side (``127.0.0.2``): it fetches
+        what the redirected request asked for from the registry, with the
+        credentials that request carried, and records every request reaching
+        it (:meth:`storage_requests`).
+        """
+        return self._add(
+            FaultRule("redirect", method, self._compile(path), nth=nth, times=times, status=status)
+        )
+
+    def hook(
+        self,
+        method: str | None,
+        path: str | re.Pattern[str],
+        callback: Callable[[], object],
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Call ``callback`` on a new thread when a matching request arrives.
+
+        The request itself goes on at once (to a registry the callback may be
+        stopping: see ``upstream_down``).
+        """
+        return self._add(
+            FaultRule("hook", method, self._compile(path), nth=nth, times=times, callback=callback)
+        )
+
     def clear(self) -> None:
         """Remove every rule."""
         with self._lock:
@@ -498,6 +713,16 @@ class FaultProxy:
             self._by_kind.clear()
             self._log.clear()
 
+    def storage_requests(self) -> list[StorageRequest]:
+        """Every request that reached the storage side (the target of redirects)."""
+        with self._lock:
+            return list(self._storage.seen)
+
+    def tokens_seen(self) -> list[str]:
+        """Every token and refresh token the token server handed out through the proxy."""
+        with self._lock:
+            return list(self._tokens)
+
     def _track(self, method: str, target: str, kind: str, fault: str | None) -> _Bytes:
         with self._lock:
             stats = self._by_kind.setdefault((method, kind), KindStats())
@@ -506,9 +731,15 @@ class FaultProxy:
             self._log.append(rec)
             return _Bytes(self._lock, rec, stats)
 
-    def _firing(self, method: str, target: str) -> list[FaultRule]:
+    def _firing(self, method: str, target: str, authorized: bool) -> list[FaultRule]:
+        # A registry that asks for credentials redirects only requests that carry them.
+        gated = self.upstream.username is not None and not authorized
         with self._lock:
-            return [r for r in self._rules if r.matches(method, target) and r.take()]
+            return [
+                r
+                for r in self._rules
+                if r.matches(method, target) and not (gated and r.kind == "redirect") and r.take()
+            ]
 
     # -- serving -----------------------------------------------------------
 
@@ -531,9 +762,12 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         target = str(request.rel_url)
-        rules = self._firing(request.method, target)
+        rules = self._firing(request.method, target, "Authorization" in request.headers)
         fault = ",".join(r.kind for r in rules) or None
         counter = self._track(request.method, target, classify(request.rel_url.path), fault)
+        for rule in rules:
+            if rule.kind == "hook" and rule.callback is not None:
+                threading.Thread(target=rule.callback, name="fault-hook", daemon=True).start()
         for rule in rules:
             if rule.kind == "delay" and rule.after_bytes < 0:
                 await asyncio.sleep(rule.seconds)
@@ -547,14 +781,29 @@ class FaultProxy:
             await _drain(request, counter)
             counter.set_status(early.status)
             return _error_response(early)
+        moved = next((r for r in rules if r.kind == "redirect"), None)
+        if moved is not None:
+            await _drain(request, counter)
+            counter.set_status(moved.status)
+            location = self._storage.park(request, self._upstream_base(request.rel_url.path))
+            return web.Response(status=moved.status, headers={"Location": location})
         return await self._forward(request, rules, counter)
+
+    def _request_body(
+        self, request: web.Request, rules: list[FaultRule], counter: _Bytes
+    ) -> AsyncIterator[bytes] | None:
+        if not has_body(request):
+            return None
+        flips = [r.offset for r in rules if r.kind == "flip_request"]
+        rate = next((r.delta for r in rules if r.kind == "throttle" and r.upload), None)
+        return _counting(client_body(request), counter, flips=flips, rate=rate)
 
     async def _forward(
         self, request: web.Request, rules: list[FaultRule], counter: _Bytes
     ) -> web.StreamResponse:
         assert self._session is not None
         base = self._upstream_base(request.rel_url.path)
-        data = _counting(client_body(request), counter) if has_body(request) else None
+        data = self._request_body(request, rules, counter)
         late = next((r for r in rules if r.kind == "status" and r.forward), None)
         resp: web.StreamResponse | None = None
         try:
@@ -571,8 +820,9 @@ class FaultProxy:
                     return _error_response(late)
                 headers = response_headers(up, base, self.url)
                 self._rewrite_challenge(headers)
+                _apply_headers(headers, rules)
                 counter.set_status(up.status)
-                resp = await start_response(request, up, headers)
+                resp = await _start(request, up, headers, rules)
                 if request.method != "HEAD":
                     ok = await self._relay_body(request, up, resp, rules, counter)
                     if not ok:
@@ -581,6 +831,9 @@ class FaultProxy:
                 return resp
         except (TimeoutError, aiohttp.ClientError) as exc:
             if resp is None:
+                if self.upstream_down == "drop":
+                    _drop(request)
+                    return web.Response(status=499)
                 counter.set_status(502)
                 return web.Response(status=502, text=f"fault proxy: upstream failed: {exc}")
             _drop(request)
@@ -597,20 +850,22 @@ class FaultProxy:
         rules: list[FaultRule],
         counter: _Bytes,
     ) -> bool:
-        """Copy the body applying flips, stalls and cuts; False when the connection was cut."""
+        """Copy the body applying flips, stalls, rates and cuts; False when the connection was cut."""
         cut = next((r for r in rules if r.kind == "cut"), None)
         flips = [r.offset for r in rules if r.kind == "flip"]
         stalls = sorted(
             (r.after_bytes, r.seconds) for r in rules if r.kind == "delay" and r.after_bytes >= 0
         )
+        rate = next((r.delta for r in rules if r.kind == "throttle" and not r.upload), None)
+        overclaim = any(r.kind == "length" and r.delta > 0 for r in rules)
+        token = classify(request.rel_url.path) == "token"
+        kept = bytearray() if token else None
         pos = 0
         async for chunk in up.content.iter_chunked(CHUNK):
+            if kept is not None:
+                kept += chunk
             if flips:
-                buf = bytearray(chunk)
-                for off in flips:
-                    if pos <= off < pos + len(buf):
-                        buf[off - pos] ^= 0xFF
-                chunk = bytes(buf)
+                chunk = _flipped(chunk, pos, flips)
             while stalls and stalls[0][0] < pos + len(chunk):
                 at, seconds = stalls.pop(0)
                 head = max(at - pos, 0)
@@ -627,13 +882,65 @@ class FaultProxy:
                     await resp.write(chunk[:head])
                 _drop(request)
                 return False
-            counter.add_down(len(chunk))
-            await resp.write(chunk)
+            await _write_at_rate(resp, chunk, rate, counter)
             pos += len(chunk)
-        if cut is not None:  # body shorter than the cut point: still drop the connection
+        if kept is not None:
+            self._note_tokens(bytes(kept))
+        if cut is not None or overclaim:  # shorter than the cut point or the claim: drop
             _drop(request)
             return False
         return True
+
+    def _note_tokens(self, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        found = [
+            str(doc[k])
+            for k in ("token", "access_token", "refresh_token")
+            if isinstance(doc.get(k), str) and doc[k]
+        ]
+        with self._lock:
+            self._tokens.extend(t for t in found if t not in self._tokens)
+
+    def _storage_credentials(self, url: str) -> dict[str, str]:
+        """What the storage side shows the registry: its own pull credentials (blocking)."""
+        if self.upstream.username is None:
+            return {}
+        if self.upstream.token_url is None:
+            return self.upstream.basic_auth_header()
+        match = re.search(r"/v2/(.+)/blobs/", url)
+        scope = f"repository:{match.group(1) if match else ''}:pull"
+        return {"Authorization": f"Bearer {self.upstream.token([scope])}"}
+
+    async def _serve_storage(self, request: web.Request) -> web.StreamResponse:
+        """The storage side: answers a parked redirect with what the registry answers."""
+        assert self._session is not None
+        with self._lock:
+            self._storage.seen.append(
+                StorageRequest(request.method, str(request.rel_url), dict(request.headers))
+            )
+        parked = self._storage.claim(request.rel_url.path)
+        if parked is None:
+            return web.Response(status=404, text="fault proxy storage: unknown object")
+        url, headers = parked
+        headers.update(await anyio.to_thread.run_sync(self._storage_credentials, url))
+        try:
+            async with self._session.request(
+                request.method, url, headers=headers, allow_redirects=False
+            ) as up:
+                out = response_headers(up, self.upstream.url, self.url)
+                resp = await start_response(request, up, out)
+                if request.method != "HEAD":
+                    async for chunk in up.content.iter_chunked(CHUNK):
+                        await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return web.Response(status=502, text=f"fault proxy storage: upstream failed: {exc}")
 
 
 class _Bytes:
@@ -664,10 +971,138 @@ class _Bytes:
                 self._stats.statuses[status] += 1
 
 
-async def _counting(body: AsyncIterator[bytes], counter: _Bytes) -> AsyncIterator[bytes]:
+async def _counting(
+    body: AsyncIterator[bytes],
+    counter: _Bytes,
+    *,
+    flips: list[int] | None = None,
+    rate: int | None = None,
+) -> AsyncIterator[bytes]:
+    pos = 0
     async for chunk in body:
         counter.add_up(len(chunk))
+        if flips:
+            chunk = _flipped(chunk, pos, flips)
+        pos += len(chunk)
+        if rate:
+            await asyncio.sleep(len(chunk) / rate)
         yield chunk
+
+
+def _flipped(chunk: bytes, pos: int, offsets: list[int]) -> bytes:
+    """``chunk`` (at ``pos`` of its body) with the bytes at ``offsets`` inverted."""
+    if not any(pos <= off < pos + len(chunk) for off in offsets):
+        return chunk
+    buf = bytearray(chunk)
+    for off in offsets:
+        if pos <= off < pos + len(buf):
+            buf[off - pos] ^= 0xFF
+    return bytes(buf)
+
+
+async def _write_at_rate(
+    resp: web.StreamResponse, chunk: bytes, rate: int | None, counter: _Bytes
+) -> None:
+    """Write ``chunk``; with a ``rate``, in slices spaced to that many bytes per second."""
+    if not rate:
+        counter.add_down(len(chunk))
+        await resp.write(chunk)
+        return
+    step = max(1024, min(len(chunk), rate // 10))
+    for i in range(0, len(chunk), step):
+        part = chunk[i : i + step]
+        counter.add_down(len(part))
+        await resp.write(part)
+        await asyncio.sleep(len(part) / rate)
+
+
+def _apply_headers(headers: CIMultiDict[str], rules: list[FaultRule]) -> None:
+    """Apply the ``header`` rules to the response headers."""
+    for rule in rules:
+        if rule.kind != "header":
+            continue
+        headers.popall(rule.header_name, None)
+        if rule.header_value is not None:
+            headers[rule.header_name] = rule.header_value
+
+
+async def _start(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+    rules: list[FaultRule],
+) -> web.StreamResponse:
+    """Start the answer; ``truncate`` and ``length`` rules change its Content-Length."""
+    claim = _claimed_length(up.headers.get("Content-Length"), rules)
+    if claim is None:
+        return await start_response(request, up, headers)
+    resp = web.StreamResponse(status=up.status, reason=up.reason)
+    resp.headers.extend(headers)
+    if body_expected(request.method, up.status):
+        resp.content_length = claim
+    else:
+        resp.headers["Content-Length"] = str(claim)
+    await resp.prepare(request)
+    return resp
+
+
+def _claimed_length(length: str | None, rules: list[FaultRule]) -> int | None:
+    """The Content-Length to claim instead of ``length`` (None: keep it)."""
+    if length is None:
+        return None
+    claim = real = int(length)
+    for rule in rules:
+        if rule.kind == "truncate" and rule.delta < claim:
+            claim = rule.delta
+        elif rule.kind == "length":
+            claim = max(0, real + rule.delta)
+    return None if claim == real else claim
+
+
+@dataclass(frozen=True)
+class StorageRequest:
+    """One request that reached the proxy's storage side (a redirect followed)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class _Storage:
+    """Requests parked by redirects, waiting to be fetched from the storage side."""
+
+    def __init__(self) -> None:
+        self.origin = ""
+        self.seen: list[StorageRequest] = []
+        self._parked: dict[str, tuple[str, CIMultiDict[str]]] = {}
+
+    def park(self, request: web.Request, base: str) -> str:
+        """Remember what ``request`` asked the registry; the URL that serves it elsewhere."""
+        key = secrets.token_hex(8)
+        headers = request_headers(request)
+        headers.popall("Authorization", None)
+        self._parked[key] = (base + str(request.rel_url), headers)
+        return f"http://{self.origin}/_storage/{key}?signature={secrets.token_hex(4)}"
+
+    def claim(self, path: str) -> tuple[str, CIMultiDict[str]] | None:
+        """The registry URL and headers parked under a storage path (None: unknown)."""
+        found = self._parked.get(path.rsplit("/", 1)[-1])
+        return None if found is None else (found[0], found[1].copy())
+
+
+async def _start_storage(runner: web.AppRunner) -> str:
+    """Serve the storage side on 127.0.0.2 (127.0.0.1 if that fails); its ``host:port``."""
+    for host in (STORAGE_HOST, "127.0.0.1"):
+        try:
+            site = web.TCPSite(runner, host, 0)
+            await site.start()
+        except OSError:
+            continue
+        server = site._server
+        assert server is not None
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return f"{host}:{port}"
+    raise RuntimeError("fault proxy: no address for the storage side")
 
 
 async def _read_some(request: web.Request, limit: int, counter: _Bytes) -> None:
