@@ -488,8 +488,14 @@ class FaultProxy:
         *,
         nth: int = 1,
         times: int | None = 1,
+        forward: bool = False,
     ) -> FaultRule:
-        """Read ``after_bytes`` of the request body, then drop the connection unanswered."""
+        """Read ``after_bytes`` of the request body, then drop the connection unanswered.
+
+        With ``forward=True`` the registry receives those bytes first (the
+        request goes on to it and breaks off there): a link that failed in the
+        middle of an upload, as the registry sees it.
+        """
         return self._add(
             FaultRule(
                 "cut_request",
@@ -498,6 +504,7 @@ class FaultProxy:
                 nth=nth,
                 times=times,
                 after_bytes=after_bytes,
+                forward=forward,
             )
         )
 
@@ -771,7 +778,7 @@ class FaultProxy:
         for rule in rules:
             if rule.kind == "delay" and rule.after_bytes < 0:
                 await asyncio.sleep(rule.seconds)
-        cut_req = next((r for r in rules if r.kind == "cut_request"), None)
+        cut_req = next((r for r in rules if r.kind == "cut_request" and not r.forward), None)
         if cut_req is not None:
             await _read_some(request, cut_req.after_bytes, counter)
             _drop(request)
@@ -796,7 +803,14 @@ class FaultProxy:
             return None
         flips = [r.offset for r in rules if r.kind == "flip_request"]
         rate = next((r.delta for r in rules if r.kind == "throttle" and r.upload), None)
-        return _counting(client_body(request), counter, flips=flips, rate=rate)
+        cut = next((r for r in rules if r.kind == "cut_request" and r.forward), None)
+        return _counting(
+            client_body(request),
+            counter,
+            flips=flips,
+            rate=rate,
+            stop_at=None if cut is None else cut.after_bytes,
+        )
 
     async def _forward(
         self, request: web.Request, rules: list[FaultRule], counter: _Bytes
@@ -829,7 +843,11 @@ class FaultProxy:
                         return resp
                 await resp.write_eof()
                 return resp
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, _RequestCut) as exc:
+            if counter.cut:
+                # The registry got the first bytes of the body, then the link broke.
+                _drop(request)
+                return resp if resp is not None else web.Response(status=499)
             if resp is None:
                 if self.upstream_down == "drop":
                     _drop(request)
@@ -952,6 +970,8 @@ class _Bytes:
         self._record = record
         self._stats = stats
         self.up = 0
+        #: Set when a ``cut_request`` with ``forward`` broke the upstream request off.
+        self.cut = False
 
     def add_up(self, n: int) -> None:
         with self._lock:
@@ -971,15 +991,28 @@ class _Bytes:
                 self._stats.statuses[status] += 1
 
 
+class _RequestCut(Exception):
+    """Raised inside a forwarded request body to break the upstream request off."""
+
+
 async def _counting(
     body: AsyncIterator[bytes],
     counter: _Bytes,
     *,
     flips: list[int] | None = None,
     rate: int | None = None,
+    stop_at: int | None = None,
 ) -> AsyncIterator[bytes]:
     pos = 0
     async for chunk in body:
+        if stop_at is not None and pos + len(chunk) >= stop_at:
+            head = chunk[: max(stop_at - pos, 0)]
+            if head:
+                counter.add_up(len(head))
+                yield head
+            await asyncio.sleep(0.2)  # let the registry take what it got
+            counter.cut = True
+            raise _RequestCut
         counter.add_up(len(chunk))
         if flips:
             chunk = _flipped(chunk, pos, flips)
