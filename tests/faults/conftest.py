@@ -40,7 +40,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running: dict[str, RunningRegistry] = {}
     try:
         for variant in ("open", "basic", "token", "referrers"):
-            running[variant] = start_registry(variant, base / variant)  # type: ignore[arg-type]
+            running[variant] = start_registry(variant, base / variant)
         yield Stack(running)
     finally:
         for r in running.values():

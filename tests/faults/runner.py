@@ -50,7 +50,7 @@ from tests.faults.checks import (
 )
 from tests.faults.schedule import READ_TIMEOUT, RETRY_DEADLINE, FaultSpec, Schedule
 from tests.faults.world import SeededGraphs
-from tests.infra.proxy import FaultProxy
+from tests.infra.proxy import FaultProxy, FaultRule
 from tests.infra.registry import RegistryInstance, RunningRegistry
 from tests.integration.cli_helpers import REPLICATOR, CliResult, isolated_env
 
@@ -68,7 +68,8 @@ class Outcome:
     first_error: str = ""
     rerun_code: int | None = None
     seconds: float = 0.0
-    fired: dict[str, int] = field(default_factory=dict)
+    #: How often each fault fired in the first run (schedule order).
+    fired: list[int] = field(default_factory=list)
     #: Upload sessions the destination registry still holds at the end (not a
     #: finding: distribution 2.8 cannot delete a session it invalidated).
     leftover_sessions: int = 0
@@ -165,11 +166,18 @@ class Setup:
     roots: dict[str, Descriptor]
     env: dict[str, str]
     argv: list[str]
+    #: The proxy rule of each fault, in the schedule's order.
+    rules: list[FaultRule] = field(default_factory=list)
 
     @property
     def journal(self) -> Path:
         """The journal every run of the schedule uses."""
         return self.workdir / "journal.sqlite"
+
+    @property
+    def report(self) -> Path:
+        """The ``--report`` file every run of the schedule writes."""
+        return self.workdir / "report.json"
 
     @property
     def proxies(self) -> list[FaultProxy]:
@@ -317,7 +325,7 @@ def _argv(setup: Setup) -> list[str]:
         str(RETRY_DEADLINE),
     ]
     chunk = ["--chunk-size", s.chunk_size] if s.chunk_size else []
-    journal = ["--journal", str(setup.journal)]
+    journal = ["--journal", str(setup.journal), "--report", str(setup.report)]
     src_repo = f"{setup.src_proxy.host}/{setup.src_repo}"
     if setup.layout is not None:
         dst_repo = f"ocidir://{setup.layout}"
@@ -371,23 +379,26 @@ def _sync_config(setup: Setup, src_repo: str, dst_repo: str) -> Path:
 
 
 def _arm(setup: Setup, stack: Stack, restarts: Restarts) -> None:
+    setup.rules = []
     for spec in setup.schedule.faults:
         proxy = setup.src_proxy if spec.side == "src" else setup.dst_proxy
         assert proxy is not None
         variant = setup.schedule.source if spec.side == "src" else setup.schedule.destination
-        arm_fault(
-            proxy,
-            spec,
-            restart=restarts.callback(stack.running[variant], spec.seconds, lag=spec.lag),
+        setup.rules.append(
+            arm_fault(
+                proxy,
+                spec,
+                restart=restarts.callback(stack.running[variant], spec.seconds, lag=spec.lag),
+            )
         )
 
 
-def arm_fault(proxy: FaultProxy, spec: FaultSpec, *, restart: Callable[[], None]) -> None:
+def arm_fault(proxy: FaultProxy, spec: FaultSpec, *, restart: Callable[[], None]) -> FaultRule:
     """Add the proxy rule ``spec`` describes (``restart``: what a restart fault calls)."""
     m, p, nth, times = spec.method, spec.path, spec.nth, spec.times
     kind = spec.kind
     if kind == "status":
-        proxy.status(
+        return proxy.status(
             m,
             p,
             spec.code,
@@ -397,31 +408,30 @@ def arm_fault(proxy: FaultProxy, spec: FaultSpec, *, restart: Callable[[], None]
             forward=spec.forward,
         )
     elif kind == "cut":
-        proxy.cut(m, p, spec.offset, nth=nth, times=times)
+        return proxy.cut(m, p, spec.offset, nth=nth, times=times)
     elif kind == "cut_request":
-        proxy.cut_request(m, p, spec.offset, nth=nth, times=times, forward=spec.forward)
+        return proxy.cut_request(m, p, spec.offset, nth=nth, times=times, forward=spec.forward)
     elif kind == "stall":
-        proxy.delay(m, p, spec.seconds, nth=nth, times=times)
+        return proxy.delay(m, p, spec.seconds, nth=nth, times=times)
     elif kind == "stall_mid":
-        proxy.delay(m, p, spec.seconds, after_bytes=spec.offset, nth=nth, times=times)
+        return proxy.delay(m, p, spec.seconds, after_bytes=spec.offset, nth=nth, times=times)
     elif kind == "truncate":
-        proxy.truncate(m, p, spec.offset, nth=nth, times=times)
+        return proxy.truncate(m, p, spec.offset, nth=nth, times=times)
     elif kind == "flip":
-        proxy.flip(m, p, spec.offset, nth=nth, times=times)
+        return proxy.flip(m, p, spec.offset, nth=nth, times=times)
     elif kind == "flip_request":
-        proxy.flip_request(m, p, spec.offset, nth=nth, times=times)
+        return proxy.flip_request(m, p, spec.offset, nth=nth, times=times)
     elif kind == "wrong_length":
-        proxy.wrong_length(m, p, spec.delta, nth=nth, times=times)
+        return proxy.wrong_length(m, p, spec.delta, nth=nth, times=times)
     elif kind == "wrong_digest":
-        proxy.wrong_digest(m, p, nth=nth, times=times)
+        return proxy.wrong_digest(m, p, nth=nth, times=times)
     elif kind == "redirect":
-        proxy.redirect(m, p, nth=nth, times=times)
+        return proxy.redirect(m, p, nth=nth, times=times)
     elif kind == "throttle":
-        proxy.throttle(m, p, spec.delta, upload=spec.side == "dst", nth=nth, times=times)
+        return proxy.throttle(m, p, spec.delta, upload=spec.side == "dst", nth=nth, times=times)
     elif kind == "restart":
-        proxy.hook(m, p, restart, nth=nth, times=times)
-    else:
-        raise ValueError(f"unknown fault kind {kind!r}")
+        return proxy.hook(m, p, restart, nth=nth, times=times)
+    raise ValueError(f"unknown fault kind {kind!r}")
 
 
 # -- running and checking ---------------------------------------------------------------
@@ -445,15 +455,9 @@ def _run(argv: list[str], env: Mapping[str, str]) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def _fired(setup: Setup) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for side, proxy in (("src", setup.src_proxy), ("dst", setup.dst_proxy)):
-        if proxy is None:
-            continue
-        for rule in proxy.rules():
-            key = f"{side}:{rule.kind}"
-            out[key] = out.get(key, 0) + rule.fired
-    return out
+def _fired(setup: Setup) -> list[int]:
+    """How often each fault of the schedule fired during the first run."""
+    return [rule.fired for rule in setup.rules]
 
 
 def _check_run(setup: Setup, label: str, result: CliResult) -> list[str]:
@@ -464,6 +468,23 @@ def _check_run(setup: Setup, label: str, result: CliResult) -> list[str]:
     found += secret_findings(label, journal_texts(setup.journal), setup.secrets())
     found += anyio.run(_destination, setup, label, result.code == 0)
     found += _journal_state(setup, label, result.code)
+    found += _report_findings(setup, label, result.code)
+    return found
+
+
+def _report_findings(setup: Setup, label: str, code: int) -> list[str]:
+    """``--report`` is written whatever ends the run, with the run's exit code, no secret."""
+    if code not in (0, *FAILURE_CODES):
+        return []
+    try:
+        text = setup.report.read_text()
+        report = json.loads(text)
+    except (OSError, ValueError) as exc:
+        return [f"{label}: no readable --report ({type(exc).__name__})"]
+    found = secret_findings(label, {"report": text}, setup.secrets())
+    if report.get("exit_code") != code:
+        found.append(f"{label}: --report says exit {report.get('exit_code')}, the run {code}")
+    setup.report.unlink()
     return found
 
 

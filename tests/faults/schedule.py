@@ -70,6 +70,15 @@ FAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "throttle": ("blob-get", "upload-chunk", "upload-close"),
     "restart": ("manifest-get", "blob-get", "upload-chunk", "upload-close", "manifest-put", "any"),
 }
+#: How often a (side, request) is drawn as a fault's target (default 3): requests
+#: a copy into a new repository rarely sends (it asks a new repository nothing,
+#: and reads no fallback index it writes) are drawn less often.
+_TARGET_WEIGHTS: dict[tuple[str, str], int] = {
+    ("dst", "manifest-get"): 1,
+    ("dst", "manifest-head"): 1,
+    ("dst", "blob-head"): 1,
+    ("src", "manifest-head"): 2,
+}
 #: How often each kind is drawn (weights).
 FAULT_WEIGHTS: dict[str, int] = {
     "status": 6,
@@ -217,7 +226,7 @@ def _draw_fault(rng: random.Random, source: str, destination: str) -> FaultSpec:
             options = [(s, t) for s, t in options if not (s == "src" and source == "referrers")]
         if options:
             break
-    side, target = rng.choice(options)
+    side, target = rng.choices(options, weights=[_TARGET_WEIGHTS.get(o, 3) for o in options])[0]
     nth = rng.choice((1, 1, 1, 2, 2, 3, 4, 6))
     times: int | None = rng.choices((1, 2, 3, None), weights=(6, 2, 1, 2))[0]
     spec = FaultSpec(kind, side, target, nth, times)

@@ -1,7 +1,7 @@
 """Uploads whose link breaks mid-body, or whose registry restarts under them.
 
-Found by the randomized fault suite (seeds 1011 and 1052 of
-``test_fault_schedules.py``, a destination restarted under an upload): a
+Found by the randomized fault suite (``test_fault_schedules.py``: two
+schedules restarting the destination under an upload failed with exit 3): a
 ``PUT`` that breaks off after the registry received part of its body leaves
 distribution 2.8's session holding those bytes, and the session is refused
 from then on (``404 BLOB_UPLOAD_INVALID``: its stored size no longer matches
