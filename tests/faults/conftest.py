@@ -80,6 +80,7 @@ def record(outcomes: list[Outcome], outcome: Outcome, kind: str) -> None:
         "leftover_sessions": outcome.leftover_sessions,
         "status": outcome.status,
         "findings": outcome.findings,
+        "known_bug": outcome.known_bug,
     }
     with Path(path).open("a") as fh:
         fh.write(json.dumps(line) + "\n")
@@ -103,9 +104,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
     completed = sum(1 for o in outcomes if o.status == "completed")
     rerun = sum(1 for o in outcomes if o.status == "failed, rerun completed")
-    bad = [o.schedule.seed for o in outcomes if o.findings]
+    known = [o.schedule.seed for o in outcomes if o.status == "known bug"]
+    bad = [o.schedule.seed for o in outcomes if o.status == "FINDINGS"]
     tr.write_line(
         f"{len(outcomes)} runs: {completed} completed, {rerun} failed then completed "
-        f"on a clean rerun, {len(bad)} with findings"
+        f"on a clean rerun, {len(known)} hit a known product bug"
+        + (f" (seeds {', '.join(map(str, known))})" if known else "")
+        + f", {len(bad)} with new findings"
         + (f" (seeds {', '.join(map(str, bad))})" if bad else "")
     )

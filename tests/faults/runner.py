@@ -74,12 +74,14 @@ class Outcome:
     #: finding: distribution 2.8 cannot delete a session it invalidated).
     leftover_sessions: int = 0
     findings: list[str] = field(default_factory=list)
+    #: The known product bug that explains every finding (set by the test).
+    known_bug: str | None = None
 
     @property
     def status(self) -> str:
-        """``completed``, ``failed, rerun completed`` or ``FINDINGS``."""
+        """``completed``, ``failed, rerun completed``, ``known bug`` or ``FINDINGS``."""
         if self.findings:
-            return "FINDINGS"
+            return "known bug" if self.known_bug else "FINDINGS"
         return "completed" if self.first_code == 0 else "failed, rerun completed"
 
     def report(self) -> str:
