@@ -58,15 +58,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import hashlib
 import json
 import re
-import secrets
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import anyio.to_thread
@@ -77,7 +75,6 @@ from replicator.targets.registry.options import Credentials, RegistryOptions
 
 from .forward import (
     CHUNK,
-    body_expected,
     client_body,
     has_body,
     make_session,
@@ -85,170 +82,50 @@ from .forward import (
     response_headers,
     start_response,
 )
+from .proxy_rules import (
+    STORAGE_HOST,
+    FaultKind,
+    FaultRule,
+    KindStats,
+    LiveCounts,
+    ProxyStats,
+    RequestRecord,
+    RuleBuilders,
+    UpstreamDown,
+    classify,
+)
+from .proxy_wire import (
+    RequestCut,
+    Storage,
+    StorageRequest,
+    apply_headers,
+    counting,
+    drain,
+    drop,
+    error_response,
+    flipped,
+    read_some,
+    start_answer,
+    start_storage,
+    write_at_rate,
+)
 from .registry import RegistryInstance
 
-FaultKind = Literal[
-    "status",
-    "cut",
-    "cut_request",
-    "flip",
-    "delay",
-    "truncate",
-    "length",
-    "header",
-    "flip_request",
-    "throttle",
-    "redirect",
-    "hook",
+__all__ = [
+    "STORAGE_HOST",
+    "FaultKind",
+    "FaultProxy",
+    "FaultRule",
+    "KindStats",
+    "ProxyStats",
+    "RequestRecord",
+    "StorageRequest",
+    "UpstreamDown",
+    "classify",
 ]
-UpstreamDown = Literal["502", "drop"]
-#: The host of the proxy's storage side (another origin than the proxy).
-STORAGE_HOST = "127.0.0.2"
-
-_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("ping", re.compile(r"^/v2/?$")),
-    ("catalog", re.compile(r"^/v2/_catalog$")),
-    ("token", re.compile(r"^/token/?$")),
-    ("upload", re.compile(r"^/v2/.+/blobs/uploads(/.*)?$")),
-    ("blob", re.compile(r"^/v2/.+/blobs/[^/]+$")),
-    ("manifest", re.compile(r"^/v2/.+/manifests/[^/]+$")),
-    ("referrers", re.compile(r"^/v2/.+/referrers/[^/]+$")),
-    ("tags", re.compile(r"^/v2/.+/tags/list$")),
-)
-
-_ERROR_CODES = {
-    429: "TOOMANYREQUESTS",
-    500: "UNKNOWN",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "UNAVAILABLE",
-    401: "UNAUTHORIZED",
-    403: "DENIED",
-    404: "NAME_UNKNOWN",
-}
 
 
-def classify(path: str) -> str:
-    """Kind of request for a path (no query): manifest, blob, upload, token..."""
-    for kind, pattern in _KINDS:
-        if pattern.match(path):
-            return kind
-    return "other"
-
-
-@dataclass
-class FaultRule:
-    """One fault rule; ``matched`` and ``fired`` count what happened so far."""
-
-    kind: FaultKind
-    method: str | None
-    path: re.Pattern[str]
-    nth: int = 1
-    times: int | None = 1
-    status: int = 503
-    retry_after: str | None = None
-    forward: bool = False
-    body: bytes | None = None
-    after_bytes: int = 0
-    offset: int = 0
-    seconds: float = 0.0
-    #: ``length``: how far the claimed Content-Length is off; ``throttle``: bytes per second.
-    delta: int = 0
-    #: ``header``: the header's name and its new value (None: removed).
-    header_name: str = ""
-    header_value: str | None = None
-    #: ``throttle``: slow the request body (True) or the response body (False).
-    upload: bool = False
-    #: ``hook``: called on a thread of its own when the rule fires.
-    callback: Callable[[], object] | None = None
-    matched: int = 0
-    fired: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method is not None:
-            self.method = self.method.upper()
-
-    def matches(self, method: str, target: str) -> bool:
-        """True when the rule applies to this method and path (with query)."""
-        return (self.method is None or self.method == method) and bool(self.path.search(target))
-
-    def take(self) -> bool:
-        """Count one match; True when the rule fires for it."""
-        self.matched += 1
-        if self.matched < self.nth:
-            return False
-        if self.times is not None and self.fired >= self.times:
-            return False
-        self.fired += 1
-        return True
-
-
-@dataclass
-class KindStats:
-    """Counts for one (method, kind): requests, body bytes each way, statuses."""
-
-    requests: int = 0
-    #: Request-body bytes the proxy read from clients: what the registry received,
-    #: except for requests a ``status``/``cut_request`` fault answered itself.
-    bytes_up: int = 0
-    #: Response-body bytes the proxy wrote to the client.
-    bytes_down: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
-
-
-@dataclass
-class RequestRecord:
-    """One request seen by the proxy."""
-
-    method: str
-    path: str
-    kind: str
-    status: int
-    bytes_up: int
-    bytes_down: int
-    fault: str | None
-
-
-@dataclass
-class ProxyStats:
-    """A snapshot of the proxy's counters (see :meth:`FaultProxy.stats`)."""
-
-    by_kind: dict[tuple[str, str], KindStats]
-    log: list[RequestRecord]
-
-    def _select(self, method: str | None, kind: str | None) -> list[KindStats]:
-        return [
-            s
-            for (m, k), s in self.by_kind.items()
-            if (method is None or m == method) and (kind is None or k == kind)
-        ]
-
-    def requests(self, method: str | None = None, kind: str | None = None) -> int:
-        """Number of requests of ``method`` and ``kind`` (None = any)."""
-        return sum(s.requests for s in self._select(method, kind))
-
-    def bytes_up(self, method: str | None = None, kind: str | None = None) -> int:
-        """Request-body bytes sent by clients (what the destination received)."""
-        return sum(s.bytes_up for s in self._select(method, kind))
-
-    def bytes_down(self, method: str | None = None, kind: str | None = None) -> int:
-        """Response-body bytes delivered to clients."""
-        return sum(s.bytes_down for s in self._select(method, kind))
-
-    def paths(self, method: str | None = None, kind: str | None = None) -> Counter[str]:
-        """How often each path (query stripped) was requested."""
-        return Counter(
-            r.path.split("?", 1)[0]
-            for r in self.log
-            if (method is None or r.method == method) and (kind is None or r.kind == kind)
-        )
-
-    def duplicates(self, method: str = "GET", kind: str | None = None) -> dict[str, int]:
-        """Paths requested more than once (e.g. blobs fetched twice)."""
-        return {p: n for p, n in self.paths(method, kind).items() if n > 1}
-
-
-class FaultProxy:
+class FaultProxy(RuleBuilders):
     """A fault-injecting, counting reverse proxy in front of one test registry.
 
     Looks like a :class:`RegistryInstance` to tests (``host``, ``url``,
@@ -267,7 +144,7 @@ class FaultProxy:
         self.upstream = upstream
         self._shutdown_timeout = shutdown_timeout
         self.upstream_down: UpstreamDown = upstream_down
-        self._storage = _Storage()
+        self._storage = Storage()
         self._tokens: list[str] = []
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
@@ -332,7 +209,7 @@ class FaultProxy:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = int(runner.addresses[0][1])
-            self._storage.origin = await _start_storage(storage_runner)
+            self._storage.origin = await start_storage(storage_runner)
             self._ready.set()
             await self._stop_event.wait()
         finally:
@@ -429,270 +306,6 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    @staticmethod
-    def _compile(path: str | re.Pattern[str]) -> re.Pattern[str]:
-        return path if isinstance(path, re.Pattern) else re.compile(path)
-
-    def status(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        code: int,
-        *,
-        retry_after: float | str | None = None,
-        nth: int = 1,
-        times: int | None = 1,
-        forward: bool = False,
-        body: bytes | None = None,
-    ) -> FaultRule:
-        """Answer ``code`` (with ``Retry-After`` when given) to matching requests.
-
-        The request body is read and dropped first.  With ``forward=True`` the
-        request reaches the registry and only its answer is replaced.
-        """
-        return self._add(
-            FaultRule(
-                "status",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                status=code,
-                retry_after=None if retry_after is None else str(retry_after),
-                forward=forward,
-                body=body,
-            )
-        )
-
-    def cut(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        after_bytes: int,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Send headers and ``after_bytes`` of the response body, then drop the connection."""
-        return self._add(
-            FaultRule(
-                "cut", method, self._compile(path), nth=nth, times=times, after_bytes=after_bytes
-            )
-        )
-
-    def cut_request(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        after_bytes: int,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-        forward: bool = False,
-    ) -> FaultRule:
-        """Read ``after_bytes`` of the request body, then drop the connection unanswered.
-
-        With ``forward=True`` the registry receives those bytes first (the
-        request goes on to it and breaks off there): a link that failed in the
-        middle of an upload, as the registry sees it.
-        """
-        return self._add(
-            FaultRule(
-                "cut_request",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                after_bytes=after_bytes,
-                forward=forward,
-            )
-        )
-
-    def flip(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        offset: int = 0,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Invert the byte at ``offset`` of the response body."""
-        return self._add(
-            FaultRule("flip", method, self._compile(path), nth=nth, times=times, offset=offset)
-        )
-
-    def delay(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        seconds: float,
-        *,
-        after_bytes: int | None = None,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Sleep ``seconds`` before forwarding, or after ``after_bytes`` of the response body."""
-        return self._add(
-            FaultRule(
-                "delay",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                seconds=seconds,
-                after_bytes=-1 if after_bytes is None else after_bytes,
-            )
-        )
-
-    def truncate(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        keep: int,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Send only ``keep`` bytes of the response body, with ``Content-Length: keep``.
-
-        The answer looks complete to the transport: only a size or digest check
-        can tell.  A body of at most ``keep`` bytes passes unchanged.
-        """
-        return self._add(
-            FaultRule("truncate", method, self._compile(path), nth=nth, times=times, delta=keep)
-        )
-
-    def wrong_length(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        delta: int,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Claim a ``Content-Length`` ``delta`` bytes off the truth (HEAD answers too).
-
-        With ``delta > 0`` the whole body is sent and the connection closed,
-        short of the claim; with ``delta < 0`` the body stops at the claim.
-        """
-        return self._add(
-            FaultRule("length", method, self._compile(path), nth=nth, times=times, delta=delta)
-        )
-
-    def header(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        name: str,
-        value: str | None,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Set response header ``name`` to ``value`` (None: remove it)."""
-        return self._add(
-            FaultRule(
-                "header",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                header_name=name,
-                header_value=value,
-            )
-        )
-
-    def wrong_digest(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """A ``Docker-Content-Digest`` naming content that is not the answer's."""
-        other = "sha256:" + hashlib.sha256(f"not this content {nth}".encode()).hexdigest()
-        return self.header(method, path, "Docker-Content-Digest", other, nth=nth, times=times)
-
-    def flip_request(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        offset: int = 0,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Invert the byte at ``offset`` of the request body before the registry gets it."""
-        return self._add(
-            FaultRule(
-                "flip_request", method, self._compile(path), nth=nth, times=times, offset=offset
-            )
-        )
-
-    def throttle(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        bytes_per_second: int,
-        *,
-        upload: bool = False,
-        nth: int = 1,
-        times: int | None = None,
-    ) -> FaultRule:
-        """A slow link: the response body (``upload``: the request body) at this rate."""
-        return self._add(
-            FaultRule(
-                "throttle",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                delta=max(1, bytes_per_second),
-                upload=upload,
-            )
-        )
-
-    def redirect(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        *,
-        status: int = 307,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Answer ``status`` with a ``Location`` on another host that serves the same answer.
-
-        The other host is the proxy's storage side (``127.0.0.2``): it fetches
-        what the redirected request asked for from the registry, with the
-        credentials that request carried, and records every request reaching
-        it (:meth:`storage_requests`).
-        """
-        return self._add(
-            FaultRule("redirect", method, self._compile(path), nth=nth, times=times, status=status)
-        )
-
-    def hook(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        callback: Callable[[], object],
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Call ``callback`` on a new thread when a matching request arrives.
-
-        The request itself goes on at once (to a registry the callback may be
-        stopping: see ``upstream_down``).
-        """
-        return self._add(
-            FaultRule("hook", method, self._compile(path), nth=nth, times=times, callback=callback)
-        )
-
     def clear(self) -> None:
         """Remove every rule."""
         with self._lock:
@@ -730,13 +343,13 @@ class FaultProxy:
         with self._lock:
             return list(self._tokens)
 
-    def _track(self, method: str, target: str, kind: str, fault: str | None) -> _Bytes:
+    def _track(self, method: str, target: str, kind: str, fault: str | None) -> LiveCounts:
         with self._lock:
             stats = self._by_kind.setdefault((method, kind), KindStats())
             stats.requests += 1
             rec = RequestRecord(method, target, kind, 0, 0, 0, fault)
             self._log.append(rec)
-            return _Bytes(self._lock, rec, stats)
+            return LiveCounts(self._lock, rec, stats)
 
     def _firing(self, method: str, target: str, authorized: bool) -> list[FaultRule]:
         # A registry that asks for credentials redirects only requests that carry them.
@@ -780,31 +393,31 @@ class FaultProxy:
                 await asyncio.sleep(rule.seconds)
         cut_req = next((r for r in rules if r.kind == "cut_request" and not r.forward), None)
         if cut_req is not None:
-            await _read_some(request, cut_req.after_bytes, counter)
-            _drop(request)
+            await read_some(request, cut_req.after_bytes, counter)
+            drop(request)
             return web.Response(status=499)
         early = next((r for r in rules if r.kind == "status" and not r.forward), None)
         if early is not None:
-            await _drain(request, counter)
+            await drain(request, counter)
             counter.set_status(early.status)
-            return _error_response(early)
+            return error_response(early)
         moved = next((r for r in rules if r.kind == "redirect"), None)
         if moved is not None:
-            await _drain(request, counter)
+            await drain(request, counter)
             counter.set_status(moved.status)
             location = self._storage.park(request, self._upstream_base(request.rel_url.path))
             return web.Response(status=moved.status, headers={"Location": location})
         return await self._forward(request, rules, counter)
 
     def _request_body(
-        self, request: web.Request, rules: list[FaultRule], counter: _Bytes
+        self, request: web.Request, rules: list[FaultRule], counter: LiveCounts
     ) -> AsyncIterator[bytes] | None:
         if not has_body(request):
             return None
         flips = [r.offset for r in rules if r.kind == "flip_request"]
         rate = next((r.delta for r in rules if r.kind == "throttle" and r.upload), None)
         cut = next((r for r in rules if r.kind == "cut_request" and r.forward), None)
-        return _counting(
+        return counting(
             client_body(request),
             counter,
             flips=flips,
@@ -813,7 +426,7 @@ class FaultProxy:
         )
 
     async def _forward(
-        self, request: web.Request, rules: list[FaultRule], counter: _Bytes
+        self, request: web.Request, rules: list[FaultRule], counter: LiveCounts
     ) -> web.StreamResponse:
         assert self._session is not None
         base = self._upstream_base(request.rel_url.path)
@@ -831,30 +444,30 @@ class FaultProxy:
                 if late is not None:
                     await up.read()
                     counter.set_status(late.status)
-                    return _error_response(late)
+                    return error_response(late)
                 headers = response_headers(up, base, self.url)
                 self._rewrite_challenge(headers)
-                _apply_headers(headers, rules)
+                apply_headers(headers, rules)
                 counter.set_status(up.status)
-                resp = await _start(request, up, headers, rules)
+                resp = await start_answer(request, up, headers, rules)
                 if request.method != "HEAD":
                     ok = await self._relay_body(request, up, resp, rules, counter)
                     if not ok:
                         return resp
                 await resp.write_eof()
                 return resp
-        except (TimeoutError, aiohttp.ClientError, _RequestCut) as exc:
+        except (TimeoutError, aiohttp.ClientError, RequestCut) as exc:
             if counter.cut:
                 # The registry got the first bytes of the body, then the link broke.
-                _drop(request)
+                drop(request)
                 return resp if resp is not None else web.Response(status=499)
             if resp is None:
                 if self.upstream_down == "drop":
-                    _drop(request)
+                    drop(request)
                     return web.Response(status=499)
                 counter.set_status(502)
                 return web.Response(status=502, text=f"fault proxy: upstream failed: {exc}")
-            _drop(request)
+            drop(request)
             return resp
         except ConnectionResetError:
             # The client went away mid-body.
@@ -866,7 +479,7 @@ class FaultProxy:
         up: aiohttp.ClientResponse,
         resp: web.StreamResponse,
         rules: list[FaultRule],
-        counter: _Bytes,
+        counter: LiveCounts,
     ) -> bool:
         """Copy the body applying flips, stalls, rates and cuts; False when the connection was cut."""
         cut = next((r for r in rules if r.kind == "cut"), None)
@@ -876,14 +489,10 @@ class FaultProxy:
         )
         rate = next((r.delta for r in rules if r.kind == "throttle" and not r.upload), None)
         overclaim = any(r.kind == "length" and r.delta > 0 for r in rules)
-        token = classify(request.rel_url.path) == "token"
-        kept = bytearray() if token else None
         pos = 0
-        async for chunk in up.content.iter_chunked(CHUNK):
-            if kept is not None:
-                kept += chunk
+        async for chunk in self._body_chunks(request, up):
             if flips:
-                chunk = _flipped(chunk, pos, flips)
+                chunk = flipped(chunk, pos, flips)
             while stalls and stalls[0][0] < pos + len(chunk):
                 at, seconds = stalls.pop(0)
                 head = max(at - pos, 0)
@@ -898,16 +507,27 @@ class FaultProxy:
                 if head:
                     counter.add_down(head)
                     await resp.write(chunk[:head])
-                _drop(request)
+                drop(request)
                 return False
-            await _write_at_rate(resp, chunk, rate, counter)
+            await write_at_rate(resp, chunk, rate, counter)
             pos += len(chunk)
-        if kept is not None:
-            self._note_tokens(bytes(kept))
         if cut is not None or overclaim:  # shorter than the cut point or the claim: drop
-            _drop(request)
+            drop(request)
             return False
         return True
+
+    async def _body_chunks(
+        self, request: web.Request, up: aiohttp.ClientResponse
+    ) -> AsyncIterator[bytes]:
+        """The upstream body in chunks; a token answer whole, its tokens noted first."""
+        if classify(request.rel_url.path) != "token":
+            async for chunk in up.content.iter_chunked(CHUNK):
+                yield chunk
+            return
+        body = await up.read()  # small; noted before the client can see it
+        self._note_tokens(body)
+        if body:
+            yield body
 
     def _note_tokens(self, body: bytes) -> None:
         try:
@@ -959,213 +579,3 @@ class FaultProxy:
                 return resp
         except (TimeoutError, aiohttp.ClientError) as exc:
             return web.Response(status=502, text=f"fault proxy storage: upstream failed: {exc}")
-
-
-class _Bytes:
-    """Live counters of one request: updated as bytes flow, so they are complete
-    by the time the client has seen the last byte."""
-
-    def __init__(self, lock: threading.Lock, record: RequestRecord, stats: KindStats) -> None:
-        self._lock = lock
-        self._record = record
-        self._stats = stats
-        self.up = 0
-        #: Set when a ``cut_request`` with ``forward`` broke the upstream request off.
-        self.cut = False
-
-    def add_up(self, n: int) -> None:
-        with self._lock:
-            self.up += n
-            self._record.bytes_up += n
-            self._stats.bytes_up += n
-
-    def add_down(self, n: int) -> None:
-        with self._lock:
-            self._record.bytes_down += n
-            self._stats.bytes_down += n
-
-    def set_status(self, status: int) -> None:
-        with self._lock:
-            self._record.status = status
-            if status:
-                self._stats.statuses[status] += 1
-
-
-class _RequestCut(Exception):
-    """Raised inside a forwarded request body to break the upstream request off."""
-
-
-async def _counting(
-    body: AsyncIterator[bytes],
-    counter: _Bytes,
-    *,
-    flips: list[int] | None = None,
-    rate: int | None = None,
-    stop_at: int | None = None,
-) -> AsyncIterator[bytes]:
-    pos = 0
-    async for chunk in body:
-        if stop_at is not None and pos + len(chunk) >= stop_at:
-            head = chunk[: max(stop_at - pos, 0)]
-            if head:
-                counter.add_up(len(head))
-                yield head
-            await asyncio.sleep(0.2)  # let the registry take what it got
-            counter.cut = True
-            raise _RequestCut
-        counter.add_up(len(chunk))
-        if flips:
-            chunk = _flipped(chunk, pos, flips)
-        pos += len(chunk)
-        if rate:
-            await asyncio.sleep(len(chunk) / rate)
-        yield chunk
-
-
-def _flipped(chunk: bytes, pos: int, offsets: list[int]) -> bytes:
-    """``chunk`` (at ``pos`` of its body) with the bytes at ``offsets`` inverted."""
-    if not any(pos <= off < pos + len(chunk) for off in offsets):
-        return chunk
-    buf = bytearray(chunk)
-    for off in offsets:
-        if pos <= off < pos + len(buf):
-            buf[off - pos] ^= 0xFF
-    return bytes(buf)
-
-
-async def _write_at_rate(
-    resp: web.StreamResponse, chunk: bytes, rate: int | None, counter: _Bytes
-) -> None:
-    """Write ``chunk``; with a ``rate``, in slices spaced to that many bytes per second."""
-    if not rate:
-        counter.add_down(len(chunk))
-        await resp.write(chunk)
-        return
-    step = max(1024, min(len(chunk), rate // 10))
-    for i in range(0, len(chunk), step):
-        part = chunk[i : i + step]
-        counter.add_down(len(part))
-        await resp.write(part)
-        await asyncio.sleep(len(part) / rate)
-
-
-def _apply_headers(headers: CIMultiDict[str], rules: list[FaultRule]) -> None:
-    """Apply the ``header`` rules to the response headers."""
-    for rule in rules:
-        if rule.kind != "header":
-            continue
-        headers.popall(rule.header_name, None)
-        if rule.header_value is not None:
-            headers[rule.header_name] = rule.header_value
-
-
-async def _start(
-    request: web.Request,
-    up: aiohttp.ClientResponse,
-    headers: CIMultiDict[str],
-    rules: list[FaultRule],
-) -> web.StreamResponse:
-    """Start the answer; ``truncate`` and ``length`` rules change its Content-Length."""
-    claim = _claimed_length(up.headers.get("Content-Length"), rules)
-    if claim is None:
-        return await start_response(request, up, headers)
-    resp = web.StreamResponse(status=up.status, reason=up.reason)
-    resp.headers.extend(headers)
-    if body_expected(request.method, up.status):
-        resp.content_length = claim
-    else:
-        resp.headers["Content-Length"] = str(claim)
-    await resp.prepare(request)
-    return resp
-
-
-def _claimed_length(length: str | None, rules: list[FaultRule]) -> int | None:
-    """The Content-Length to claim instead of ``length`` (None: keep it)."""
-    if length is None:
-        return None
-    claim = real = int(length)
-    for rule in rules:
-        if rule.kind == "truncate" and rule.delta < claim:
-            claim = rule.delta
-        elif rule.kind == "length":
-            claim = max(0, real + rule.delta)
-    return None if claim == real else claim
-
-
-@dataclass(frozen=True)
-class StorageRequest:
-    """One request that reached the proxy's storage side (a redirect followed)."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-class _Storage:
-    """Requests parked by redirects, waiting to be fetched from the storage side."""
-
-    def __init__(self) -> None:
-        self.origin = ""
-        self.seen: list[StorageRequest] = []
-        self._parked: dict[str, tuple[str, CIMultiDict[str]]] = {}
-
-    def park(self, request: web.Request, base: str) -> str:
-        """Remember what ``request`` asked the registry; the URL that serves it elsewhere."""
-        key = secrets.token_hex(8)
-        headers = request_headers(request)
-        headers.popall("Authorization", None)
-        self._parked[key] = (base + str(request.rel_url), headers)
-        return f"http://{self.origin}/_storage/{key}?signature={secrets.token_hex(4)}"
-
-    def claim(self, path: str) -> tuple[str, CIMultiDict[str]] | None:
-        """The registry URL and headers parked under a storage path (None: unknown)."""
-        found = self._parked.get(path.rsplit("/", 1)[-1])
-        return None if found is None else (found[0], found[1].copy())
-
-
-async def _start_storage(runner: web.AppRunner) -> str:
-    """Serve the storage side on 127.0.0.2 (127.0.0.1 if that fails); its ``host:port``."""
-    for host in (STORAGE_HOST, "127.0.0.1"):
-        try:
-            site = web.TCPSite(runner, host, 0)
-            await site.start()
-        except OSError:
-            continue
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        return f"{host}:{port}"
-    raise RuntimeError("fault proxy: no address for the storage side")
-
-
-async def _read_some(request: web.Request, limit: int, counter: _Bytes) -> None:
-    while counter.up < limit:
-        chunk = await request.content.read(min(CHUNK, limit - counter.up))
-        if not chunk:
-            return
-        counter.add_up(len(chunk))
-
-
-async def _drain(request: web.Request, counter: _Bytes) -> None:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        counter.add_up(len(chunk))
-
-
-def _drop(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.close()
-
-
-def _error_response(rule: FaultRule) -> web.Response:
-    headers: dict[str, str] = {}
-    if rule.retry_after is not None:
-        headers["Retry-After"] = rule.retry_after
-    if rule.body is not None:
-        return web.Response(status=rule.status, body=rule.body, headers=headers)
-    code = _ERROR_CODES.get(rule.status, "UNKNOWN")
-    return web.json_response(
-        {"errors": [{"code": code, "message": f"injected by fault proxy ({rule.status})"}]},
-        status=rule.status,
-        headers=headers,
-    )
