@@ -22,8 +22,10 @@ bash scripts/setup.sh || {
   exit 1
 }
 
+# A soak loop may take longer than the default suite's 600 s per test (the
+# twenty SIGKILL trials of 1 GiB each, on a busy machine): 30 minutes here.
 started=$SECONDS
-.venv/bin/python -m pytest -p no:cacheprovider -q -m slow "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -q -m slow --timeout 1800 --durations 12 "$@"
 rc=$?
 elapsed=$((SECONDS - started))
 echo "==> slow suite wall time: $((elapsed / 60))m$((elapsed % 60))s"

@@ -25,6 +25,7 @@ and rerun checks then apply to it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -50,6 +51,7 @@ from tests.faults.checks import (
     layout_findings,
     secret_findings,
 )
+from tests.faults.conftest import REPORT_ENV
 from tests.faults.runner import ProxyFactory, Stack
 from tests.faults.world import SeededGraphs
 from tests.infra.proxy import FaultProxy
@@ -294,9 +296,30 @@ def _trials(
             f"{trial.moment}, killed={trial.killed}, first exit {trial.first_code}, "
             f"findings: {trial.findings or 'none'}"
         )
+    _record(target.name, seed, trials)
     bad = [t for t in trials if t.findings]
     assert not bad, "\n".join(f"trial {t.number} ({t.moment}): {t.findings}" for t in bad)
     assert sum(t.killed for t in trials) >= count // 2, "most trials ended before their kill"
+
+
+def _record(command: str, seed: int, trials: list[Trial]) -> None:
+    """Append the trials to ``$REPLICATOR_FAULT_REPORT`` (JSON lines), when it is set."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        return
+    with Path(path).open("a") as fh:
+        for t in trials:
+            line = {
+                "suite": f"kill-{command}",
+                "seed": seed,
+                "trial": t.number,
+                "destination": t.destination,
+                "moment": t.moment,
+                "killed": t.killed,
+                "first_code": t.first_code,
+                "findings": t.findings,
+            }
+            fh.write(json.dumps(line) + "\n")
 
 
 def test_sigkill_sync_then_rerun_completes(
