@@ -49,12 +49,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON")
     show = sub.add_parser("show", help="show one run")
     show.add_argument("run", help="run id (or a unique prefix)")
-    gc = sub.add_parser("gc", help="delete finished runs older than --older-than")
+    gc = sub.add_parser(
+        "gc",
+        help="delete runs no rerun resumes (done, superseded) older than --older-than",
+        description=(
+            "Delete runs not updated for --older-than that no rerun can continue: done "
+            "runs and runs superseded by a newer run of the same command (abandoned by "
+            "--fresh). The newest unfinished run of a command (running, interrupted or "
+            "failed) is what rerunning it resumes: it is kept unless --include-unfinished."
+        ),
+    )
     gc.add_argument("--older-than", default="30d", help="age, e.g. 30d, 12h (default 30d)")
     gc.add_argument(
         "--include-unfinished",
         action="store_true",
-        help="also delete interrupted runs (they can then no longer be resumed)",
+        help="also delete unfinished runs (running, interrupted, failed): "
+        "rerunning their command then starts over",
     )
     parser.set_defaults(handler=run)
 
@@ -93,14 +103,25 @@ async def run(args: argparse.Namespace, ctx: CliContext) -> int:
                 raise NotFoundError(f"no single run matches {args.run!r} in {journal.path}")
             ctx.out.write(json.dumps(_as_json(info), indent=2) + "\n")
             return 0
-        removed = journal.gc(
-            older_than=parse_age(args.older_than), keep_unfinished=not args.include_unfinished
-        )
-        await journal.flush()
-        ctx.out.write(f"Removed {removed} run(s) from {journal.path}\n")
-        return 0
+        return await _gc(args, ctx, journal)
     finally:
         await journal.close()
+
+
+async def _gc(args: argparse.Namespace, ctx: CliContext, journal: Journal) -> int:
+    """Prune old runs; say how many unfinished ones were kept for their reruns."""
+    age = parse_age(args.older_than)
+    keep = not args.include_unfinished
+    kept = journal.resumable_older_than(age) if keep else 0
+    removed = journal.gc(older_than=age, keep_unfinished=keep)
+    await journal.flush()
+    ctx.out.write(f"Removed {removed} run(s) from {journal.path}\n")
+    if kept:
+        ctx.out.write(
+            f"Kept {kept} unfinished run(s) that a rerun resumes "
+            "(--include-unfinished removes them too)\n"
+        )
+    return 0
 
 
 def _journal_path(args: argparse.Namespace) -> Path:

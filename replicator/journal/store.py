@@ -37,7 +37,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,23 +413,18 @@ class Journal:
         return _run_info(rows[0]) if len(rows) == 1 else None
 
     def gc(self, *, older_than: float, keep_unfinished: bool = True) -> int:
-        """Delete runs (and their entries) older than ``older_than`` seconds ago; returns the count.
+        """Delete runs (and their entries) not updated for ``older_than`` seconds; the count.
 
-        Runs that are not ``done`` are kept unless ``keep_unfinished`` is false.
-        Runs on the blob cache older than the cut-off are dropped too.
+        By default only runs no rerun can continue go: ``done`` runs, and runs
+        superseded by a newer run of the same key (those abandoned by
+        ``--fresh`` among them).  The newest run of a key that is not ``done``
+        — ``running`` (killed), ``interrupted`` or ``failed`` — is what the same
+        command resumes (:meth:`begin_run`): it is kept unless
+        ``keep_unfinished`` is false.  Blob-cache entries older than the
+        cut-off are dropped too.
         """
         cutoff = time.time() - older_than
-        states: Iterable[str] = (
-            (DONE, FAILED) if keep_unfinished else (DONE, FAILED, INTERRUPTED, RUNNING)
-        )
-        marks = ",".join("?" for _ in states)
-        ids = [
-            str(r[0])
-            for r in self._reader.execute(
-                f"SELECT id FROM runs WHERE updated < ? AND state IN ({marks})",
-                (cutoff, *states),
-            )
-        ]
+        ids = [str(r[0]) for r in self._reader.execute(_GC_SELECT[keep_unfinished], (cutoff,))]
         for run_id in ids:
             self._put("DELETE FROM confirmations WHERE run_id = ?", (run_id,))
             self._put("DELETE FROM uploads WHERE run_id = ?", (run_id,))
@@ -437,6 +432,17 @@ class Journal:
             self._put("DELETE FROM runs WHERE id = ?", (run_id,))
         self._put("DELETE FROM blob_cache WHERE seen < ?", (cutoff,))
         return len(ids)
+
+    def resumable_older_than(self, older_than: float) -> int:
+        """How many runs a rerun would resume were not updated for ``older_than`` seconds.
+
+        What :meth:`gc` keeps by default (see there).
+        """
+        cutoff = time.time() - older_than
+        row = self._reader.execute(
+            f"SELECT COUNT(*) FROM runs r WHERE updated < ? AND NOT ({_NOT_RESUMABLE})", (cutoff,)
+        ).fetchone()
+        return int(row[0])
 
     # -- closing ---------------------------------------------------------------
 
@@ -455,6 +461,19 @@ class Journal:
             self._writer.put(STOP)
             await anyio.to_thread.run_sync(self._writer.join)
             self._reader.close()
+
+
+#: True for a run (aliased ``r``) that no rerun continues: it is ``done``, or a
+#: newer run of its key exists (:meth:`Journal.begin_run` looks at the newest only).
+_NOT_RESUMABLE = (
+    f"r.state = '{DONE}' OR EXISTS "
+    "(SELECT 1 FROM runs n WHERE n.key = r.key AND n.started > r.started)"
+)
+#: The runs :meth:`Journal.gc` removes, by ``keep_unfinished``.
+_GC_SELECT = {
+    True: f"SELECT id FROM runs r WHERE updated < ? AND ({_NOT_RESUMABLE})",
+    False: "SELECT id FROM runs r WHERE updated < ?",
+}
 
 
 def _run_info(r: tuple[Any, ...]) -> RunInfo:

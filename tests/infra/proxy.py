@@ -24,9 +24,31 @@ on, at most ``times`` times (``None`` = every time).  Kinds of fault:
   the connection without forwarding anything;
 * :meth:`FaultProxy.flip` — invert the byte at offset K of the response body;
 * :meth:`FaultProxy.delay` — sleep before forwarding, or after N response bytes;
+* :meth:`FaultProxy.truncate` — send only the first N bytes of the response
+  body with a ``Content-Length`` of N: a short body no transport can notice;
+* :meth:`FaultProxy.wrong_length` — claim a ``Content-Length`` that is off by
+  ``delta`` (more: the connection closes early; less: the body is cut there);
+* :meth:`FaultProxy.header` / :meth:`FaultProxy.wrong_digest` — set, replace or
+  drop a response header (a ``Docker-Content-Digest`` naming other content);
+* :meth:`FaultProxy.flip_request` — invert the byte at offset K of the request
+  body on its way to the registry;
+* :meth:`FaultProxy.throttle` — a slow link: the response (or request) body
+  flows at N bytes per second;
+* :meth:`FaultProxy.redirect` — answer ``307`` to another host (``127.0.0.2``,
+  the proxy's *storage* side), which serves what the registry would have; every
+  request that reaches it is recorded (:meth:`FaultProxy.storage_requests`), so
+  a test sees whether credentials followed the redirect;
 * :meth:`FaultProxy.headers` — add (or replace) headers on the answer, fixed or
   computed from the match number (quota headers that count down, say).  It is
-  not a fault: it does not change what else happens to the request.
+  not a fault: it does not change what else happens to the request;
+* :meth:`FaultProxy.hook` — call a function (on a thread of its own) when a
+  matching request arrives: a registry restart at the n-th upload, say.
+
+A registry that is down (stopped, restarting) answers through the proxy as
+``upstream_down`` says: ``"502"`` (the default: a gateway's ``502``) or
+``"drop"`` (the connection closes without an answer, as a refused or reset
+connection looks to a client).  :meth:`FaultProxy.tokens_seen` lists every
+token the token server handed out through the proxy (for leak checks).
 
 :meth:`FaultProxy.stats` returns request and byte counts per method and kind of
 request (``ping``, ``manifest``, ``blob``, ``upload``, ``referrers``, ``tags``,
@@ -40,16 +62,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import re
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
+import anyio.to_thread
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -64,185 +88,51 @@ from .forward import (
     response_headers,
     start_response,
 )
+from .proxy_rules import (
+    STORAGE_HOST,
+    FaultKind,
+    FaultRule,
+    KindStats,
+    LiveCounts,
+    ProxyStats,
+    RequestRecord,
+    RuleBuilders,
+    UpstreamDown,
+    classify,
+)
+from .proxy_wire import (
+    RequestCut,
+    Storage,
+    StorageRequest,
+    apply_headers,
+    counting,
+    drain,
+    drop,
+    error_response,
+    flipped,
+    read_some,
+    start_answer,
+    start_storage,
+    with_added_headers,
+    write_at_rate,
+)
 from .registry import RegistryInstance
 
-FaultKind = Literal["status", "cut", "cut_request", "flip", "delay", "headers"]
-#: Headers a ``headers`` rule adds: fixed, or computed from the rule's match number (1, 2...).
-HeaderSource = Mapping[str, str] | Callable[[int], Mapping[str, str]]
-
-_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("ping", re.compile(r"^/v2/?$")),
-    ("catalog", re.compile(r"^/v2/_catalog$")),
-    ("token", re.compile(r"^/token/?$")),
-    ("upload", re.compile(r"^/v2/.+/blobs/uploads(/.*)?$")),
-    ("blob", re.compile(r"^/v2/.+/blobs/[^/]+$")),
-    ("manifest", re.compile(r"^/v2/.+/manifests/[^/]+$")),
-    ("referrers", re.compile(r"^/v2/.+/referrers/[^/]+$")),
-    ("tags", re.compile(r"^/v2/.+/tags/list$")),
-)
-
-_ERROR_CODES = {
-    429: "TOOMANYREQUESTS",
-    500: "UNKNOWN",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "UNAVAILABLE",
-    401: "UNAUTHORIZED",
-    403: "DENIED",
-    404: "NAME_UNKNOWN",
-}
+__all__ = [
+    "STORAGE_HOST",
+    "FaultKind",
+    "FaultProxy",
+    "FaultRule",
+    "KindStats",
+    "ProxyStats",
+    "RequestRecord",
+    "StorageRequest",
+    "UpstreamDown",
+    "classify",
+]
 
 
-def classify(path: str) -> str:
-    """Kind of request for a path (no query): manifest, blob, upload, token..."""
-    for kind, pattern in _KINDS:
-        if pattern.match(path):
-            return kind
-    return "other"
-
-
-@dataclass
-class FaultRule:
-    """One fault rule; ``matched`` and ``fired`` count what happened so far."""
-
-    kind: FaultKind
-    method: str | None
-    path: re.Pattern[str]
-    nth: int = 1
-    times: int | None = 1
-    status: int = 503
-    retry_after: str | None = None
-    forward: bool = False
-    body: bytes | None = None
-    after_bytes: int = 0
-    offset: int = 0
-    seconds: float = 0.0
-    add_headers: HeaderSource | None = None
-    matched: int = 0
-    fired: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method is not None:
-            self.method = self.method.upper()
-
-    def matches(self, method: str, target: str) -> bool:
-        """True when the rule applies to this method and path (with query)."""
-        return (self.method is None or self.method == method) and bool(self.path.search(target))
-
-    def take(self) -> bool:
-        """Count one match; True when the rule fires for it."""
-        self.matched += 1
-        if self.matched < self.nth:
-            return False
-        if self.times is not None and self.fired >= self.times:
-            return False
-        self.fired += 1
-        return True
-
-    def headers_now(self) -> Mapping[str, str]:
-        """The headers a ``headers`` rule adds to the answer it fires on."""
-        source = self.add_headers
-        if source is None:
-            return {}
-        return source(self.matched) if callable(source) else source
-
-
-@dataclass
-class KindStats:
-    """Counts for one (method, kind): requests, body bytes each way, statuses."""
-
-    requests: int = 0
-    #: Request-body bytes the proxy read from clients: what the registry received,
-    #: except for requests a ``status``/``cut_request`` fault answered itself.
-    bytes_up: int = 0
-    #: Response-body bytes the proxy wrote to the client.
-    bytes_down: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
-
-
-@dataclass
-class RequestRecord:
-    """One request seen by the proxy."""
-
-    method: str
-    path: str
-    kind: str
-    status: int
-    bytes_up: int
-    bytes_down: int
-    fault: str | None
-    #: ``time.monotonic()`` when the request arrived.
-    started: float = 0.0
-    #: When its first and last body byte (request or response) went through; 0: none.
-    first_byte: float = 0.0
-    last_byte: float = 0.0
-
-
-@dataclass
-class ProxyStats:
-    """A snapshot of the proxy's counters (see :meth:`FaultProxy.stats`)."""
-
-    by_kind: dict[tuple[str, str], KindStats]
-    log: list[RequestRecord]
-
-    def _select(self, method: str | None, kind: str | None) -> list[KindStats]:
-        return [
-            s
-            for (m, k), s in self.by_kind.items()
-            if (method is None or m == method) and (kind is None or k == kind)
-        ]
-
-    def requests(self, method: str | None = None, kind: str | None = None) -> int:
-        """Number of requests of ``method`` and ``kind`` (None = any)."""
-        return sum(s.requests for s in self._select(method, kind))
-
-    def bytes_up(self, method: str | None = None, kind: str | None = None) -> int:
-        """Request-body bytes sent by clients (what the destination received)."""
-        return sum(s.bytes_up for s in self._select(method, kind))
-
-    def bytes_down(self, method: str | None = None, kind: str | None = None) -> int:
-        """Response-body bytes delivered to clients."""
-        return sum(s.bytes_down for s in self._select(method, kind))
-
-    def paths(self, method: str | None = None, kind: str | None = None) -> Counter[str]:
-        """How often each path (query stripped) was requested."""
-        return Counter(
-            r.path.split("?", 1)[0]
-            for r in self.log
-            if (method is None or r.method == method) and (kind is None or r.kind == kind)
-        )
-
-    def duplicates(self, method: str = "GET", kind: str | None = None) -> dict[str, int]:
-        """Paths requested more than once (e.g. blobs fetched twice)."""
-        return {p: n for p, n in self.paths(method, kind).items() if n > 1}
-
-    def records(self, method: str | None = None, kind: str | None = None) -> list[RequestRecord]:
-        """The requests of ``method`` and ``kind`` (None = any), in arrival order."""
-        return [
-            r
-            for r in self.log
-            if (method is None or r.method == method) and (kind is None or r.kind == kind)
-        ]
-
-    def request_rate(self, method: str | None = None, kind: str | None = None) -> float:
-        """Requests per second between the first and the last arrival (0 for fewer than 2)."""
-        times = sorted(r.started for r in self.records(method, kind))
-        if len(times) < 2 or times[-1] <= times[0]:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0])
-
-    def byte_rate(self, method: str | None = None, kind: str | None = None) -> float:
-        """Body bytes (both ways) per second from the first body byte to the last one."""
-        moved = [r for r in self.records(method, kind) if r.first_byte]
-        if not moved:
-            return 0.0
-        start = min(r.first_byte for r in moved)
-        end = max(r.last_byte for r in moved)
-        total = sum(r.bytes_up + r.bytes_down for r in moved)
-        return total / (end - start) if end > start else 0.0
-
-
-class FaultProxy:
+class FaultProxy(RuleBuilders):
     """A fault-injecting, counting reverse proxy in front of one test registry.
 
     Looks like a :class:`RegistryInstance` to tests (``host``, ``url``,
@@ -256,6 +146,7 @@ class FaultProxy:
         upstream: RegistryInstance,
         *,
         shutdown_timeout: float = 1.0,
+        upstream_down: UpstreamDown = "502",
         send_buffer: int | None = None,
     ) -> None:
         self.upstream = upstream
@@ -264,6 +155,9 @@ class FaultProxy:
         #: small one makes the byte times measure what reached the client's window,
         #: not what the proxy's kernel queued (downloads a client paces).
         self._send_buffer = send_buffer
+        self.upstream_down: UpstreamDown = upstream_down
+        self._storage = Storage()
+        self._tokens: list[str] = []
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
         self._by_kind: dict[tuple[str, str], KindStats] = {}
@@ -319,13 +213,19 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
+        storage = web.Application()
+        storage.router.add_route("*", "/{tail:.*}", self._serve_storage)
+        storage_runner = web.AppRunner(storage, access_log=None, shutdown_timeout=0.5)
+        await storage_runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = int(runner.addresses[0][1])
+            self._storage.origin = await start_storage(storage_runner)
             self._ready.set()
             await self._stop_event.wait()
         finally:
+            await storage_runner.cleanup()
             await runner.cleanup()
             await self._session.close()
 
@@ -418,136 +318,6 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    @staticmethod
-    def _compile(path: str | re.Pattern[str]) -> re.Pattern[str]:
-        return path if isinstance(path, re.Pattern) else re.compile(path)
-
-    def status(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        code: int,
-        *,
-        retry_after: float | str | None = None,
-        nth: int = 1,
-        times: int | None = 1,
-        forward: bool = False,
-        body: bytes | None = None,
-    ) -> FaultRule:
-        """Answer ``code`` (with ``Retry-After`` when given) to matching requests.
-
-        The request body is read and dropped first.  With ``forward=True`` the
-        request reaches the registry and only its answer is replaced.
-        """
-        return self._add(
-            FaultRule(
-                "status",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                status=code,
-                retry_after=None if retry_after is None else str(retry_after),
-                forward=forward,
-                body=body,
-            )
-        )
-
-    def cut(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        after_bytes: int,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Send headers and ``after_bytes`` of the response body, then drop the connection."""
-        return self._add(
-            FaultRule(
-                "cut", method, self._compile(path), nth=nth, times=times, after_bytes=after_bytes
-            )
-        )
-
-    def cut_request(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        after_bytes: int,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Read ``after_bytes`` of the request body, then drop the connection unanswered."""
-        return self._add(
-            FaultRule(
-                "cut_request",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                after_bytes=after_bytes,
-            )
-        )
-
-    def flip(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        offset: int = 0,
-        *,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Invert the byte at ``offset`` of the response body."""
-        return self._add(
-            FaultRule("flip", method, self._compile(path), nth=nth, times=times, offset=offset)
-        )
-
-    def headers(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        headers: HeaderSource,
-        *,
-        nth: int = 1,
-        times: int | None = None,
-    ) -> FaultRule:
-        """Add ``headers`` to the answers of matching requests (replacing same-named ones).
-
-        ``headers`` is a mapping, or a function of the rule's match number
-        (1 for the first matching request) returning one.  Unlike the faults,
-        it applies every time by default (``times=None``).
-        """
-        return self._add(
-            FaultRule(
-                "headers", method, self._compile(path), nth=nth, times=times, add_headers=headers
-            )
-        )
-
-    def delay(
-        self,
-        method: str | None,
-        path: str | re.Pattern[str],
-        seconds: float,
-        *,
-        after_bytes: int | None = None,
-        nth: int = 1,
-        times: int | None = 1,
-    ) -> FaultRule:
-        """Sleep ``seconds`` before forwarding, or after ``after_bytes`` of the response body."""
-        return self._add(
-            FaultRule(
-                "delay",
-                method,
-                self._compile(path),
-                nth=nth,
-                times=times,
-                seconds=seconds,
-                after_bytes=-1 if after_bytes is None else after_bytes,
-            )
-        )
-
     def clear(self) -> None:
         """Remove every rule."""
         with self._lock:
@@ -575,18 +345,36 @@ class FaultProxy:
             self._by_kind.clear()
             self._log.clear()
 
-    def _track(self, method: str, target: str, kind: str, fault: str | None) -> _Bytes:
+    def storage_requests(self) -> list[StorageRequest]:
+        """Every request that reached the storage side (the target of redirects)."""
+        with self._lock:
+            return list(self._storage.seen)
+
+    def tokens_seen(self) -> list[str]:
+        """Every token and refresh token the token server handed out through the proxy."""
+        with self._lock:
+            return list(self._tokens)
+
+    def _track(self, method: str, target: str, kind: str, fault: str | None) -> LiveCounts:
         with self._lock:
             stats = self._by_kind.setdefault((method, kind), KindStats())
             stats.requests += 1
             rec = RequestRecord(method, target, kind, 0, 0, 0, fault, started=time.monotonic())
             self._log.append(rec)
-            return _Bytes(self._lock, rec, stats)
+            return LiveCounts(self._lock, rec, stats)
 
-    def _firing(self, method: str, target: str) -> tuple[list[FaultRule], dict[str, str]]:
+    def _firing(
+        self, method: str, target: str, authorized: bool
+    ) -> tuple[list[FaultRule], dict[str, str]]:
         """The rules that fire for this request, and the headers ``headers`` rules add."""
+        # A registry that asks for credentials redirects only requests that carry them.
+        gated = self.upstream.username is not None and not authorized
         with self._lock:
-            rules = [r for r in self._rules if r.matches(method, target) and r.take()]
+            rules = [
+                r
+                for r in self._rules
+                if r.matches(method, target) and not (gated and r.kind == "redirect") and r.take()
+            ]
             added: dict[str, str] = {}
             for rule in rules:
                 if rule.kind == "headers":
@@ -618,34 +406,59 @@ class FaultProxy:
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         target = str(request.rel_url)
-        rules, added = self._firing(request.method, target)
+        rules, added = self._firing(request.method, target, "Authorization" in request.headers)
         fault = ",".join(r.kind for r in rules if r.kind != "headers") or None
         counter = self._track(request.method, target, classify(request.rel_url.path), fault)
         for rule in rules:
+            if rule.kind == "hook" and rule.callback is not None:
+                threading.Thread(target=rule.callback, name="fault-hook", daemon=True).start()
+        for rule in rules:
             if rule.kind == "delay" and rule.after_bytes < 0:
                 await asyncio.sleep(rule.seconds)
-        cut_req = next((r for r in rules if r.kind == "cut_request"), None)
+        cut_req = next((r for r in rules if r.kind == "cut_request" and not r.forward), None)
         if cut_req is not None:
-            await _read_some(request, cut_req.after_bytes, counter)
-            _drop(request)
+            await read_some(request, cut_req.after_bytes, counter)
+            drop(request)
             return web.Response(status=499)
         early = next((r for r in rules if r.kind == "status" and not r.forward), None)
         if early is not None:
-            await _drain(request, counter)
+            await drain(request, counter)
             counter.set_status(early.status)
-            return _with_added_headers(_error_response(early), added)
+            return with_added_headers(error_response(early), added)
+        moved = next((r for r in rules if r.kind == "redirect"), None)
+        if moved is not None:
+            await drain(request, counter)
+            counter.set_status(moved.status)
+            location = self._storage.park(request, self._upstream_base(request.rel_url.path))
+            return web.Response(status=moved.status, headers={"Location": location})
         return await self._forward(request, rules, counter, added)
+
+    def _request_body(
+        self, request: web.Request, rules: list[FaultRule], counter: LiveCounts
+    ) -> AsyncIterator[bytes] | None:
+        if not has_body(request):
+            return None
+        flips = [r.offset for r in rules if r.kind == "flip_request"]
+        rate = next((r.delta for r in rules if r.kind == "throttle" and r.upload), None)
+        cut = next((r for r in rules if r.kind == "cut_request" and r.forward), None)
+        return counting(
+            client_body(request),
+            counter,
+            flips=flips,
+            rate=rate,
+            stop_at=None if cut is None else cut.after_bytes,
+        )
 
     async def _forward(
         self,
         request: web.Request,
         rules: list[FaultRule],
-        counter: _Bytes,
+        counter: LiveCounts,
         added: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         assert self._session is not None
         base = self._upstream_base(request.rel_url.path)
-        data = _counting(client_body(request), counter) if has_body(request) else None
+        data = self._request_body(request, rules, counter)
         late = next((r for r in rules if r.kind == "status" and r.forward), None)
         resp: web.StreamResponse | None = None
         try:
@@ -659,24 +472,32 @@ class FaultProxy:
                 if late is not None:
                     await up.read()
                     counter.set_status(late.status)
-                    return _with_added_headers(_error_response(late), added or {})
+                    return with_added_headers(error_response(late), added or {})
                 headers = response_headers(up, base, self.url)
                 self._rewrite_challenge(headers)
+                apply_headers(headers, rules)
                 for name, value in (added or {}).items():
                     headers[name] = value
                 counter.set_status(up.status)
-                resp = await start_response(request, up, headers)
+                resp = await start_answer(request, up, headers, rules)
                 if request.method != "HEAD":
                     ok = await self._relay_body(request, up, resp, rules, counter)
                     if not ok:
                         return resp
                 await resp.write_eof()
                 return resp
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, RequestCut) as exc:
+            if counter.cut:
+                # The registry got the first bytes of the body, then the link broke.
+                drop(request)
+                return resp if resp is not None else web.Response(status=499)
             if resp is None:
+                if self.upstream_down == "drop":
+                    drop(request)
+                    return web.Response(status=499)
                 counter.set_status(502)
                 return web.Response(status=502, text=f"fault proxy: upstream failed: {exc}")
-            _drop(request)
+            drop(request)
             return resp
         except ConnectionResetError:
             # The client went away mid-body.
@@ -688,22 +509,20 @@ class FaultProxy:
         up: aiohttp.ClientResponse,
         resp: web.StreamResponse,
         rules: list[FaultRule],
-        counter: _Bytes,
+        counter: LiveCounts,
     ) -> bool:
-        """Copy the body applying flips, stalls and cuts; False when the connection was cut."""
+        """Copy the body applying flips, stalls, rates and cuts; False when the connection was cut."""
         cut = next((r for r in rules if r.kind == "cut"), None)
         flips = [r.offset for r in rules if r.kind == "flip"]
         stalls = sorted(
             (r.after_bytes, r.seconds) for r in rules if r.kind == "delay" and r.after_bytes >= 0
         )
+        rate = next((r.delta for r in rules if r.kind == "throttle" and not r.upload), None)
+        overclaim = any(r.kind == "length" and r.delta > 0 for r in rules)
         pos = 0
-        async for chunk in up.content.iter_chunked(CHUNK):
+        async for chunk in self._body_chunks(request, up):
             if flips:
-                buf = bytearray(chunk)
-                for off in flips:
-                    if pos <= off < pos + len(buf):
-                        buf[off - pos] ^= 0xFF
-                chunk = bytes(buf)
+                chunk = flipped(chunk, pos, flips)
             while stalls and stalls[0][0] < pos + len(chunk):
                 at, seconds = stalls.pop(0)
                 head = max(at - pos, 0)
@@ -718,95 +537,75 @@ class FaultProxy:
                 if head:
                     counter.add_down(head)
                     await resp.write(chunk[:head])
-                _drop(request)
+                drop(request)
                 return False
-            counter.add_down(len(chunk))
-            await resp.write(chunk)
+            await write_at_rate(resp, chunk, rate, counter)
             pos += len(chunk)
-        if cut is not None:  # body shorter than the cut point: still drop the connection
-            _drop(request)
+        if cut is not None or overclaim:  # shorter than the cut point or the claim: drop
+            drop(request)
             return False
         return True
 
-
-class _Bytes:
-    """Live counters of one request: updated as bytes flow, so they are complete
-    by the time the client has seen the last byte."""
-
-    def __init__(self, lock: threading.Lock, record: RequestRecord, stats: KindStats) -> None:
-        self._lock = lock
-        self._record = record
-        self._stats = stats
-        self.up = 0
-
-    def add_up(self, n: int) -> None:
-        with self._lock:
-            self.up += n
-            self._record.bytes_up += n
-            self._stats.bytes_up += n
-            self._moved(n)
-
-    def add_down(self, n: int) -> None:
-        with self._lock:
-            self._record.bytes_down += n
-            self._stats.bytes_down += n
-            self._moved(n)
-
-    def _moved(self, n: int) -> None:
-        if n <= 0:
+    async def _body_chunks(
+        self, request: web.Request, up: aiohttp.ClientResponse
+    ) -> AsyncIterator[bytes]:
+        """The upstream body in chunks; a token answer whole, its tokens noted first."""
+        if classify(request.rel_url.path) != "token":
+            async for chunk in up.content.iter_chunked(CHUNK):
+                yield chunk
             return
-        now = time.monotonic()
-        if not self._record.first_byte:
-            self._record.first_byte = now
-        self._record.last_byte = now
+        body = await up.read()  # small; noted before the client can see it
+        self._note_tokens(body)
+        if body:
+            yield body
 
-    def set_status(self, status: int) -> None:
-        with self._lock:
-            self._record.status = status
-            if status:
-                self._stats.statuses[status] += 1
-
-
-async def _counting(body: AsyncIterator[bytes], counter: _Bytes) -> AsyncIterator[bytes]:
-    async for chunk in body:
-        counter.add_up(len(chunk))
-        yield chunk
-
-
-async def _read_some(request: web.Request, limit: int, counter: _Bytes) -> None:
-    while counter.up < limit:
-        chunk = await request.content.read(min(CHUNK, limit - counter.up))
-        if not chunk:
+    def _note_tokens(self, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+        except ValueError:
             return
-        counter.add_up(len(chunk))
+        if not isinstance(doc, dict):
+            return
+        found = [
+            str(doc[k])
+            for k in ("token", "access_token", "refresh_token")
+            if isinstance(doc.get(k), str) and doc[k]
+        ]
+        with self._lock:
+            self._tokens.extend(t for t in found if t not in self._tokens)
 
+    def _storage_credentials(self, url: str) -> dict[str, str]:
+        """What the storage side shows the registry: its own pull credentials (blocking)."""
+        if self.upstream.username is None:
+            return {}
+        if self.upstream.token_url is None:
+            return self.upstream.basic_auth_header()
+        match = re.search(r"/v2/(.+)/blobs/", url)
+        scope = f"repository:{match.group(1) if match else ''}:pull"
+        return {"Authorization": f"Bearer {self.upstream.token([scope])}"}
 
-async def _drain(request: web.Request, counter: _Bytes) -> None:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        counter.add_up(len(chunk))
-
-
-def _drop(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.close()
-
-
-def _with_added_headers(response: web.Response, added: Mapping[str, str]) -> web.Response:
-    for name, value in added.items():
-        response.headers[name] = value
-    return response
-
-
-def _error_response(rule: FaultRule) -> web.Response:
-    headers: dict[str, str] = {}
-    if rule.retry_after is not None:
-        headers["Retry-After"] = rule.retry_after
-    if rule.body is not None:
-        return web.Response(status=rule.status, body=rule.body, headers=headers)
-    code = _ERROR_CODES.get(rule.status, "UNKNOWN")
-    return web.json_response(
-        {"errors": [{"code": code, "message": f"injected by fault proxy ({rule.status})"}]},
-        status=rule.status,
-        headers=headers,
-    )
+    async def _serve_storage(self, request: web.Request) -> web.StreamResponse:
+        """The storage side: answers a parked redirect with what the registry answers."""
+        assert self._session is not None
+        with self._lock:
+            self._storage.seen.append(
+                StorageRequest(request.method, str(request.rel_url), dict(request.headers))
+            )
+        parked = self._storage.claim(request.rel_url.path)
+        if parked is None:
+            return web.Response(status=404, text="fault proxy storage: unknown object")
+        url, headers = parked
+        headers.update(await anyio.to_thread.run_sync(self._storage_credentials, url))
+        try:
+            async with self._session.request(
+                request.method, url, headers=headers, allow_redirects=False
+            ) as up:
+                out = response_headers(up, self.upstream.url, self.url)
+                resp = await start_response(request, up, out)
+                if request.method != "HEAD":
+                    async for chunk in up.content.iter_chunked(CHUNK):
+                        await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return web.Response(status=502, text=f"fault proxy storage: upstream failed: {exc}")

@@ -18,7 +18,9 @@ Guarantees:
   own check at the closing ``PUT ...?digest=``.  Sizes are checked always.
 * A chunk whose ``PATCH`` failed is sent again from the offset the registry
   confirms (asked with a status request); a session the registry lost (404) is
-  replaced by a fresh one at most :data:`MAX_SESSION_RESTARTS` times.
+  replaced by a fresh one at most :data:`MAX_SESSION_RESTARTS` times.  So is
+  the session of a small blob whose retried ``PUT`` is refused (a link that
+  broke mid-body leaves distribution's session invalid): the blob is in memory.
 * A failed upload is cancelled (``DELETE``, errors ignored); an interrupted
   chunked upload (task cancelled) is left open so that it can be resumed.
 * A session a failed mount kept for this blob is used first (see
@@ -188,6 +190,7 @@ class Uploader:
         """Read the blob into memory, then POST + PUT it (the PUT retried as it is)."""
         data = await read_whole(desc, opener, verify)
         pending = await self.sessions.take_pending(repository, desc.digest)
+        restarts = 0
         while True:
             # The session a failed mount left goes first; a fresh one if it is gone.
             if pending is not None:
@@ -199,14 +202,26 @@ class Uploader:
                 await self.sessions.opened(repository, desc, location, on_progress)
                 await self.sessions.close(repository, desc, location, data=data)
             except NotFoundError:
-                # A retried PUT after a lost answer finds its session closed.
+                # A retried PUT after a lost answer finds its session closed; one
+                # after a link that broke mid-body finds it refused (distribution
+                # keeps the bytes that arrived: BLOB_UPLOAD_INVALID).  The blob is
+                # at hand: it goes again in a fresh session.
                 if await self.sessions.landed(repository, desc):
                     return len(data)
                 if reused:
                     self.sessions.log_pending_gone(repository, desc)
                     continue
                 await self.sessions.abandon(location, repository)
-                raise
+                restarts += 1
+                if restarts > MAX_SESSION_RESTARTS:
+                    raise
+                log.info(
+                    "registry.upload.session_lost",
+                    host=self._host,
+                    digest=desc.digest,
+                    restart=restarts,
+                )
+                continue
             except BaseException as exc:
                 if not is_interruption(exc):
                     await self.sessions.abandon(location, repository)
