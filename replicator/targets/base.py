@@ -33,7 +33,7 @@ per target (``isinstance`` against a protocol costs a lookup per member).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 from replicator.oci.descriptor import Descriptor
@@ -92,7 +92,9 @@ class RequestStats:
 
     Every attempt counts (a retried request counts twice under its kind and once
     under ``retries``).  ``token`` counts requests to a token server.  Kinds a
-    store never sends stay 0.
+    store never sends stay 0.  ``answers`` counts the attempts of a store that
+    speaks HTTP by kind and status class (``2xx``... ``5xx``, ``none`` when no
+    answer came): it is not one of the counters :meth:`as_dict` returns.
     """
 
     manifest_get: int = 0
@@ -115,18 +117,25 @@ class RequestStats:
     retries: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    answers: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
 
     def add(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to counter ``kind`` (unknown kinds are ignored)."""
         if kind in _STAT_FIELDS:
             setattr(self, kind, getattr(self, kind) + n)
 
+    def answered(self, kind: str, status: int | None) -> None:
+        """Count one attempt of ``kind`` by the class of its HTTP ``status`` (None: no answer)."""
+        key = (kind, f"{status // 100}xx" if status is not None else "none")
+        self.answers[key] = self.answers.get(key, 0) + 1
+
     def as_dict(self) -> dict[str, int]:
-        """All counters as a plain dict (for metrics and logs)."""
-        return asdict(self)
+        """All counters as a plain dict (for metrics and logs); ``answers`` is not among them."""
+        return {name: getattr(self, name) for name in _STAT_ORDER}
 
 
-_STAT_FIELDS = frozenset(f.name for f in fields(RequestStats))
+_STAT_ORDER = tuple(f.name for f in fields(RequestStats) if f.name != "answers")
+_STAT_FIELDS = frozenset(_STAT_ORDER)
 
 
 @runtime_checkable
