@@ -99,9 +99,10 @@ def job_result(outcome: SyncOutcome, job: str) -> JobResultName:
     if not results:  # the run ended before its engine started (a stop, a lock, the journal)
         return "interrupted" if interrupted else "success" if run.ok else "failed"
     states = [run.job_state(i) for i, _ in results]
-    if any(r.status == "pending" for _, r in results):
-        return "interrupted" if interrupted else "failed"
-    if "failed" in states:
+    unfinished = "failed" in states or any(r.status == "pending" for _, r in results)
+    if unfinished and interrupted:  # a graph the stop cut short: the next run resumes it
+        return "interrupted"
+    if unfinished:
         return "failed"
     if "refused" in states:
         return "refused"
@@ -124,6 +125,8 @@ def job_figures(
             if result.status == "pending" or outcome.run is None:
                 continue
             state = outcome.run.job_state(index).replace("-", "_")
+            if state == "failed" and fig.result == "interrupted":
+                continue  # cut short by the stop, not failed: the next run resumes it
             fig.graphs[state] = fig.graphs.get(state, 0) + 1
         fig.gate_refusals = fig.graphs.get("refused", 0)
         out[name] = fig
