@@ -201,7 +201,7 @@ class OneShot:
             if ctx.json_logs:
                 log.error("cli.job_locked", job=name, error=why)
             else:
-                ctx.err.write(f"Error: job {name}: {why}\n")
+                ctx.err.write(f"Error: {why}\n")  # it names the job
         ctx.err.flush()
 
     async def write_metrics(
