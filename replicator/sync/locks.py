@@ -48,6 +48,7 @@ import anyio
 from replicator.errors import JournalError, LockedError
 from replicator.journal.store import default_journal_path
 from replicator.observe.logging import get_logger
+from replicator.sync.request import JournalChoice
 
 log = get_logger(__name__)
 
@@ -213,3 +214,27 @@ async def acquire(
             announced = True
         await anyio.sleep(pause if left is None else min(pause, left))
         pause = min(POLL_MAX, pause * 2)
+
+
+async def lock_run(
+    journal: JournalChoice,
+    key: str,
+    command: Sequence[str],
+    stopped: Callable[[], bool],
+) -> HeldLock | None:
+    """Hold the lock of the journal run ``key``; None when the run keeps no journal.
+
+    Another process running the same run on the same journal makes this one
+    wait (``journal.wait_lock``) or raises :class:`~replicator.errors.LockedError`;
+    None too when ``stopped()`` while waiting (the caller checks its stop).
+    """
+    if not journal.enabled:
+        return None
+    where = journal.path or default_journal_path()
+    return await acquire(
+        run_lock_path(where, key),
+        Holder.me(command),
+        what=f"the same run on the journal {where}",
+        wait=journal.wait_lock,
+        stopped=stopped,
+    )

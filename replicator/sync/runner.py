@@ -47,13 +47,13 @@ from replicator.errors import (
     JournalError,
     ReplicatorError,
 )
-from replicator.journal.store import DONE, FAILED, INTERRUPTED, default_journal_path
+from replicator.journal.store import DONE, FAILED, INTERRUPTED
 from replicator.observe.logging import get_logger
 from replicator.sync.figures import AttemptFigures, job_states
 from replicator.sync.jobs import expand_jobs
 from replicator.sync.journal_run import JournalRun, SourceMoved
 from replicator.sync.ledger import AttemptLedger
-from replicator.sync.locks import HeldLock, Holder, acquire, run_lock_path
+from replicator.sync.locks import HeldLock, lock_run
 from replicator.sync.outcome import Message, MessageKind, RunOutcome, write_report
 from replicator.sync.request import RunRequest
 from replicator.sync.stop import StopRequest
@@ -152,21 +152,10 @@ class _Run:
                 lock.release()
 
     async def _lock(self) -> HeldLock | None:
-        """Hold the run's lock beside its journal (:mod:`.locks`); None without a journal.
-
-        Another process running the same run on the same journal makes this
-        one wait (``JournalChoice.wait_lock``) or end with ``LockedError``.
-        """
-        choice = self.request.journal
-        if not choice.enabled:
-            return None
-        where = choice.path or default_journal_path()
-        return await acquire(
-            run_lock_path(where, self.request.key()),
-            Holder.me(self.request.command),
-            what=f"the same run on the journal {where}",
-            wait=choice.wait_lock,
-            stopped=lambda: self.stop.requested,
+        """Hold the run's lock beside its journal (:func:`.locks.lock_run`); None without one."""
+        request = self.request
+        return await lock_run(
+            request.journal, request.key(), request.command, lambda: self.stop.requested
         )
 
     async def _execute(self) -> RunOutcome:

@@ -257,8 +257,8 @@ class Watch:
     async def _run_job(self, clock: JobClock, config: SyncConfig) -> None:
         """One run of ``clock``'s job with ``config``: lock, sync, record, plan the next."""
         assert self._pools is not None
-        lock = self._lock(clock)
-        if lock is None:
+        lock = None if self.stop.requested else self._lock(clock)
+        if lock is None:  # stopping, or another process runs the job
             self._run_over(clock)
             return
         pool = self._pools.lease()
