@@ -125,11 +125,8 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     )
     service = OneShot(args, config)  # job locks, --metrics-file
-    stop = StopRequest()
-    with stop.on_signals():
-        jobs = await service.lock_jobs(stop)
     try:
-        outcome = await _run(args, ctx, config, service, journal, jobs, stop)
+        outcome = await _run(args, ctx, config, service, journal)
     finally:
         service.release()
     if args.dry_run:
@@ -153,25 +150,24 @@ async def _run(
     config: Any,
     service: OneShot,
     journal: JournalChoice,
-    jobs: tuple[str, ...],
-    stop: StopRequest,
 ) -> Any:
-    """Run the sync of ``jobs``; write ``--metrics-file`` while the targets are open."""
+    """Lock the jobs, run the sync of those locked; write ``--metrics-file`` while the targets are open."""
     from replicator.sync.syncing import SyncRequest, run_sync
 
-    request = SyncRequest(
-        config=config,
-        jobs=jobs,
-        dry_run=args.dry_run,
-        journal=journal,
-        limits=concurrency_limits(args.concurrency),
-        chunk_size=args.chunk_size,
-        report_path=report_path(args),
-        command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
-    )
     observer, display = _observer(ctx)
+    stop = StopRequest()
     async with pool(ctx, config) as targets:
         with display, stop.on_signals():
+            request = SyncRequest(
+                config=config,
+                jobs=await service.lock_jobs(stop),  # the selected jobs nobody else runs
+                dry_run=args.dry_run,
+                journal=journal,
+                limits=concurrency_limits(args.concurrency),
+                chunk_size=args.chunk_size,
+                report_path=report_path(args),
+                command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
+            )
             outcome = await run_sync(
                 request,
                 targets=targets,

@@ -45,7 +45,7 @@ from replicator.observe.textfile import write_textfile
 from replicator.sync import JournalChoice, StopRequest, concurrency_limits
 from replicator.sync.config import SyncConfig
 from replicator.sync.expand import selected_jobs
-from replicator.sync.locks import HeldLock, Holder, acquire, job_lock_path
+from replicator.sync.locks import HeldLock, Holder, acquire, job_lock_path, locks_allowed
 from replicator.sync.schedule import Schedule
 from replicator.sync.service_figures import (
     DestinationTally,
@@ -146,8 +146,8 @@ class OneShot:
         :class:`LockedError` when every job is held elsewhere, and
         :class:`Interrupted` when a stop came while waiting.
         """
-        if self.dry_run:
-            return self.asked
+        if self.dry_run or not locks_allowed(self.journal):
+            return self.asked  # nothing to protect, or a journal path the run refuses (exit 8)
         holder = Holder.me(self.command)
         deadline = None if self.wait is None else time.monotonic() + self.wait
         for name in sorted(self.names):

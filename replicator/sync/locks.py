@@ -46,6 +46,8 @@ from pathlib import Path
 import anyio
 
 from replicator.errors import JournalError, LockedError
+from replicator.journal.inspect import inspect_journal
+from replicator.journal.schema import SCHEMA_VERSION
 from replicator.journal.store import default_journal_path
 from replicator.observe.logging import get_logger
 from replicator.sync.request import JournalChoice
@@ -54,6 +56,16 @@ log = get_logger(__name__)
 
 #: How often a waiting process tries a taken lock again (seconds, growing to the second value).
 POLL_FIRST, POLL_MAX = 0.1, 1.0
+
+
+def locks_allowed(journal: Path | None) -> bool:
+    """False when the journal path holds something that is not a journal (a file of the user's).
+
+    Opening such a journal is refused (exit 8) and nothing may be created
+    beside it, lock files included: the caller then takes no lock.
+    """
+    path = journal if journal is not None else default_journal_path()
+    return inspect_journal(path, schema_version=SCHEMA_VERSION).state != "foreign"
 
 
 def lock_dir(journal: Path | None) -> Path:
@@ -228,9 +240,9 @@ async def lock_run(
     wait (``journal.wait_lock``) or raises :class:`~replicator.errors.LockedError`;
     None too when ``stopped()`` while waiting (the caller checks its stop).
     """
-    if not journal.enabled:
-        return None
     where = journal.path or default_journal_path()
+    if not journal.enabled or not locks_allowed(where):
+        return None
     return await acquire(
         run_lock_path(where, key),
         Holder.me(command),

@@ -44,13 +44,19 @@ import anyio.to_thread
 
 from replicator.engine import LimitSettings
 from replicator.engine.events import CopyObserver
-from replicator.errors import EXIT_INTERRUPTED, EXIT_OK, LockedError, ReplicatorError
+from replicator.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    JournalError,
+    LockedError,
+    ReplicatorError,
+)
 from replicator.observe.logging import get_logger
 from replicator.observe.metrics import ServiceMetrics, activated
 from replicator.observe.metrics_http import Health
 from replicator.sync.config import SyncConfig, SyncJob
 from replicator.sync.expand import selected_jobs
-from replicator.sync.locks import HeldLock, Holder, job_lock_path, try_lock
+from replicator.sync.locks import HeldLock, Holder, job_lock_path, locks_allowed, try_lock
 from replicator.sync.request import JournalChoice
 from replicator.sync.runner import MessageSink
 from replicator.sync.schedule import Schedule, retry_time
@@ -288,6 +294,8 @@ class Watch:
         journal = self.request.journal.path
         path = job_lock_path(journal, clock.name)
         try:
+            if not locks_allowed(journal):
+                raise JournalError(f"{journal} is not a replicator journal: no lock beside it")
             got = try_lock(path, Holder.me(self._command(clock)))
         except ReplicatorError as exc:
             log.error("watch.job_failed", job=clock.name, error=str(exc))

@@ -19,6 +19,7 @@ from pathlib import Path
 from replicator.errors import EXIT_LOCKED, EXIT_OK
 from tests.infra.proxy import FaultProxy
 from tests.infra.registry import RegistryInstance
+from tests.integration.cli_helpers import run_cli
 from tests.integration.service_helpers import ServiceProcess, push_image, tags_of, wait_until
 
 
@@ -174,3 +175,32 @@ def test_two_identical_copies_never_share_a_run(
     )
     assert "--wait-lock waits for it" in failed["error"]
     assert f"Up to date: {src} => {dst}" in waiting.stdout()
+
+
+def test_no_lock_file_is_created_beside_a_journal_path_that_is_not_a_journal(
+    registry_open: RegistryInstance, unique_repo: str, tmp_path: Path
+) -> None:
+    """``--journal config.json`` by mistake: exit 8 as before, and no ``config.json.locks``."""
+    push_image(registry_open, f"{unique_repo}/a", "v1")
+    work = tmp_path / "work"
+    work.mkdir()
+    mistaken = work / "config.json"
+    mistaken.write_text('{"important": true}\n')
+    host = registry_open.host
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        f"version: 1\njobs:\n  - name: a\n    source: {host}/{unique_repo}/a\n"
+        f"    destinations: [{host}/{unique_repo}/a-copy]\n"
+    )
+    synced = run_cli("sync", str(config), "--journal", str(mistaken), home=tmp_path)
+    copied = run_cli(
+        "copy",
+        "--journal",
+        str(mistaken),
+        f"{host}/{unique_repo}/a:v1",
+        f"{host}/{unique_repo}/b:v1",
+        home=tmp_path,
+    )
+    assert synced.code == copied.code == 8, synced.stderr + copied.stderr
+    assert "not a replicator journal" in copied.stderr
+    assert [p.name for p in work.iterdir()] == ["config.json"]
