@@ -52,7 +52,7 @@ from replicator.errors import (
     ReplicatorError,
 )
 from replicator.observe.logging import get_logger
-from replicator.observe.metrics import ServiceMetrics, activated
+from replicator.observe.metrics import JobFigures, ServiceMetrics, activated
 from replicator.observe.metrics_http import Health
 from replicator.sync.config import SyncConfig, SyncJob
 from replicator.sync.expand import selected_jobs
@@ -278,14 +278,19 @@ class Watch:
                 stop=self.stop,
                 on_message=self._on_message,
             )
-        except Exception as exc:  # a bug must not end the watch: the job backs off
-            log.error("watch.job_crashed", job=clock.name, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug must not end the watch: the run failed, the job backs off
+            log.error("watch.job_crashed", job=clock.name, error=_explain(exc))
         finally:
             lock.release()
-            if outcome is not None and self.clocks.get(clock.name) is clock:
+            if self.clocks.get(clock.name) is not clock:
+                pass  # removed by a reload meanwhile: nothing to record
+            elif outcome is not None:
                 self._record(clock, outcome, began, time.monotonic() - started, pool)
-            elif outcome is None:
-                self._failed(clock, self._clock())
+            else:
+                now = self._clock()
+                self._failed(clock, now)
+                figures = JobFigures("failed", now, time.monotonic() - started)
+                self.metrics.record_run(clock.name, figures)
             await self._pools.give_back(pool)
             self._run_over(clock)
 
@@ -369,9 +374,10 @@ class Watch:
     def _run_over(self, clock: JobClock) -> None:
         clock.running = False
         clock.first_done = True
-        self.metrics.job_state(
-            clock.name, running=False, next_run=clock.next_due, failures=clock.failures
-        )
+        if self.clocks.get(clock.name) is clock:  # not removed by a reload meanwhile
+            self.metrics.job_state(
+                clock.name, running=False, next_run=clock.next_due, failures=clock.failures
+            )
         if not self._ready and all(c.first_done for c in self.clocks.values()):
             self._ready = True
             self.health.not_ready = None
@@ -432,3 +438,21 @@ class Watch:
             removed=removed,
             changed=changed,
         )
+
+
+def _explain(exc: BaseException) -> str:
+    """``Type: message`` of the error behind ``exc`` (the first replicator error of a group)."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(exc)
+    found = next(
+        (e for e in leaves if isinstance(e, ReplicatorError)), leaves[0] if leaves else exc
+    )
+    return f"{type(found).__name__}: {found}"

@@ -18,6 +18,7 @@ import anyio
 
 from replicator.errors import EXIT_INTERRUPTED, EXIT_OK
 from replicator.targets.registry import RegistryTarget
+from tests.infra.process import free_port
 from tests.infra.proxy import FaultProxy
 from tests.infra.registry import RegistryInstance
 from tests.integration.graphs import GraphBuilder, assert_same_graph
@@ -103,7 +104,7 @@ def test_a_slow_job_never_overlaps_itself_and_its_skipped_ticks_are_counted(
     )
     succeeded = value(samples, "replicator_job_runs_total", sync_job="slow", result="success")
     assert succeeded >= 3
-    assert all(r["seconds"] >= 1.5 for r in runs)
+    assert all(r["seconds"] >= 1.5 for r in runs if r["result"] == "success")
     # At least one tick per run after the first found it still running.
     assert skipped >= succeeded - 1 >= 2
     assert skipped <= len(skipped_logged)  # every skip counted was logged (a scrape may lag)
@@ -207,3 +208,40 @@ def test_sighup_with_a_broken_file_keeps_the_old_jobs_and_says_why(
         assert value(samples, "replicator_config_last_reload_successful") == 1
         assert total(samples, "replicator_job_runs_total", sync_job="b") >= 1
         assert watch.terminate() == EXIT_OK
+
+
+def test_a_failing_job_backs_off_while_the_others_go_on(
+    registry_open: RegistryInstance, unique_repo: str, tmp_path: Path
+) -> None:
+    host = registry_open.host
+    push_image(registry_open, f"{unique_repo}/good", "v1")
+    config = _config(
+        tmp_path / "sync.yaml",
+        [
+            ("good", f"{host}/{unique_repo}/good", f"{host}/{unique_repo}/good-copy", "1s"),
+            # Nothing listens at the destination: every run fails at once.
+            ("broken", f"{host}/{unique_repo}/good", f"127.0.0.1:{free_port()}/x", "30s"),
+        ],
+    )
+    with WatchProcess(config, tmp_path / "j.sqlite", tmp_path) as watch:
+        watch.wait_ready()
+        failed = wait_until(
+            lambda: [e for e in watch.events("watch.job_finished") if e["job"] == "broken"][2:],
+            "three failed runs",
+        )
+        samples = watch.metrics()
+        assert watch.terminate() == EXIT_OK
+    runs = watch.events("watch.job_finished")
+    broken = [r for r in runs if r["job"] == "broken"]
+    assert all(r["result"] == "failed" for r in broken) and failed
+    # Retried after 5 s, then 10 s (the back-off doubles), long before the 30 s interval.
+    gaps = [_time(b["timestamp"]) - _time(a["timestamp"]) for a, b in itertools.pairwise(broken)]
+    assert 4.5 <= gaps[0] <= 8 and 9.5 <= gaps[1] <= 14, gaps
+    assert [r["failures"] for r in broken[:3]] == [1, 2, 3]
+    assert value(samples, "replicator_job_consecutive_failures", sync_job="broken") >= 3
+    assert value(samples, "replicator_job_runs_total", sync_job="broken", result="failed") >= 3
+    # The good job was not held up: it kept running every second meanwhile.
+    good = [r for r in runs if r["job"] == "good"]
+    assert len(good) >= 10 and all(r["result"] == "success" for r in good[:-1])
+    assert good[-1]["result"] in ("success", "interrupted")  # SIGTERM may come during one
+    assert value(samples, "replicator_job_consecutive_failures", sync_job="good") == 0
