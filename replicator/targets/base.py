@@ -92,9 +92,7 @@ class RequestStats:
 
     Every attempt counts (a retried request counts twice under its kind and once
     under ``retries``).  ``token`` counts requests to a token server.  Kinds a
-    store never sends stay 0.  ``answers`` counts the attempts of a store that
-    speaks HTTP by kind and status class (``2xx``... ``5xx``, ``none`` when no
-    answer came): it is not one of the counters :meth:`as_dict` returns.
+    store never sends stay 0.
     """
 
     manifest_get: int = 0
@@ -114,10 +112,13 @@ class RequestStats:
     catalog: int = 0
     ping: int = 0
     token: int = 0
+    #: Attempts by ``(kind, status class)``: ``2xx``... ``5xx``, ``none`` when no
+    #: answer came (stores that speak HTTP; the service metrics).  Not a counter
+    #: :meth:`as_dict` returns.
+    answers: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     retries: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
-    answers: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
 
     def add(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to counter ``kind`` (unknown kinds are ignored)."""
@@ -131,11 +132,10 @@ class RequestStats:
 
     def as_dict(self) -> dict[str, int]:
         """All counters as a plain dict (for metrics and logs); ``answers`` is not among them."""
-        return {name: getattr(self, name) for name in _STAT_ORDER}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "answers"}
 
 
-_STAT_ORDER = tuple(f.name for f in fields(RequestStats) if f.name != "answers")
-_STAT_FIELDS = frozenset(_STAT_ORDER)
+_STAT_FIELDS = frozenset(f.name for f in fields(RequestStats))
 
 
 @runtime_checkable
