@@ -26,6 +26,7 @@ Tree and exit codes (documented in the README too)::
     ├── JournalError                    8  the resume journal cannot be used
     ├── IncompleteCopyError             9  a copy finished but something selected is missing
     ├── GateRefusedError               10  a promotion gate refused a graph (a required referrer is missing)
+    ├── LockedError                    11  another process runs the same job or run (file lock beside the journal)
     └── Interrupted                    75  stopped by SIGTERM/SIGINT; rerun to resume
 
 Errors raised while copying carry ``side`` ("source" or "destination") so the
@@ -47,6 +48,7 @@ EXIT_REGISTRY = 7
 EXIT_JOURNAL = 8
 EXIT_INCOMPLETE = 9
 EXIT_REFUSED = 10
+EXIT_LOCKED = 11
 EXIT_INTERRUPTED = 75
 
 _MAX_DETAIL = 300
@@ -209,3 +211,13 @@ class GateRefusedError(ReplicatorError):
     """A promotion gate refused a graph: a referrer of a required type is missing at the source."""
 
     exit_code = EXIT_REFUSED
+
+
+class LockedError(ReplicatorError):
+    """Another process holds the lock of a sync job or of a journal run: nothing was done for it.
+
+    Raised when ``--wait-lock`` is not given (or its time ran out); the message
+    names the process that holds the lock (pid, host, since when, its command).
+    """
+
+    exit_code = EXIT_LOCKED

@@ -25,7 +25,9 @@ reported.
 Exit 0 only when every selected node is present at every destination; else
 :class:`~replicator.errors.IncompleteCopyError` (exit 9), or the error that
 made a source unreadable (e.g. exit 3 for an unknown tag), 8 when the journal
-fails, 75 after SIGTERM/SIGINT (docs/RESUME.md: the rerun resumes).  The
+fails, 11 when another process runs the same copy on the same journal
+(``--wait-lock`` waits for it instead), 75 after SIGTERM/SIGINT
+(docs/RESUME.md: the rerun resumes).  The
 journal keeps a record of the command built from what was parsed: references
 and selecting flags, never a credential flag.
 """
@@ -40,6 +42,7 @@ from typing import Any
 
 from replicator.cli import heap
 from replicator.cli.context import CliContext
+from replicator.cli.lockflags import add_wait_lock_flag, wait_lock
 from replicator.cli.output import human_duration, human_size, pluralize
 from replicator.engine import CopyOptions, CopyReport
 from replicator.engine.events import CopyObserver, LogObserver
@@ -178,6 +181,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--fresh", action="store_true", help="ignore an unfinished run of this command: start over"
     )
     p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
+    add_wait_lock_flag(p, "the same copy")
 
 
 def _add_selection_flags(p: argparse.ArgumentParser) -> None:
@@ -264,7 +268,9 @@ def _filter(args: argparse.Namespace) -> GraphFilter:
 def _journal_choice(args: argparse.Namespace) -> JournalChoice:
     if args.no_journal:
         return JournalChoice.off()
-    return JournalChoice.at(args.journal or default_journal_path(), fresh=args.fresh)
+    return JournalChoice.at(
+        args.journal or default_journal_path(), fresh=args.fresh, wait_lock=wait_lock(args)
+    )
 
 
 def command_record(args: argparse.Namespace) -> tuple[str, ...]:

@@ -9,8 +9,11 @@ and lists every difference (exit 9 when there is one).
 
 Exit codes: 0; 9 when something selected is missing at a destination (or, for
 ``verify``, any difference); 10 when a promotion gate refused a graph; the code
-of the most severe failure otherwise; 75 after SIGTERM/SIGINT (a rerun of the
-same config resumes).
+of the most severe failure otherwise; 11 when a selected job was left out
+because another process was running it (and nothing failed); 75 after
+SIGTERM/SIGINT (a rerun of the same config resumes).  ``--watch``,
+``--metrics-addr``, ``--metrics-file`` and ``--wait-lock`` are
+:mod:`replicator.cli.sync_service`'s (docs/UNATTENDED.md).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from replicator.cli.cmd_copy import (
     summary_line,
 )
 from replicator.cli.context import CliContext
+from replicator.cli.lockflags import wait_lock
 from replicator.cli.sync_output import print_plan, print_sync
+from replicator.cli.sync_service import OneShot, add_service_flags, check_service_flags, run_watch
 from replicator.errors import EXIT_INTERRUPTED, GateRefusedError
 from replicator.journal.store import default_journal_path
 from replicator.sync import JournalChoice, StopRequest, TargetPool, concurrency_limits
@@ -70,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run: start over")
     p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
+    add_service_flags(p)  # --watch, --metrics-addr, --metrics-file, --wait-lock (sync_service)
     p.set_defaults(handler=run_sync_command)
 
 
@@ -108,38 +114,29 @@ def pool(ctx: CliContext, config: Any) -> TargetPool:
 
 
 async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Load, run, print; raise nothing for job failures: the exit code says it."""
-    from replicator.sync.syncing import SyncRequest, run_sync
+    """Load, run, print; raise nothing for job failures: the exit code says it.
 
+    ``--watch`` hands over to :func:`~replicator.cli.sync_service.run_watch`; a
+    one-shot run locks its jobs first (:class:`~replicator.cli.sync_service.OneShot`).
+    """
+    check_service_flags(args)
     config = load(args)
+    if args.watch:
+        return await run_watch(
+            args, ctx, config, open_pool=lambda c: pool(ctx, c), show=_shower(ctx)
+        )
     journal = (
         JournalChoice.off()
         if args.no_journal
-        else JournalChoice.at(args.journal or default_journal_path(), fresh=args.fresh)
+        else JournalChoice.at(
+            args.journal or default_journal_path(), fresh=args.fresh, wait_lock=wait_lock(args)
+        )
     )
-    request = SyncRequest(
-        config=config,
-        jobs=tuple(args.job),
-        dry_run=args.dry_run,
-        journal=journal,
-        limits=concurrency_limits(args.concurrency),
-        chunk_size=args.chunk_size,
-        report_path=report_path(args),
-        command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
-        deep=args.deep,
-    )
-    observer, display = _observer(ctx)
-    stop = StopRequest()
-    async with pool(ctx, config) as targets:
-        with display, stop.on_signals():
-            outcome = await run_sync(
-                request,
-                targets=targets,
-                observer=observer,
-                stop=stop,
-                on_message=_message_printer(ctx),
-                before_network=heap.settle,
-            )
+    service = OneShot(args, config)  # job locks, --metrics-file
+    try:
+        outcome = await _run(args, ctx, config, service, journal)
+    finally:
+        service.release()
     if args.dry_run:
         print_plan(ctx.out, outcome)
     else:
@@ -149,9 +146,59 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
         for line in request_lines(outcome.report):
             ctx.out.write(line + "\n")
     print_errors(ctx, outcome)
+    service.print_locked(ctx)
     if outcome.exit_code == EXIT_INTERRUPTED:
         return EXIT_INTERRUPTED
-    return outcome.exit_code
+    return service.exit_code(outcome.exit_code)
+
+
+async def _run(
+    args: argparse.Namespace,
+    ctx: CliContext,
+    config: Any,
+    service: OneShot,
+    journal: JournalChoice,
+) -> Any:
+    """Lock the jobs, run the sync of those locked; write ``--metrics-file`` while the targets are open."""
+    from replicator.sync.syncing import SyncRequest, run_sync
+
+    observer, display = _observer(ctx)
+    stop = StopRequest()
+    async with pool(ctx, config) as targets:
+        with display, stop.on_signals():
+            request = SyncRequest(
+                config=config,
+                jobs=await service.lock_jobs(stop),  # the selected jobs nobody else runs
+                dry_run=args.dry_run,
+                journal=journal,
+                limits=concurrency_limits(args.concurrency),
+                chunk_size=args.chunk_size,
+                report_path=report_path(args),
+                command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
+                deep=args.deep,
+            )
+            outcome = await run_sync(
+                request,
+                targets=targets,
+                observer=service.observe(observer),
+                stop=stop,
+                on_message=_message_printer(ctx),
+                before_network=heap.settle,
+            )
+        code = outcome.exit_code
+        await service.write_metrics(outcome, targets, service.exit_code(code))
+    return outcome
+
+
+def _shower(ctx: CliContext) -> Any:
+    """What a watch prints after each job's run: its results and errors."""
+
+    def show(job: str, outcome: Any) -> None:
+        print_sync(ctx.out, outcome)
+        ctx.out.flush()
+        print_errors(ctx, outcome)
+
+    return show
 
 
 def print_errors(ctx: CliContext, outcome: Any, *, ignore_refusals: bool = False) -> None:

@@ -15,7 +15,8 @@ tag where it pointed), ``refused`` (a promotion gate) or ``failed``.
 The JSON report (:meth:`RunOutcome.to_json`) is the engine report's JSON with
 fields added, never removed: ``status``, ``exit_code``, ``error``, ``run``
 (``id``, ``resumed``, ``journal``), ``sources_moved``,
-``unfinished_upload_bytes``, ``messages``, and the per-job status.
+``unfinished_upload_bytes``, ``messages``, ``throttle_events`` (per limiter,
+how often a registry's "slow down" halved it), and the per-job status.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class RunOutcome:
     job_states: list[JobState] = field(default_factory=list)
     sources_moved: list[SourceMoved] = field(default_factory=list)
     unfinished_upload_bytes: int = 0
+    #: Per ``"location/kind"`` limiter: how often the registry's "slow down" halved it.
+    throttle_events: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +105,7 @@ class RunOutcome:
                 {"source": m.source, "was": m.was, "now": m.now} for m in self.sources_moved
             ],
             unfinished_upload_bytes=self.unfinished_upload_bytes,
+            throttle_events=self.throttle_events,
             messages=[{"kind": m.kind, "text": m.text} for m in self.messages],
         )
         return out

@@ -41,11 +41,16 @@ class JournalChoice:
     ``enabled`` false: no journal, no resume.  ``path`` None: the default
     journal (``$XDG_STATE_HOME/replicator/journal.sqlite``).  ``fresh``: an
     unfinished run with the same key is abandoned and a new one starts.
+    ``wait_lock``: how long to wait, in seconds, when another process runs the
+    same run on this journal (None: as long as it takes; 0: not at all, the
+    run ends with :class:`~replicator.errors.LockedError`, exit 11;
+    :mod:`replicator.sync.locks`).
     """
 
     path: Path | None = None
     enabled: bool = True
     fresh: bool = False
+    wait_lock: float | None = 0.0
 
     @classmethod
     def off(cls) -> JournalChoice:
@@ -53,9 +58,11 @@ class JournalChoice:
         return cls(enabled=False)
 
     @classmethod
-    def at(cls, path: Path | str, *, fresh: bool = False) -> JournalChoice:
+    def at(
+        cls, path: Path | str, *, fresh: bool = False, wait_lock: float | None = 0.0
+    ) -> JournalChoice:
         """The journal at ``path``."""
-        return cls(path=Path(path).expanduser(), fresh=fresh)
+        return cls(path=Path(path).expanduser(), fresh=fresh, wait_lock=wait_lock)
 
 
 def concurrency_limits(concurrency: int) -> LimitSettings:

@@ -40,6 +40,7 @@ from replicator.engine import (
     raise_for_report,
 )
 from replicator.engine.events import CopyObserver
+from replicator.engine.limits import Kind
 from replicator.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -52,6 +53,7 @@ from replicator.sync.figures import AttemptFigures, job_states
 from replicator.sync.jobs import expand_jobs
 from replicator.sync.journal_run import JournalRun, SourceMoved
 from replicator.sync.ledger import AttemptLedger
+from replicator.sync.locks import HeldLock, lock_run
 from replicator.sync.outcome import Message, MessageKind, RunOutcome, write_report
 from replicator.sync.request import RunRequest
 from replicator.sync.stop import StopRequest
@@ -136,7 +138,27 @@ class _Run:
     # ------------------------------------------------------------ the run
 
     async def execute(self) -> RunOutcome:
-        """Expand, journal, copy, conclude."""
+        """Lock, expand, journal, copy, conclude."""
+        try:
+            lock = await self._lock()
+        except ReplicatorError as exc:  # LockedError (exit 11), or no lock file (exit 8)
+            return self._ended_early(exc)
+        try:
+            if self.stop.requested:  # while waiting for the lock
+                return self._ended_early(None)
+            return await self._execute()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _lock(self) -> HeldLock | None:
+        """Hold the run's lock beside its journal (:func:`.locks.lock_run`); None without one."""
+        request = self.request
+        return await lock_run(
+            request.journal, request.key(), request.command, lambda: self.stop.requested
+        )
+
+    async def _execute(self) -> RunOutcome:
         try:
             jobs = await self._expand()
         except ReplicatorError as exc:
@@ -336,6 +358,7 @@ class _Run:
         finished = bool(report.jobs) and report.ok  # a stop before the engine ran leaves no jobs
         outcome = self._verdict(engine, report, interrupted and not finished)
         outcome.unfinished_upload_bytes = unfinished
+        outcome.throttle_events = throttle_events(figures.limits)
         outcome.job_states = job_states(jobs, report, ledger)
         if outcome.ok and all(s in ("up-to-date", "kept") for s in outcome.job_states):
             outcome.status = "up-to-date"
@@ -439,3 +462,15 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_cancellation(e) for e in exc.exceptions)
     return isinstance(exc, (anyio.get_cancelled_exc_class(), KeyboardInterrupt))
+
+
+def throttle_events(limits: Limits) -> dict[str, int]:
+    """How often each limiter of the run halved its limit (AIMD): ``"location/kind" -> n``."""
+    out: dict[str, int] = {}
+    kinds: tuple[Kind, ...] = ("meta", "blob")
+    for key in limits.snapshot():
+        location, named = key.rsplit("/", 1)
+        for kind in kinds:
+            if named == kind:
+                out[key] = limits.limiter(location, kind).decreases
+    return out

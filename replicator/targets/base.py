@@ -33,7 +33,7 @@ per target (``isinstance`` against a protocol costs a lookup per member).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 from replicator.oci.descriptor import Descriptor
@@ -115,6 +115,10 @@ class RequestStats:
     catalog: int = 0
     ping: int = 0
     token: int = 0
+    #: Attempts by ``(kind, status class)``: ``2xx``... ``5xx``, ``none`` when no
+    #: answer came (stores that speak HTTP; the service metrics).  Not a counter
+    #: :meth:`as_dict` returns.
+    answers: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     retries: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -126,9 +130,14 @@ class RequestStats:
         if kind in _STAT_FIELDS:
             setattr(self, kind, getattr(self, kind) + n)
 
+    def answered(self, kind: str, status: int | None) -> None:
+        """Count one attempt of ``kind`` by the class of its HTTP ``status`` (None: no answer)."""
+        key = (kind, f"{status // 100}xx" if status is not None else "none")
+        self.answers[key] = self.answers.get(key, 0) + 1
+
     def as_dict(self) -> dict[str, int]:
-        """All counters as a plain dict (for metrics and logs)."""
-        return asdict(self)
+        """All counters as a plain dict (for metrics and logs); ``answers`` is not among them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "answers"}
 
 
 _STAT_FIELDS = frozenset(f.name for f in fields(RequestStats))

@@ -4,8 +4,9 @@
 host's aiohttp session, exactly once, following no redirect.  It is the one
 place where request statistics are kept: every send counts under its kind
 (``manifest_get``, ``blob_patch``...), a send that repeats an earlier one of the
-same request (``attempt`` > 1) also under ``retries``, and every request body
-byte under ``bytes_sent`` as it goes out.
+same request (``attempt`` > 1) also under ``retries``, every request body
+byte under ``bytes_sent`` as it goes out, and the class of its answer's status
+(or ``none``) under ``answers`` (the service metrics' requests by status).
 
 Guarantees:
 
@@ -73,13 +74,16 @@ class SingleRequest:
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.stats.answered(spec.kind, None)
             if failure.error is not None:
                 raise BodySourceFailed(failure.error) from None
             raise NoAnswer(exc) from None
         except Exception:
+            self.stats.answered(spec.kind, None)
             if failure.error is not None:
                 raise BodySourceFailed(failure.error) from None
             raise
+        self.stats.answered(spec.kind, response.status)
         self.host.answered = True
         return response
 
