@@ -88,6 +88,7 @@ COMMANDS: tuple[str, ...] = (
     "copy",
     "sync",
     "verify",
+    "bundle",
     "push",
     "attach",
     "discover",
