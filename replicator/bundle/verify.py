@@ -55,6 +55,8 @@ READ_CHUNK = 8 * 1024 * 1024
 
 NeedKind = Literal["manifest", "blob"]
 
+RANK_DOCUMENT, RANK_FILE, RANK_ENTRY, RANK_PART, RANK_GRAPH = range(5)
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -62,6 +64,8 @@ class Problem:
 
     where: str
     message: str
+    #: Order of report: the document and signature, files, entries, whole parts, the graph.
+    rank: int = 0
 
     def line(self) -> str:
         """``where: message``."""
@@ -94,9 +98,9 @@ class VerifyResult:
         """True when no problem was found."""
         return not self.problems
 
-    def add(self, where: str, message: str) -> None:
-        """Record a problem."""
-        self.problems.append(Problem(where, message))
+    def add(self, where: str, message: str, rank: int = 0) -> None:
+        """Record a problem (``rank``: see :attr:`Problem.rank`)."""
+        self.problems.append(Problem(where, message, rank))
 
     def error(self) -> IntegrityError:
         """One error for every problem: the first as its message, all as details."""
@@ -129,6 +133,7 @@ async def verify_bundle(directory: Path, key: VerifyKey | None = None) -> Verify
     readable = _check_files(result, document)
     manifests = await _stream_parts(result, document, readable)
     _check_graph(result, document, manifests)
+    result.problems.sort(key=lambda p: p.rank)  # the most telling first
     return result
 
 
@@ -166,19 +171,19 @@ def _check_files(result: VerifyResult, document: BundleDocument) -> set[int]:
         if name in (DOCUMENT_NAME, SIGNATURE_NAME) or name in expected:
             continue
         hint = " (not listed in bundle.json)" if PART_NAME_RE.fullmatch(name) else ""
-        result.add(name, f"unexpected file in the bundle{hint}")
+        result.add(name, f"unexpected file in the bundle{hint}", RANK_FILE)
     readable = set()
     for name, index in expected.items():
         want = document.parts[index].size
         try:
             size = (result.directory / name).stat().st_size
         except FileNotFoundError:
-            result.add(name, "missing")
+            result.add(name, "missing", RANK_FILE)
             continue
         if size < want:
-            result.add(name, f"{size} bytes, bundle.json says {want} (truncated)")
+            result.add(name, f"{size} bytes, bundle.json says {want} (truncated)", RANK_FILE)
         elif size > want:
-            result.add(name, f"{size} bytes, bundle.json says {want} (bytes added)")
+            result.add(name, f"{size} bytes, bundle.json says {want} (bytes added)", RANK_FILE)
         else:
             readable.add(index)
     return readable
@@ -263,7 +268,7 @@ class _Checks:
             try:
                 sink.verifier.verify()
             except IntegrityError:
-                self.result.add(where, f"{label} does not match its digest")
+                self.result.add(where, f"{label} does not match its digest", RANK_ENTRY)
                 return
             if sink.buffer is not None:
                 self._parsed(digest, bytes(sink.buffer))
@@ -285,7 +290,9 @@ class _Checks:
         start = first.offset - BLOCK
         if start < 0:
             self.result.add(
-                where, f"no room for the tar header of {name} before offset {first.offset}"
+                where,
+                f"no room for the tar header of {name} before offset {first.offset}",
+                RANK_ENTRY,
             )
             return
 
@@ -293,7 +300,9 @@ class _Checks:
             assert sink.buffer is not None
             found = parse_header(bytes(sink.buffer))
             if found != (name, size):
-                self.result.add(where, f"the tar header of {name} at offset {start} is damaged")
+                self.result.add(
+                    where, f"the tar header of {name} at offset {start} is damaged", RANK_ENTRY
+                )
 
         sink = _Sink(name, BLOCK, done)
         sink.buffer = bytearray()
@@ -304,7 +313,9 @@ class _Checks:
         try:
             manifest = parse_manifest(raw, record.media_type)
         except InputError as exc:
-            self.result.add(f"manifest {digest}", f"not a valid manifest ({exc.message})")
+            self.result.add(
+                f"manifest {digest}", f"not a valid manifest ({exc.message})", RANK_ENTRY
+            )
             return
         subject = manifest.subject.digest if manifest.subject else None
         said = (record.media_type, record.subject, record.artifact_type)
@@ -313,6 +324,7 @@ class _Checks:
             self.result.add(
                 f"manifest {digest}",
                 f"bundle.json says (mediaType, subject, artifactType) {said}, the manifest {found}",
+                RANK_ENTRY,
             )
         self.manifests[digest] = manifest
 
@@ -334,7 +346,11 @@ async def _stream_parts(
         sha = await _read_part(result.directory / part.name, feeder)
         result.bytes_read += part.size
         if sha != part.sha256:
-            result.add(part.name, "SHA-256 does not match bundle.json (the part's bytes changed)")
+            result.add(
+                part.name,
+                "SHA-256 does not match bundle.json (the part's bytes changed)",
+                RANK_PART,
+            )
     return checks.manifests
 
 
@@ -388,7 +404,9 @@ def _check_graph(
             return
         where = "its base" if base is not None else "the bundle"
         result.add(
-            f"repository {repo}", f"{why}: {kind} {digest} is neither in the bundle nor in {where}"
+            f"repository {repo}",
+            f"{why}: {kind} {digest} is neither in the bundle nor in {where}",
+            RANK_GRAPH,
         )
 
     for name, repo in sorted(content.repositories.items()):
@@ -401,6 +419,7 @@ def _check_graph(
                 result.add(
                     f"repository {name}",
                     f"lists manifest {digest}, which bundle.json does not store",
+                    RANK_GRAPH,
                 )
                 continue
             manifest = manifests.get(digest)
