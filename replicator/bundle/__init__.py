@@ -27,8 +27,9 @@ The modules, from the bottom up:
 """
 
 from replicator.bundle.create import CreateOutcome, CreateRequest, create_bundle
+from replicator.bundle.documents import load_bundle_document
 from replicator.bundle.importing import ImportOutcome, ImportRequest, import_bundle
-from replicator.bundle.model import BundleDocument, Content, load_bundle_document
+from replicator.bundle.model import BundleDocument, Content
 from replicator.bundle.verify import Problem, VerifyResult, verify_bundle
 
 __all__ = [

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from replicator.bundle.documents import load_json, parse_bundle_document, read_document
 from replicator.bundle.model import (
     BUNDLE_FORMAT,
     FORMAT_VERSION,
@@ -28,9 +29,6 @@ from replicator.bundle.model import (
     BaseRecord,
     Content,
     canonical_digest,
-    load_json,
-    parse_bundle_document,
-    read_document,
 )
 from replicator.bundle.signing import SigningKey, VerifyKey
 from replicator.errors import IntegrityError

@@ -28,6 +28,7 @@ import anyio
 import structlog
 
 from replicator import __version__
+from replicator.bundle.appender import remove_parts
 from replicator.bundle.base import load_base
 from replicator.bundle.finalize import Finish, finalize
 from replicator.bundle.model import DOCUMENT_NAME, SIGNATURE_NAME, BaseRecord, BundleDocument
@@ -41,7 +42,7 @@ from replicator.bundle.selection import (
 from replicator.bundle.signing import SigningKey, VerifyKey
 from replicator.bundle.state import STATE_NAME, CreateState, Identity, StateLog, identity_of, replay
 from replicator.bundle.tarformat import PartStream, RecordedHash, hash_prefix, round_part_size
-from replicator.bundle.writer import BundleWriter, remove_parts
+from replicator.bundle.writer import BundleWriter
 from replicator.engine import CopyOptions, LimitSettings
 from replicator.engine.events import CopyObserver
 from replicator.errors import EXIT_OK, LayoutError, UsageError
@@ -148,7 +149,7 @@ async def create_bundle(
     writer = await open_writer(output, key, request.max_part_size, base, fresh=request.fresh)
     resumed = writer.state.end != (0, 0)
     try:
-        await writer.start()
+        await writer.appender.start()
         pool = BundlePool(options_for, writer.location, writer)
         async with pool:
             items = await _select(request, pool)

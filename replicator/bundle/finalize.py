@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
+from replicator.bundle.appender import blob_path
 from replicator.bundle.layout import fallback_indexes, index_json
 from replicator.bundle.model import (
     DOCUMENT_NAME,
@@ -35,8 +36,8 @@ from replicator.bundle.model import (
 from replicator.bundle.signing import SigningKey
 from replicator.bundle.spans import read_spans
 from replicator.bundle.state import Member
-from replicator.bundle.tarformat import END_OF_ARCHIVE
-from replicator.bundle.writer import BundleWriter, blob_path
+from replicator.bundle.tarformat import END_OF_ARCHIVE, PartStream
+from replicator.bundle.writer import BundleWriter
 from replicator.oci import mediatype
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import descriptor_for
@@ -110,8 +111,8 @@ async def _store_layout_file(
 ) -> StoredFile:
     member = writer.state.members.get(desc.digest) or writer.state.layout.get(path)
     if member is None:
-        seq = await writer.append_bytes("layout", desc, raw, path=path)
-        await writer.commit(seq)
+        seq = await writer.appender.append_bytes("layout", desc, raw, path=path)
+        await writer.appender.commit(seq)
         member = writer.state.layout[path]
     return StoredFile(desc.digest, desc.size, member.spans)
 
@@ -119,8 +120,9 @@ async def _store_layout_file(
 async def finalize(writer: BundleWriter, finish: Finish) -> BundleDocument:
     """Write the layout files, seal the parts, write ``bundle.json`` (see the module doc)."""
     state = writer.state
-    await writer.commit(writer.note({"finalizing": list(writer.stream.position)}))
-    state.finalizing = writer.stream.position
+    appender = writer.appender
+    await appender.commit(appender.note({"finalizing": list(appender.stream.position)}))
+    state.finalizing = appender.stream.position
     stored = [m for m in state.members.values() if m.kind == "manifest"]
     infos, blobs_of = await anyio.to_thread.run_sync(_parse_stored, writer.directory, stored)
     content = content_of(writer, finish.roots, blobs_of)
@@ -139,13 +141,13 @@ async def finalize(writer: BundleWriter, finish: Finish) -> BundleDocument:
     layout["index.json"] = await _store_layout_file(
         writer, "index.json", descriptor_for(index, mediatype.OCI_INDEX), index
     )
-    parts = await anyio.to_thread.run_sync(_seal, writer)
+    parts = await anyio.to_thread.run_sync(_seal, appender.stream)
     document = BundleDocument(
         id=state.identity.id,
         tool=finish.tool,
         created=state.identity.created,
         jobs=finish.jobs,
-        max_part_size=writer.stream.max,
+        max_part_size=appender.stream.max,
         content=content,
         spans={d: m.spans for d, m in state.members.items()},
         layout=layout,
@@ -154,7 +156,7 @@ async def finalize(writer: BundleWriter, finish: Finish) -> BundleDocument:
     )
     raw = document.render()
     await anyio.to_thread.run_sync(_write_documents, writer.directory, raw, finish.sign_key)
-    writer.log_file.remove()
+    appender.log_file.remove()
     log.info(
         "bundle.created",
         bundle=str(writer.directory),
@@ -169,9 +171,8 @@ def _stored(member: Member) -> StoredFile:
     return StoredFile(member.digest, member.size, member.spans)
 
 
-def _seal(writer: BundleWriter) -> list[PartRecord]:
+def _seal(stream: PartStream) -> list[PartRecord]:
     """End-of-archive marker, every part fsynced; the parts' records (blocking)."""
-    stream = writer.stream
     stream.start_member(len(END_OF_ARCHIVE))
     stream.write(END_OF_ARCHIVE)
     stream.sync()

@@ -18,8 +18,8 @@ it is found; a signature (``bundle.json.sig``) covers the file's bytes.
 
 Parsing is strict: these documents arrive from the other side of an air gap.
 Every malformed field raises :class:`~replicator.errors.IntegrityError` naming
-the document and the field; nothing here touches the disk but
-:func:`load_bundle_document`.
+the document and the field (:mod:`.fields`; ``bundle.json`` itself is read by
+:mod:`.documents`).  Nothing here touches the disk.
 """
 
 from __future__ import annotations
@@ -27,14 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from replicator.errors import InputError, IntegrityError
-from replicator.oci.descriptor import validate_digest
-from replicator.oci.reference import MAX_REPOSITORY_LENGTH, REPOSITORY_RE, TAG_RE
+from replicator.bundle.fields import JsonFields
 
 #: ``format`` of ``bundle.json`` and of a receipt.
 BUNDLE_FORMAT = "replicator.bundle"
@@ -213,7 +210,7 @@ class Content:
     @classmethod
     def from_json(cls, data: Any, where: str) -> Content:
         """Parse a content list; :class:`IntegrityError` naming ``where`` when malformed."""
-        obj = _Fields(where)
+        obj = JsonFields(where)
         doc = obj.mapping(data, "")
         out = cls()
         for digest, value in obj.mapping(doc.get("manifests", {}), "manifests").items():
@@ -226,7 +223,7 @@ class Content:
         return out
 
 
-def _manifest_record(obj: _Fields, value: Any, digest: str) -> ManifestRecord:
+def _manifest_record(obj: JsonFields, value: Any, digest: str) -> ManifestRecord:
     at = f"manifests[{digest}]"
     rec = obj.mapping(value, at)
     subject = rec.get("subject")
@@ -238,7 +235,7 @@ def _manifest_record(obj: _Fields, value: Any, digest: str) -> ManifestRecord:
     )
 
 
-def _blob_record(obj: _Fields, value: Any, digest: str) -> BlobRecord:
+def _blob_record(obj: JsonFields, value: Any, digest: str) -> BlobRecord:
     at = f"blobs[{digest}]"
     rec = obj.mapping(value, at)
     return BlobRecord(
@@ -247,7 +244,7 @@ def _blob_record(obj: _Fields, value: Any, digest: str) -> BlobRecord:
     )
 
 
-def _repository(obj: _Fields, value: Any, name: str) -> RepositoryContent:
+def _repository(obj: JsonFields, value: Any, name: str) -> RepositoryContent:
     at = f"repositories[{name}]"
     rec = obj.mapping(value, at)
     tags = {}
@@ -371,228 +368,3 @@ class BundleDocument:
     def render(self) -> bytes:
         """The bytes of ``bundle.json``."""
         return (json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n").encode()
-
-
-def parse_bundle_document(raw: bytes) -> tuple[BundleDocument, str]:
-    """``bundle.json`` parsed, and the content digest its bytes actually have.
-
-    The returned document's ``content_digest`` is the one the file states;
-    compare it with the second value to find an edit.  Raises
-    :class:`IntegrityError` for anything malformed.
-    """
-    data = load_json(raw, DOCUMENT_NAME)
-    obj = _Fields(DOCUMENT_NAME)
-    doc = obj.mapping(data, "")
-    if doc.get("format") != BUNDLE_FORMAT:
-        raise obj.bad("format", f"is not {BUNDLE_FORMAT!r}")
-    if doc.get("formatVersion") != FORMAT_VERSION:
-        raise obj.bad("formatVersion", f"{doc.get('formatVersion')!r} is not supported")
-    parts = _parts(obj, doc.get("parts"))
-    content = Content.from_json(
-        {
-            k: _strip_at(doc.get(k, {})) if k != "repositories" else doc.get(k, {})
-            for k in ("repositories", "manifests", "blobs")
-        },
-        DOCUMENT_NAME,
-    )
-    spans: dict[str, tuple[Span, ...]] = {}
-    for kind in ("manifests", "blobs"):
-        for digest, value in obj.mapping(doc.get(kind, {}), kind).items():
-            rec = obj.mapping(value, f"{kind}[{digest}]")
-            size = obj.count(rec.get("size"), f"{kind}[{digest}].size")
-            spans[digest] = _spans(obj, rec.get("at"), f"{kind}[{digest}].at", size, parts)
-    layout = {}
-    for path, value in obj.mapping(doc.get("layout", {}), "layout").items():
-        name = _layout_path(obj, path)
-        layout[name] = _stored_file(obj, value, f"layout[{path}]", parts)
-    base_data = doc.get("base")
-    document = BundleDocument(
-        id=obj.text(doc.get("id"), "id"),
-        tool=obj.text(doc.get("tool"), "tool"),
-        created=obj.text(doc.get("created"), "created"),
-        jobs=list(obj.sequence(doc.get("jobs", []), "jobs")),
-        max_part_size=obj.count(doc.get("maxPartSize"), "maxPartSize"),
-        content=content,
-        spans=spans,
-        layout=layout,
-        parts=parts,
-        base=None if base_data is None else _base(obj, base_data),
-        content_digest=obj.digest(doc.get("contentDigest"), "contentDigest"),
-    )
-    return document, canonical_digest(doc)
-
-
-def load_bundle_document(directory: Path) -> tuple[BundleDocument, bytes, str]:
-    """Read and parse ``DIR/bundle.json``: the document, its bytes, its true content digest.
-
-    :class:`IntegrityError` when it is missing, unreadable or malformed.
-    """
-    path = directory / DOCUMENT_NAME
-    raw = read_document(path, DOCUMENT_NAME)
-    document, digest = parse_bundle_document(raw)
-    return document, raw, digest
-
-
-def read_document(path: Path, what: str) -> bytes:
-    """The bytes of a small document file; :class:`IntegrityError` when it cannot be read."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_DOCUMENT_SIZE + 1)
-    except FileNotFoundError:
-        raise IntegrityError(f"{what}: missing ({path})") from None
-    except OSError as exc:
-        raise IntegrityError(f"{what}: cannot be read ({exc.strerror})") from None
-    if len(raw) > MAX_DOCUMENT_SIZE:
-        raise IntegrityError(f"{what}: larger than {MAX_DOCUMENT_SIZE} bytes")
-    return raw
-
-
-def load_json(raw: bytes, what: str) -> Any:
-    """Parse JSON text; :class:`IntegrityError` naming ``what`` when it is not JSON."""
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
-
-
-def _strip_at(entries: Any) -> Any:
-    if not isinstance(entries, dict):
-        return entries
-    return {
-        k: ({x: y for x, y in v.items() if x != "at"} if isinstance(v, dict) else v)
-        for k, v in entries.items()
-    }
-
-
-def _parts(obj: _Fields, value: Any) -> list[PartRecord]:
-    out = []
-    for i, item in enumerate(obj.sequence(value, "parts")):
-        rec = obj.mapping(item, f"parts[{i}]")
-        name = obj.text(rec.get("name"), f"parts[{i}].name")
-        if name != part_name(i):
-            raise obj.bad(f"parts[{i}].name", f"{name!r} is not {part_name(i)!r}")
-        sha = obj.text(rec.get("sha256"), f"parts[{i}].sha256")
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise obj.bad(f"parts[{i}].sha256", "is not 64 lowercase hex digits")
-        out.append(PartRecord(name, obj.count(rec.get("size"), f"parts[{i}].size"), sha))
-    return out
-
-
-def _spans(
-    obj: _Fields, value: Any, where: str, size: int, parts: list[PartRecord]
-) -> tuple[Span, ...]:
-    out = []
-    for i, item in enumerate(obj.sequence(value, where)):
-        triple = obj.sequence(item, f"{where}[{i}]")
-        if len(triple) != 3:
-            raise obj.bad(f"{where}[{i}]", "is not [part, offset, length]")
-        part, offset, length = (obj.count(x, f"{where}[{i}]") for x in triple)
-        if part >= len(parts):
-            raise obj.bad(f"{where}[{i}]", f"names part {part}, the bundle has {len(parts)}")
-        if length == 0 or offset + length > parts[part].size:
-            raise obj.bad(f"{where}[{i}]", f"lies outside {parts[part].name}")
-        out.append(Span(part, offset, length))
-    if sum(s.length for s in out) != size:
-        raise obj.bad(where, f"covers {sum(s.length for s in out)} bytes, the size is {size}")
-    return tuple(out)
-
-
-def _stored_file(obj: _Fields, value: Any, where: str, parts: list[PartRecord]) -> StoredFile:
-    rec = obj.mapping(value, where)
-    size = obj.count(rec.get("size"), f"{where}.size")
-    return StoredFile(
-        digest=obj.digest(rec.get("digest"), f"{where}.digest"),
-        size=size,
-        spans=_spans(obj, rec.get("at"), f"{where}.at", size, parts),
-    )
-
-
-_LAYOUT_PATH_RE = re.compile(r"^(oci-layout|index\.json|blobs/sha256/[0-9a-f]{64})$")
-
-
-def _layout_path(obj: _Fields, path: str) -> str:
-    if not _LAYOUT_PATH_RE.fullmatch(path):
-        raise obj.bad("layout", f"unexpected path {path!r}")
-    return path
-
-
-def _base(obj: _Fields, value: Any) -> BaseRecord:
-    rec = obj.mapping(value, "base")
-    kind = rec.get("kind")
-    if kind not in ("receipt", "bundle"):
-        raise obj.bad("base.kind", "is neither 'receipt' nor 'bundle'")
-    destination = rec.get("destination")
-    return BaseRecord(
-        kind=kind,
-        content_digest=obj.digest(rec.get("contentDigest"), "base.contentDigest"),
-        content=Content.from_json(rec.get("content", {}), f"{obj.document}: base.content"),
-        destination=None if destination is None else obj.text(destination, "base.destination"),
-    )
-
-
-# --------------------------------------------------------------------- fields
-
-
-class _Fields:
-    """Typed reads of untrusted JSON, each failure an IntegrityError naming the field."""
-
-    def __init__(self, document: str) -> None:
-        self.document = document
-
-    def bad(self, where: str, why: str) -> IntegrityError:
-        """The error for a malformed field."""
-        at = f"{self.document}: {where}" if where else self.document
-        return IntegrityError(f"{at}: {why}")
-
-    def mapping(self, value: Any, where: str) -> dict[str, Any]:
-        """``value`` as a JSON object."""
-        if not isinstance(value, dict):
-            raise self.bad(where, "is not a JSON object")
-        return value
-
-    def sequence(self, value: Any, where: str) -> list[Any]:
-        """``value`` as a JSON array."""
-        if not isinstance(value, list):
-            raise self.bad(where, "is not a JSON array")
-        return value
-
-    def text(self, value: Any, where: str) -> str:
-        """``value`` as a non-empty string."""
-        if not isinstance(value, str) or not value:
-            raise self.bad(where, "is not a non-empty string")
-        return value
-
-    def optional_text(self, value: Any, where: str) -> str | None:
-        """``value`` as a string, or None when absent."""
-        return None if value is None else self.text(value, where)
-
-    def count(self, value: Any, where: str) -> int:
-        """``value`` as an integer >= 0."""
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise self.bad(where, "is not an integer >= 0")
-        return value
-
-    def digest(self, value: Any, where: str) -> str:
-        """``value`` as a valid digest."""
-        if not isinstance(value, str):
-            raise self.bad(where, "is not a digest")
-        try:
-            return validate_digest(value)
-        except InputError as exc:
-            raise self.bad(where, exc.message) from None
-
-    def digests(self, value: Any, where: str) -> Iterable[str]:
-        """``value`` as a list of digests."""
-        return [self.digest(d, where) for d in self.sequence(value, where)]
-
-    def tag(self, value: str, where: str) -> str:
-        """``value`` as a valid tag."""
-        if not TAG_RE.fullmatch(value):
-            raise self.bad(where, f"invalid tag {value!r}")
-        return value
-
-    def repository(self, value: str) -> str:
-        """``value`` as a valid repository name."""
-        if len(value) > MAX_REPOSITORY_LENGTH or not REPOSITORY_RE.fullmatch(value):
-            raise self.bad("repositories", f"invalid repository name {value!r}")
-        return value

@@ -33,18 +33,17 @@ from typing import Literal
 
 import anyio
 
+from replicator.bundle.appender import blob_path
+from replicator.bundle.documents import load_bundle_document, read_document
 from replicator.bundle.model import (
     DOCUMENT_NAME,
     PART_NAME_RE,
     SIGNATURE_NAME,
     BundleDocument,
     Span,
-    load_bundle_document,
-    read_document,
 )
 from replicator.bundle.signing import VerifyKey
 from replicator.bundle.tarformat import BLOCK, parse_header
-from replicator.bundle.writer import blob_path
 from replicator.errors import InputError, IntegrityError
 from replicator.graph.rules import successors
 from replicator.oci.digest import DigestVerifier

@@ -319,7 +319,7 @@ def _report_run(ctx: CliContext, run: RunOutcome | None, code: int, success: Any
 
 async def run_show(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the bundle's repositories, tags, graph counts, sizes and base (no verification)."""
-    from replicator.bundle.model import load_bundle_document
+    from replicator.bundle.documents import load_bundle_document
 
     doc, _raw, actual = load_bundle_document(_directory(args.directory))
     out = ctx.out

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import pytest
 
-from replicator.bundle.model import load_bundle_document
+from replicator.bundle.documents import load_bundle_document
 from replicator.targets.registry import RegistryTarget
 from tests.faults.resume_support import MiB, build_big_graph, journal_runs, log_events, run, start
 from tests.integration.bundle_helpers import assert_same_tags

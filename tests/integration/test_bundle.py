@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from benchmarks.world import WorldSpec, build_world
-from replicator.bundle.model import load_bundle_document
+from replicator.bundle.documents import load_bundle_document
 from replicator.bundle.signing import SigningKey
 from tests.infra.registry import RegistryInstance
 from tests.integration.bundle_helpers import (

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from replicator.bundle.model import load_bundle_document
+from replicator.bundle.documents import load_bundle_document
 from replicator.graph.walk import snapshot_graph
 from replicator.oci import mediatype as mt
 from tests.infra.registry import RegistryInstance

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from replicator.bundle.documents import parse_bundle_document
 from replicator.bundle.model import (
     BlobRecord,
     BundleDocument,
@@ -23,7 +24,6 @@ from replicator.bundle.model import (
     RepositoryContent,
     Span,
     StoredFile,
-    parse_bundle_document,
 )
 from replicator.bundle.signing import SigningKey, VerifyKey
 from replicator.bundle.tarformat import (

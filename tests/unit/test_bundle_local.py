@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from replicator.bundle.create import CreateRequest, create_bundle, open_writer
+from replicator.bundle.documents import load_bundle_document
 from replicator.bundle.finalize import Finish, finalize
 from replicator.bundle.importing import ImportRequest, import_bundle
-from replicator.bundle.model import load_bundle_document
 from replicator.bundle.tarformat import tar_header
 from replicator.bundle.verify import verify_bundle
 from replicator.oci import mediatype as mt
@@ -182,7 +182,7 @@ async def test_a_create_cut_off_mid_member_resumes_from_its_log(tmp_path: Path) 
     """A writer that dies after a member it never logged: reopened, the parts are cut back."""
     out = tmp_path / "bundle"
     writer = await open_writer(out, "sha256:" + "0" * 64, 8192, None, fresh=False)
-    await writer.start()
+    await writer.appender.start()
     blob = os.urandom(5000)
     desc = descriptor_for(blob, mt.OCI_LAYER_GZIP)
 
@@ -192,13 +192,15 @@ async def test_a_create_cut_off_mid_member_resumes_from_its_log(tmp_path: Path) 
     await writer.push_blob("api", desc, opener)
     logged_end = writer.state.end
     # a member half written when the process was killed: bytes in the part, nothing logged
-    writer.stream.write(tar_header("blobs/sha256/" + "e" * 64, 100_000, 0) + os.urandom(3000))
-    writer.stream.sync()
+    writer.appender.stream.write(
+        tar_header("blobs/sha256/" + "e" * 64, 100_000, 0) + os.urandom(3000)
+    )
+    writer.appender.stream.sync()
     await writer.aclose()
 
     again = await open_writer(out, "sha256:" + "0" * 64, 8192, None, fresh=False)
     assert again.state.end == logged_end and desc.digest in again.state.members
-    assert again.stream.position == logged_end
+    assert again.appender.stream.position == logged_end
     assert await again.blob_exists("api", desc)
     raw = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}'
     await again.push_blob("api", descriptor_for(b"{}", mt.OCI_EMPTY), _bytes_opener(b"{}"))
@@ -214,7 +216,7 @@ async def test_a_create_cut_off_mid_member_resumes_from_its_log(tmp_path: Path) 
 async def test_another_create_in_the_same_directory_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     writer = await open_writer(out, "sha256:" + "0" * 64, 8192, None, fresh=False)
-    await writer.start()
+    await writer.appender.start()
     await writer.aclose()
     from replicator.errors import UsageError
 
