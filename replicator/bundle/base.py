@@ -16,7 +16,6 @@ content digest, and its signature when a key is given.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from replicator.bundle.model import (
     BaseRecord,
     Content,
     canonical_digest,
+    render_json,
 )
 from replicator.bundle.signing import SigningKey, VerifyKey
 from replicator.errors import IntegrityError
@@ -64,7 +64,7 @@ class Receipt:
 
     def render(self) -> bytes:
         """The receipt file's bytes."""
-        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+        return render_json(self.to_json())
 
 
 def parse_receipt(raw: bytes, what: str = "receipt") -> tuple[Receipt, str]:

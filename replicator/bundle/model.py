@@ -366,5 +366,20 @@ class BundleDocument:
         return out
 
     def render(self) -> bytes:
-        """The bytes of ``bundle.json``."""
-        return (json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n").encode()
+        """The bytes of ``bundle.json``: indented, each entry's spans on one line."""
+        return render_json(self.to_json())
+
+
+_SPANS_RE = re.compile(r"\[\s*((?:\[\s*\d+,\s*\d+,\s*\d+\s*\],?\s*)+)\]")
+_BLANKS_RE = re.compile(r"\s+")
+
+
+def render_json(document: Mapping[str, Any]) -> bytes:
+    """A document as indented JSON with every ``at`` list of spans on one line."""
+    plain = json.dumps(document, indent=1)
+    text = _SPANS_RE.sub(
+        lambda m: "[" + _BLANKS_RE.sub("", m.group(1)).replace(",", ", ") + "]", plain
+    )
+    if json.loads(text) != document:  # a string that looked like spans: keep it as it was
+        text = plain
+    return (text + "\n").encode()
