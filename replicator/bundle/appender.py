@@ -53,6 +53,8 @@ class Appender:
         self._pending: list[dict[str, Any]] = []
         self._queued = 0
         self._durable = 0
+        #: Group commits made (each: the parts fsynced, then the log).
+        self.commits = 0
 
     # ----------------------------------------------------------- durability
 
@@ -72,6 +74,7 @@ class Appender:
             reached = self._queued
             await anyio.to_thread.run_sync(self._sync_and_log, records)
             self._durable = reached
+            self.commits += 1
 
     def _sync_and_log(self, records: list[dict[str, Any]]) -> None:
         self.stream.sync()

@@ -218,7 +218,7 @@ def _run_request(
         limits=request.limits,
         journal=request.journal,
         command=request.command,
-        definition={"bundle-create": key},
+        definition={"bundle-create": key, "output": str(writer.directory)},
     )
 
 

@@ -163,6 +163,7 @@ async def finalize(writer: BundleWriter, finish: Finish) -> BundleDocument:
         parts=len(parts),
         bytes=document.size,
         content_digest=document.content_digest,
+        commits=appender.commits,
     )
     return document
 

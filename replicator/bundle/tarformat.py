@@ -170,6 +170,8 @@ class PartStream:
         self.hashers: list[Any] = list(hashers or [hashlib.sha256() for _ in self.sizes])
         self._fds: dict[int, int] = {}
         self._dirty: set[int] = set()
+        #: A part file was created or removed since the last :meth:`sync`.
+        self._entries_changed = True
         #: Guards ``_fds`` and ``_dirty``: :meth:`sync` runs while a member is written.
         self._lock = threading.Lock()
         self._open_last()
@@ -220,6 +222,7 @@ class PartStream:
             self._new_part()
 
     def _new_part(self) -> None:
+        self._entries_changed = True
         self.sizes.append(0)
         self.hashers.append(hashlib.sha256())
         self._fd(self.current)
@@ -252,6 +255,7 @@ class PartStream:
     def rollback(self, mark: Mark) -> None:
         """Forget everything written since ``mark``: later parts removed, the part truncated."""
         for index in range(mark.parts, len(self.sizes)):
+            self._entries_changed = True
             with self._lock:
                 fd = self._fds.pop(index, None)
                 self._dirty.discard(index)
@@ -270,14 +274,15 @@ class PartStream:
     # ------------------------------------------------------------ durability
 
     def sync(self) -> None:
-        """fsync every part written since the last call, and the directory when parts were added."""
+        """fsync every part written since the last call, and the directory when parts came or went."""
         with self._lock:
             dirty, self._dirty = sorted(self._dirty), set()
             fds = [self._fds[i] for i in dirty if i in self._fds]
+            entries, self._entries_changed = self._entries_changed, False
         for fd in fds:
             with contextlib.suppress(OSError):  # closed meanwhile by a roll back: nothing to keep
                 os.fsync(fd)
-        if dirty:
+        if entries:
             fsync_directory(self.directory)
 
     def finished_parts(self) -> Iterator[tuple[int, int, str]]:

@@ -20,22 +20,35 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from replicator.cli import heap
-from replicator.cli.cmd_copy import (
-    _message_printer,
-    _observer,
-    _positive,
-    _size_arg,
-    request_lines,
-    summary_line,
-)
 from replicator.cli.context import CliContext
 from replicator.cli.output import format_table, human_size, pluralize, short_digest
 from replicator.errors import EXIT_INTERRUPTED, UsageError
-from replicator.journal.store import default_journal_path
-from replicator.sync import JournalChoice, RunOutcome, StopRequest, concurrency_limits
+
+if TYPE_CHECKING:
+    from replicator.sync import JournalChoice, RunOutcome
+
+# The copy machinery (sync, engine) is imported by ``create`` and ``import`` only:
+# ``verify`` and ``show`` start without it.
+
+
+def _size_arg(text: str) -> int:
+    from replicator.cli.cmd_copy import _size_arg as size_arg
+
+    return size_arg(text)
+
+
+def _positive(text: str) -> int:
+    from replicator.cli.cmd_copy import _positive as positive
+
+    return positive(text)
+
+
+def _default_journal() -> str:
+    from replicator.journal.store import default_journal_path
+
+    return str(default_journal_path())
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -63,7 +76,7 @@ def _journal_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--journal",
         metavar="PATH",
-        help=f"resume journal (default {default_journal_path()}); a rerun resumes",
+        help="resume journal (default: the user's state directory); a rerun resumes",
     )
     p.add_argument("--no-journal", action="store_true", help="run without a journal")
     p.add_argument(
@@ -137,9 +150,11 @@ def _register_import(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _journal_choice(args: argparse.Namespace, fresh: bool = False) -> JournalChoice:
+    from replicator.sync import JournalChoice
+
     if args.no_journal:
         return JournalChoice.off()
-    return JournalChoice.at(args.journal or default_journal_path(), fresh=fresh)
+    return JournalChoice.at(args.journal or _default_journal(), fresh=fresh)
 
 
 def _path(value: str | None) -> Path | None:
@@ -156,6 +171,7 @@ def _directory(value: str) -> Path:
 def _create_request(args: argparse.Namespace, ctx: CliContext) -> tuple[Any, Any]:
     """The create request and the registry settings per host (the config's over the flags')."""
     from replicator.bundle.create import CreateRequest
+    from replicator.sync import concurrency_limits
 
     config = None
     references: tuple[str, ...] = ()
@@ -192,6 +208,9 @@ def _create_request(args: argparse.Namespace, ctx: CliContext) -> tuple[Any, Any
 async def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     """Create or resume a bundle; print what it holds."""
     from replicator.bundle.create import create_bundle
+    from replicator.cli import heap
+    from replicator.cli.cmd_copy import _message_printer, _observer
+    from replicator.sync import StopRequest
 
     request, options_for = _create_request(args, ctx)
     observer, display = _observer(ctx)
@@ -263,6 +282,9 @@ async def run_verify(args: argparse.Namespace, ctx: CliContext) -> int:
 async def run_import(args: argparse.Namespace, ctx: CliContext) -> int:
     """Verify, import, write the receipt; print the results."""
     from replicator.bundle.importing import ImportRequest, import_bundle
+    from replicator.cli import heap
+    from replicator.cli.cmd_copy import _message_printer, _observer
+    from replicator.sync import StopRequest, concurrency_limits
 
     request = ImportRequest(
         bundle=_directory(args.directory),
@@ -301,6 +323,8 @@ async def run_import(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _report_run(ctx: CliContext, run: RunOutcome | None, code: int, success: Any) -> int:
     """The run's summary; the result lines on success; the run's error raised otherwise."""
+    from replicator.cli.cmd_copy import request_lines, summary_line
+
     if run is not None and run.status == "interrupted":
         return EXIT_INTERRUPTED
     if code == 0:

@@ -22,7 +22,7 @@ from replicator.bundle.documents import load_bundle_document
 from replicator.graph.walk import snapshot_graph
 from replicator.oci import mediatype as mt
 from tests.infra.registry import RegistryInstance
-from tests.integration.bundle_helpers import assert_same_tags, registry, write_requests
+from tests.integration.bundle_helpers import assert_same_tags, make_key, registry, write_requests
 from tests.integration.cli_helpers import run_cli
 from tests.integration.graphs import SIGNATURE_TYPE, GraphBuilder
 
@@ -120,16 +120,12 @@ def test_an_incremental_bundle_holds_only_what_is_new_and_needs_its_base(
         "bundle", "create", "-o", str(one), "--journal", journal, *refs, home=tmp_path, timeout=300
     )
     assert made.code == 0, made.stderr[-3000:]
+    key, pub = make_key(tmp_path)
+    _, other_pub = make_key(tmp_path, "other")
     imported = run_cli(
-        "bundle",
-        "import",
-        str(one),
-        f"{b.host}/m",
-        "--journal",
-        journal,
-        home=tmp_path,
-        timeout=300,
-    )
+        "bundle", "import", str(one), f"{b.host}/m", "--journal", journal, "--sign-key", str(key),
+        home=tmp_path, timeout=300,
+    )  # fmt: skip
     assert imported.code == 0, imported.stderr[-3000:]
     receipt = tmp_path / "bundle-1.receipt.json"
     before_tags = _tags(a)
@@ -143,16 +139,27 @@ def test_an_incremental_bundle_holds_only_what_is_new_and_needs_its_base(
     new_blobs = after_blobs - before_blobs
     assert len(new_manifests) == 6 and new_blobs  # image + sig + SBOM + SBOM sig, two sigs
 
+    # a receipt signed by another key than the one required is refused, nothing created
+    refused_base = run_cli(
+        "bundle", "create", "-o", str(tmp_path / "never"), "--base", str(receipt),
+        "--base-key", str(other_pub), "--no-journal", *refs, home=tmp_path,
+    )  # fmt: skip
+    assert refused_base.code == 6 and "does not verify" in refused_base.stderr
+    assert not (tmp_path / "never").exists()
+
     two = tmp_path / "bundle-2"
     made = run_cli(
-        "bundle", "create", "-o", str(two), "--base", str(receipt), "--journal", journal, *refs,
-        home=tmp_path, timeout=300,
+        "bundle", "create", "-o", str(two), "--base", str(receipt), "--base-key", str(pub),
+        "--journal", journal, *refs, home=tmp_path, timeout=300,
     )  # fmt: skip
     assert made.code == 0, made.stderr[-3000:]
     doc, _, _ = load_bundle_document(two)
     assert set(doc.content.manifests) == new_manifests
     assert set(doc.content.blobs) == new_blobs
     assert doc.base is not None and doc.base.kind == "receipt"
+    shown = run_cli("bundle", "show", str(two), home=tmp_path)
+    assert shown.code == 0 and f"Incremental to receipt {doc.base.content_digest}" in shown.stdout
+    assert f"{len(new_manifests)} manifests, {len(new_blobs)} blobs" in shown.stdout
     assert sorted(
         (r, t) for r, repo in doc.content.repositories.items() for t in repo.tags
     ) == sorted(after_tags)
