@@ -67,15 +67,27 @@ class Images:
 
 
 def disk_usage(path: Path) -> dict[str, int]:
-    """Apparent bytes and allocated bytes of every file under ``path``."""
-    apparent = allocated = files = 0
+    """Bytes under ``path``: apparent, allocated, files; and for skopeo's ``dir`` layout the
+    bytes of distinct blob files (named by their hex digest) against all of them."""
+    apparent = allocated = files = blob_files = 0
+    distinct: dict[str, int] = {}
     for base, _dirs, names in os.walk(path):
         for name in names:
             st = os.lstat(os.path.join(base, name))
             apparent += st.st_size
             allocated += st.st_blocks * 512
             files += 1
-    return {"apparent_bytes": apparent, "allocated_bytes": allocated, "files": files}
+            if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+                blob_files += st.st_size
+                distinct[name] = st.st_size
+    out = {"apparent_bytes": apparent, "allocated_bytes": allocated, "files": files}
+    if distinct:
+        out["blob_file_bytes"] = blob_files
+        out["distinct_blob_bytes"] = sum(distinct.values())
+    document = path / "bundle.json"
+    if document.exists():
+        out["bundle_json_bytes"] = document.stat().st_size
+    return out
 
 
 def timed(label: str, argv: list[str], work: Path) -> Measurement:
@@ -275,6 +287,70 @@ def verify_throughput(
     }
 
 
+# --------------------------------------------------------------------------- report
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of ``RESULTS-bundle.md`` from a results file (medians over repetitions)."""
+    lines: list[str] = []
+    for name in ("world", "big"):
+        scenario_runs = results.get(name, {}).get("runs")
+        if not scenario_runs:
+            continue
+        lines += [
+            f"### {name}",
+            "",
+            "| tool | step | wall s (median) | CPU s | peak RSS MiB | load 1m |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for tool, runs in scenario_runs.items():
+            for i, step in enumerate(runs[0]["steps"]):
+                steps = [r["steps"][i] for r in runs]
+                loads = sorted({x for s in steps for x in s["extra"]["loadavg_1m"]})
+                lines.append(
+                    f"| {tool} | {step['label']} | {_median([s['wall_s'] for s in steps]):.2f} "
+                    f"| {_median([s['cpu_s'] for s in steps]):.2f} "
+                    f"| {_median([s['max_rss_mib'] for s in steps]):.0f} "
+                    f"| {loads[0]:.1f}-{loads[-1]:.1f} |"
+                )
+            total = _median([r["total_wall_s"] for r in runs])
+            disk = runs[0]["disk"]
+            ok = min(r["tags_ok"] for r in runs)
+            more = ""
+            if "bundle_json_bytes" in disk:
+                more = f", of which bundle.json {disk['bundle_json_bytes']:,} B"
+            if "distinct_blob_bytes" in disk:
+                more = (
+                    f"; blob files {disk['blob_file_bytes']:,} B, "
+                    f"distinct {disk['distinct_blob_bytes']:,} B"
+                )
+            lines.append(
+                f"| {tool} | **total** | **{total:.2f}** | | | "
+                f"{disk['apparent_bytes']:,} B in {disk['files']} files{more} "
+                f"({disk['allocated_bytes']:,} B allocated); tags ok: {ok} |"
+            )
+        lines.append("")
+    verify = results.get("verify")
+    if verify:
+        lines += [
+            f"### verify throughput ({verify['bytes']:,} bytes in {verify['parts']} parts)",
+            "",
+            "| command | best wall s | MiB/s (best) |",
+            "|---|---:|---:|",
+        ]
+        for name, runs in verify["runs"].items():
+            best = min(runs, key=lambda r: r["wall_s"])
+            lines.append(f"| {name} | {best['wall_s']:.2f} | {best['extra']['mib_per_s']} |")
+        lines += ["", f"bundle verify / sha256sum: **{verify['verify_vs_sha256sum']}x**", ""]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -305,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-big", action="store_true", help="skip the 1 GiB image and verify")
     p.add_argument("--big-layer-mib", type=int, default=256, help="layer size of the big image")
     p.add_argument("--tmp", type=Path, default=None, help="parent of the temporary directory")
+    p.add_argument("--tables", type=Path, help="print the tables of a results file and exit")
     args = p.parse_args(argv)
+    if args.tables:
+        print(markdown(json.loads(args.tables.read_text())))
+        return 0
     configure_logging(debug=False, fmt="console")
     results: dict[str, Any] = {"machine": machine(), "reps": args.reps}
     results["machine"]["bytecode"] = prepare_bytecode()

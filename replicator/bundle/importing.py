@@ -197,24 +197,27 @@ async def import_bundle(
         )
     receipt = receipt_path = None
     if run.ok:
-        receipt = Receipt(
-            tool=f"replicator {__version__}",
-            imported=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            destination=dest.text,
-            bundle_id=document.id,
-            bundle_digest=document.content_digest,
-            content=document.promised(),
-        )
         receipt_path = (request.receipt or default_receipt_path(directory)).expanduser()
-        await anyio.to_thread.run_sync(write_receipt, receipt_path, receipt, sign_key)
-        log.info(
-            "bundle.imported",
-            bundle=str(directory),
-            destination=dest.text,
-            receipt=str(receipt_path),
-        )
+        receipt = await _write_receipt(receipt_path, document, dest, sign_key)
     code = EXIT_OK if run.ok else run.exit_code
     return ImportOutcome(verified, run, receipt, receipt_path, code)
+
+
+async def _write_receipt(
+    path: Path, document: BundleDocument, dest: ImportDestination, key: SigningKey | None
+) -> Receipt:
+    """The receipt of a complete import: the bundle's content on top of its base's."""
+    receipt = Receipt(
+        tool=f"replicator {__version__}",
+        imported=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        destination=dest.text,
+        bundle_id=document.id,
+        bundle_digest=document.content_digest,
+        content=document.promised(),
+    )
+    await anyio.to_thread.run_sync(write_receipt, path, receipt, key)
+    log.info("bundle.imported", bundle_id=document.id, destination=dest.text, receipt=str(path))
+    return receipt
 
 
 def _open_destination(
