@@ -43,6 +43,7 @@ from replicator.bundle.model import (
     Span,
 )
 from replicator.bundle.signing import VerifyKey
+from replicator.bundle.state import STATE_NAME
 from replicator.bundle.tarformat import BLOCK, parse_header
 from replicator.errors import InputError, IntegrityError
 from replicator.graph.rules import successors
@@ -120,7 +121,10 @@ async def verify_bundle(directory: Path, key: VerifyKey | None = None) -> Verify
     try:
         document, raw, actual = await anyio.to_thread.run_sync(load_bundle_document, directory)
     except IntegrityError as exc:
-        result.add(DOCUMENT_NAME, exc.message.removeprefix(f"{DOCUMENT_NAME}: "))
+        message = exc.message.removeprefix(f"{DOCUMENT_NAME}: ")
+        if (directory / STATE_NAME).exists():
+            message = "missing: an unfinished create (rerun the same bundle create to finish it)"
+        result.add(DOCUMENT_NAME, message)
         return result
     result.document = document
     _check_signature(result, raw, key)

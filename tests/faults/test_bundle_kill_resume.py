@@ -103,6 +103,8 @@ def test_a_killed_create_resumes_and_ends_with_the_same_bundle(
     assert not (out / "bundle.json").exists()
     kept = _logged_blob_bytes(out)
     assert 0 < kept < total
+    unfinished = run([REPLICATOR, "bundle", "verify", str(out)], tmp_path)
+    assert unfinished.returncode == 6 and "an unfinished create" in unfinished.stderr
     proxy.reset()
 
     second = run(argv, tmp_path)
