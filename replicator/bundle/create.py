@@ -41,7 +41,13 @@ from replicator.bundle.selection import (
 )
 from replicator.bundle.signing import SigningKey, VerifyKey
 from replicator.bundle.state import STATE_NAME, CreateState, Identity, StateLog, identity_of, replay
-from replicator.bundle.tarformat import PartStream, RecordedHash, hash_prefix, round_part_size
+from replicator.bundle.tarformat import (
+    MIN_PART_SIZE,
+    PartStream,
+    RecordedHash,
+    hash_prefix,
+    round_part_size,
+)
 from replicator.bundle.writer import BundleWriter
 from replicator.engine import CopyOptions, LimitSettings
 from replicator.engine.events import CopyObserver
@@ -141,6 +147,8 @@ async def create_bundle(
     """
     if request.config is None and not request.references:
         raise UsageError("bundle create needs a config file or at least one reference")
+    if round_part_size(request.max_part_size) < MIN_PART_SIZE:
+        raise UsageError(f"--max-part-size must be at least {MIN_PART_SIZE // 1024}KiB")
     sign_key = SigningKey.load(request.sign_key) if request.sign_key else None
     base_key = VerifyKey.load(request.base_key) if request.base_key else None
     base = load_base(request.base, base_key) if request.base else None
