@@ -51,7 +51,7 @@ from replicator.bundle.tarformat import (
 from replicator.bundle.writer import BundleWriter
 from replicator.engine import CopyOptions, LimitSettings
 from replicator.engine.events import CopyObserver
-from replicator.errors import EXIT_OK, LayoutError, UsageError
+from replicator.errors import EXIT_OK, EXIT_REFUSED, LayoutError, UsageError
 from replicator.sync import (
     DestinationSpec,
     JournalChoice,
@@ -105,6 +105,11 @@ class CreateOutcome:
     def ok(self) -> bool:
         """True when the bundle is complete."""
         return self.document is not None
+
+    @property
+    def refused(self) -> list[str]:
+        """Roots a promotion gate refused: left out of a complete bundle (exit 10)."""
+        return [] if self.run is None else _refused(self.run)
 
 
 def _definition(request: CreateRequest, base: BaseRecord | None) -> tuple[str, list[Any]]:
@@ -169,15 +174,33 @@ async def create_bundle(
                 on_message=on_message,
             )
             document = None
-            if run.ok:
+            if _complete(run):
                 finish = Finish(
                     jobs_json, f"replicator {__version__}", _roots(items, run), base, sign_key
                 )
                 document = await finalize(writer, finish)
     finally:
         await writer.aclose()
-    code = EXIT_OK if document is not None else run.exit_code
+    code = run.exit_code
+    if document is not None:
+        code = EXIT_REFUSED if _refused(run) else EXIT_OK
     return CreateOutcome(output, run, document, items, code, resumed=resumed)
+
+
+def _refused(run: RunOutcome) -> list[str]:
+    """The roots a promotion gate refused (left out of the bundle)."""
+    return [j.source for i, j in enumerate(run.report.jobs) if run.job_state(i) == "refused"]
+
+
+def _complete(run: RunOutcome) -> bool:
+    """True when every root is in the writer, or was refused by its promotion gate."""
+    if run.ok:
+        return True
+    if run.status == "interrupted" or not run.report.jobs:
+        return False
+    return all(
+        run.job_state(i) in ("copied", "up-to-date", "refused") for i in range(len(run.report.jobs))
+    )
 
 
 async def _select(request: CreateRequest, pool: BundlePool) -> list[BundleItem]:

@@ -224,7 +224,12 @@ async def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
             on_message=_message_printer(ctx),
         )
     heap.settle()
-    return _report_run(ctx, outcome.run, outcome.exit_code, lambda: _print_created(ctx, outcome))
+    done = outcome.document is not None
+    code = 0 if done else outcome.exit_code
+    _report_run(ctx, outcome.run, code, lambda: _print_created(ctx, outcome), raise_error=not done)
+    for source in outcome.refused:
+        ctx.err.write(f"Refused by its promotion gate, left out: {source}\n")
+    return outcome.exit_code
 
 
 def _print_created(ctx: CliContext, outcome: Any) -> None:
@@ -321,7 +326,9 @@ async def run_import(args: argparse.Namespace, ctx: CliContext) -> int:
     return _report_run(ctx, outcome.run, outcome.exit_code, printed)
 
 
-def _report_run(ctx: CliContext, run: RunOutcome | None, code: int, success: Any) -> int:
+def _report_run(
+    ctx: CliContext, run: RunOutcome | None, code: int, success: Any, *, raise_error: bool = True
+) -> int:
     """The run's summary; the result lines on success; the run's error raised otherwise."""
     from replicator.cli.cmd_copy import request_lines, summary_line
 
@@ -333,7 +340,7 @@ def _report_run(ctx: CliContext, run: RunOutcome | None, code: int, success: Any
         ctx.out.write(summary_line(run.report) + "\n")
         for line in request_lines(run.report):
             ctx.out.write(line + "\n")
-        if run.error is not None:
+        if run.error is not None and raise_error:
             raise run.error
     return code
 

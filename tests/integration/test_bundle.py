@@ -27,7 +27,7 @@ from tests.integration.bundle_helpers import (
     write_requests,
 )
 from tests.integration.cli_helpers import run_cli
-from tests.integration.graphs import GraphBuilder
+from tests.integration.graphs import SIGNATURE_TYPE, GraphBuilder
 
 PART = "8KiB"
 
@@ -248,3 +248,39 @@ def test_an_edited_bundle_json_is_found_without_a_key(
     verified = run_cli("bundle", "verify", str(bundle), home=tmp_path)
     assert verified.code == 6
     assert f"Error: bundle {bundle}: bundle.json: edited after it was written" in verified.stderr
+
+
+def test_a_promotion_gate_leaves_refused_tags_out_of_a_complete_bundle(
+    registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    async def build() -> None:
+        target = registry(registry_open)
+        try:
+            g = GraphBuilder(target, str(unique_repo))
+            await g.signed_image("signed", tags=["v1"])
+            await g.image("unsigned", tags=["v2"])
+        finally:
+            await target.aclose()
+
+    anyio.run(build)
+    config = tmp_path / "gate.yaml"
+    config.write_text(
+        f"""\
+version: 1
+jobs:
+  - name: gated
+    source: {registry_open.host}/{unique_repo}
+    destinations: ["ocidir://./unused"]
+    require: [{SIGNATURE_TYPE}]
+"""
+    )
+    out = tmp_path / "bundle"
+    made = run_cli("bundle", "create", str(config), "-o", str(out), "--no-journal", home=tmp_path)
+    assert made.code == 10, made.stderr[-3000:]
+    assert (
+        f"Refused by its promotion gate, left out: {registry_open.host}/{unique_repo}:v2"
+        in made.stderr
+    )
+    doc, _, _ = load_bundle_document(out)
+    assert sorted(doc.content.repositories[str(unique_repo)].tags) == ["v1"]
+    assert run_cli("bundle", "verify", str(out), home=tmp_path).code == 0
