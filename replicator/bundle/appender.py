@@ -217,10 +217,10 @@ class Appender:
                 verifier.update(chunk)
             piece += chunk
             if len(piece) >= WRITE_PIECE:
-                spans += await anyio.to_thread.run_sync(stream.write, bytes(piece))
-                piece.clear()
+                spans += await anyio.to_thread.run_sync(stream.write, piece)
+                piece = bytearray()  # the thread had the last one: no copy, no reuse
         if piece:
-            spans += await anyio.to_thread.run_sync(stream.write, bytes(piece))
+            spans += await anyio.to_thread.run_sync(stream.write, piece)
         if seen != desc.size:
             raise IntegrityError(f"{desc.digest}: the source sent {seen} of {desc.size} bytes")
         if verifier is not None:

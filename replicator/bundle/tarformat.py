@@ -228,7 +228,7 @@ class PartStream:
         self._fd(self.current)
         self._touch(self.current)
 
-    def write(self, data: bytes | memoryview) -> list[Span]:
+    def write(self, data: bytes | bytearray | memoryview) -> list[Span]:
         """Append ``data`` at the position, continuing into new parts; the spans written."""
         spans: list[Span] = []
         view = memoryview(data)

@@ -207,6 +207,7 @@ class _Sink:
         self.buffer: bytearray | None = None
 
     def feed(self, data: memoryview) -> None:
+        """The next bytes of the entry; :attr:`on_done` runs after the last."""
         if self.verifier is not None:
             self.verifier.update(data)
         if self.buffer is not None:
@@ -232,6 +233,7 @@ class _Feeder:
         self.active: list[_Interval] = []
 
     def feed(self, position: int, chunk: bytes) -> None:
+        """The part's bytes from ``position``: each overlapping interval gets its slice."""
         end = position + len(chunk)
         view = memoryview(chunk)
         while self.next < len(self.intervals) and self.intervals[self.next].start < end:
@@ -262,6 +264,7 @@ class _Checks:
     def add_entry(
         self, kind: str, digest: str, size: int, spans: tuple[Span, ...], name: str
     ) -> None:
+        """Check the entry at ``spans`` against ``digest`` (and its tar header ``name``)."""
         where = self._where(spans)
         at = f"offset {spans[0].offset}" if spans else "no bytes"
         label = f"{kind} {digest} ({name} at {at})"
