@@ -14,22 +14,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from replicator.bundle.layout import OCI_LAYOUT_FILE
 from replicator.bundle.model import Span
-from replicator.bundle.state import CreateState, Member, MemberKind, StateLog
-from replicator.bundle.tarformat import BLOCK, PartStream, member_length, padding, tar_header
+from replicator.bundle.spans import stream_spans
+from replicator.bundle.state import CreateState, Member, MemberKind, Partial, StateLog
+from replicator.bundle.tarformat import (
+    BLOCK,
+    Mark,
+    PartStream,
+    member_length,
+    padding,
+    tar_header,
+)
 from replicator.errors import IntegrityError
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import DigestVerifier, digest_bytes
 from replicator.targets.base import BlobOpener
 
+log = structlog.get_logger(__name__)
+
 #: Streamed blobs are written in pieces of at least this size.
 WRITE_PIECE = 1024 * 1024
+#: A streamed blob's progress is made durable and logged every so many bytes.
+PROGRESS_EVERY = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A blob half written by an earlier attempt: continued, or dropped, by the next append."""
+
+    partial: Partial
+    #: The stream as it stood before the blob's header (to drop it).
+    mark: Mark
 
 
 def blob_path(digest: str) -> str:
@@ -42,9 +65,15 @@ class Appender:
     """Appends members to a create's parts and makes them durable (see the module doc)."""
 
     def __init__(
-        self, directory: Path, state: CreateState, stream: PartStream, log_file: StateLog
+        self,
+        directory: Path,
+        state: CreateState,
+        stream: PartStream,
+        log_file: StateLog,
+        pending: Pending | None = None,
     ) -> None:
         self.directory = directory
+        self.pending = pending
         self.state = state
         self.stream = stream
         self.log_file = log_file
@@ -82,13 +111,24 @@ class Appender:
 
     # ------------------------------------------------------------- appending
 
-    def _part_records(self, parts_before: int) -> list[dict[str, Any]]:
+    def _part_records(self) -> list[dict[str, Any]]:
+        """``part`` lines for the parts completed since the last (they never change again)."""
         done = []
         for index, size, sha in self.stream.finished_parts():
-            if index >= parts_before - 1 and index not in self.state.parts_done:
+            if index not in self.state.parts_done:
                 self.state.parts_done[index] = (size, sha)
                 done.append({"part": [index, size, sha]})
         return done
+
+    async def _settle(self, digest: str | None) -> Pending | None:
+        """The pending half-written blob when ``digest`` is it; else drop it (under the lock)."""
+        pending, self.pending = self.pending, None
+        if pending is None or pending.partial.digest == digest:
+            return pending
+        await anyio.to_thread.run_sync(self.stream.rollback, pending.mark)
+        self.note({"dropped": pending.partial.digest})
+        log.info("bundle.partial_dropped", digest=pending.partial.digest)
+        return None
 
     async def start(self) -> None:
         """Begin the stream with ``oci-layout`` and the blob directories (once per bundle)."""
@@ -106,6 +146,7 @@ class Appender:
             return spans
 
         async with self._append_lock:
+            await self._settle(None)
             spans = await anyio.to_thread.run_sync(write)
             member = Member(
                 "layout",
@@ -116,7 +157,7 @@ class Appender:
                 media_type=desc.media_type,
                 path="oci-layout",
             )
-            seq = self._record(member, 1, ())
+            seq = self._record(member, ())
         await self.commit(seq)
 
     def _write_whole(self, name: str, data: bytes) -> list[Span]:
@@ -144,7 +185,7 @@ class Appender:
         async with self._append_lock:
             if kind != "layout" and desc.digest in self.state.members:
                 return self.note(*extra)  # stored already (another repository's push)
-            parts_before = len(self.stream.sizes)
+            await self._settle(None)
             mark = self.stream.mark()
             try:
                 spans = await anyio.to_thread.run_sync(self._write_whole, name, data)
@@ -163,24 +204,35 @@ class Appender:
                 subject=subject,
                 path=path,
             )
-            return self._record(member, parts_before, extra)
+            return self._record(member, extra)
 
-    def _record(self, member: Member, parts_before: int, extra: tuple[dict[str, Any], ...]) -> int:
+    def _record(self, member: Member, extra: tuple[dict[str, Any], ...]) -> int:
         if member.kind == "layout" and member.path is not None:
             self.state.layout[member.path] = member
         else:
             self.state.members[member.digest] = member
         self.state.end = member.end
-        return self.note({"member": member.to_json()}, *self._part_records(parts_before), *extra)
+        return self.note({"member": member.to_json()}, *self._part_records(), *extra)
 
     async def append_stream(self, desc: Descriptor, opener: BlobOpener, verify: bool) -> int:
-        """Stream one large blob into the parts; rolled back if its source fails."""
-        verifier = DigestVerifier(desc.digest, desc.size) if verify else None
+        """Stream one large blob into the parts; rolled back if its source fails.
+
+        A blob an earlier attempt half wrote continues from where its bytes end
+        (they are hashed again); if the whole then does not match the digest
+        it is written again from its start.
+        """
         async with self._append_lock:
-            parts_before = len(self.stream.sizes)
-            mark = self.stream.mark()
+            pending = await self._settle(desc.digest)
+            mark = pending.mark if pending is not None else self.stream.mark()
             try:
-                spans = await self._stream_member(desc, opener, verifier)
+                try:
+                    spans = await self._stream_member(desc, opener, verify, pending)
+                except IntegrityError:
+                    if pending is None:
+                        raise
+                    log.warning("bundle.partial_discarded", digest=desc.digest)
+                    await anyio.to_thread.run_sync(self.stream.rollback, mark)
+                    spans = await self._stream_member(desc, opener, verify, None)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.stream.rollback, mark)
@@ -193,23 +245,28 @@ class Appender:
                 self.stream.position,
                 media_type=desc.media_type,
             )
-            return self._record(member, parts_before, ())
+            return self._record(member, ())
 
     async def _stream_member(
-        self, desc: Descriptor, opener: BlobOpener, verifier: DigestVerifier | None
+        self, desc: Descriptor, opener: BlobOpener, verify: bool, pending: Pending | None
     ) -> list[Span]:
+        """Header (unless continuing), data, padding of one streamed blob; its data spans."""
         stream = self.stream
-        header = tar_header(blob_path(desc.digest), desc.size, self.state.identity.mtime)
-
-        def start() -> None:
-            stream.start_member(member_length(desc.size))
-            stream.write(header)
-
-        await anyio.to_thread.run_sync(start)
         spans: list[Span] = []
+        if pending is None:
+            verifier = DigestVerifier(desc.digest, desc.size) if verify else None
+            header = await anyio.to_thread.run_sync(self._start_member, desc)
+        else:
+            verifier = DigestVerifier(desc.digest, desc.size)  # the bytes kept were not checked
+            header = pending.partial.header
+            spans = list(pending.partial.spans)
+            async for chunk in stream_spans(self.directory, spans):
+                verifier.update(chunk)
+            log.info("bundle.partial_resumed", digest=desc.digest, offset=pending.partial.written)
+        seen = sum(s.length for s in spans)
+        logged = seen
         piece = bytearray()
-        seen = 0
-        async for chunk in opener(0):
+        async for chunk in opener(seen):
             seen += len(chunk)
             if seen > desc.size:
                 raise IntegrityError(f"{desc.digest}: the source sent more than {desc.size} bytes")
@@ -219,6 +276,10 @@ class Appender:
             if len(piece) >= WRITE_PIECE:
                 spans += await anyio.to_thread.run_sync(stream.write, piece)
                 piece = bytearray()  # the thread had the last one: no copy, no reuse
+                if seen - logged >= PROGRESS_EVERY and seen < desc.size:
+                    spans = _merge(spans)
+                    await self._note_partial(desc, header, spans)
+                    logged = seen
         if piece:
             spans += await anyio.to_thread.run_sync(stream.write, piece)
         if seen != desc.size:
@@ -227,6 +288,20 @@ class Appender:
             verifier.verify()
         await anyio.to_thread.run_sync(stream.write, bytes(padding(desc.size)))
         return _merge(spans)
+
+    def _start_member(self, desc: Descriptor) -> tuple[int, int]:
+        """Place a streamed blob and write its header (blocking); where the header lies."""
+        self.stream.start_member(member_length(desc.size))
+        at = self.stream.position
+        self.stream.write(tar_header(blob_path(desc.digest), desc.size, self.state.identity.mtime))
+        return at
+
+    async def _note_partial(
+        self, desc: Descriptor, header: tuple[int, int], spans: list[Span]
+    ) -> None:
+        """Make the blob's bytes so far durable and log them (a kill keeps them)."""
+        partial = Partial(desc.digest, desc.size, desc.media_type, header, tuple(spans))
+        await self.commit(self.note({"partial": partial.to_json()}))
 
     def close(self) -> None:
         """Close the part files and release the log (blocking; kept for a resume)."""

@@ -28,10 +28,16 @@ import anyio
 import structlog
 
 from replicator import __version__
-from replicator.bundle.appender import remove_parts
+from replicator.bundle.appender import Pending, remove_parts
 from replicator.bundle.base import load_base
 from replicator.bundle.finalize import Finish, finalize
-from replicator.bundle.model import DOCUMENT_NAME, SIGNATURE_NAME, BaseRecord, BundleDocument
+from replicator.bundle.model import (
+    DOCUMENT_NAME,
+    SIGNATURE_NAME,
+    BaseRecord,
+    BundleDocument,
+    part_name,
+)
 from replicator.bundle.pool import BundlePool, bundle_reference
 from replicator.bundle.selection import (
     BundleItem,
@@ -40,9 +46,19 @@ from replicator.bundle.selection import (
     items_from_references,
 )
 from replicator.bundle.signing import SigningKey, VerifyKey
-from replicator.bundle.state import STATE_NAME, CreateState, Identity, StateLog, identity_of, replay
+from replicator.bundle.state import (
+    STATE_NAME,
+    CreateState,
+    Identity,
+    Partial,
+    StateLog,
+    identity_of,
+    replay,
+)
 from replicator.bundle.tarformat import (
+    BLOCK,
     MIN_PART_SIZE,
+    Mark,
     PartStream,
     RecordedHash,
     hash_prefix,
@@ -296,16 +312,17 @@ def _open_output(
         raise UsageError(f"{directory} is not empty: give a new or empty directory")
     log_file = StateLog.open(state_path)
     try:
-        state, stream = _resume_or_start(directory, identity, log_file, fresh)
+        state, stream, pending = _resume_or_start(directory, identity, log_file, fresh)
     except BaseException:
         log_file.close()
         raise
-    return BundleWriter(directory, state, stream, log_file, None if base is None else base.content)
+    content = None if base is None else base.content
+    return BundleWriter(directory, state, stream, log_file, content, pending)
 
 
 def _resume_or_start(
     directory: Path, identity: Identity, log_file: StateLog, fresh: bool
-) -> tuple[CreateState, PartStream]:
+) -> tuple[CreateState, PartStream, Pending | None]:
     records = log_file.read()
     found = identity_of(records[0]) if records else None
     if records and not fresh:
@@ -320,34 +337,73 @@ def _resume_or_start(
             )
         state = replay(found, records[1:])
         log.info("bundle.create_resumed", bundle=str(directory), id=found.id, end=list(state.end))
-        return state, _resumed_stream(directory, state)
+        return _resumed_stream(directory, state)
     log_file.reset()
     remove_parts(directory)
     (directory / SIGNATURE_NAME).unlink(missing_ok=True)
     log_file.append([{"identity": identity.to_json()}])
-    return CreateState(identity), PartStream(directory, identity.max_part_size)
+    return CreateState(identity), PartStream(directory, identity.max_part_size), None
 
 
-def _resumed_stream(directory: Path, state: CreateState) -> PartStream:
-    """The part stream cut back to the end of the last member the log records."""
-    last, end = state.end
+def _resumed_stream(
+    directory: Path, state: CreateState
+) -> tuple[CreateState, PartStream, Pending | None]:
+    """The part stream cut back to what the log records (and a half-written blob it keeps)."""
+    partial = state.partial
+    if partial is not None and not _partial_on_disk(directory, partial, state):
+        partial = state.partial = None
+    upto = state.end
+    if partial is not None:
+        last = partial.spans[-1] if partial.spans else None
+        upto = (
+            (last.part, last.offset + last.length)
+            if last is not None
+            else (partial.header[0], partial.header[1] + BLOCK)
+        )
+    stream = PartStream(
+        directory, state.identity.max_part_size, *_parts_upto(directory, state, upto)
+    )
+    pending = None
+    if partial is not None:
+        part, offset = partial.header
+        mark = Mark(part + 1, offset, hash_prefix(stream.path(part), offset))
+        pending = Pending(partial, mark)
+    return state, stream, pending
+
+
+def _partial_on_disk(directory: Path, partial: Partial, state: CreateState) -> bool:
+    """True when the parts still hold a half-written blob's bytes after the log's end."""
+    if partial.header < state.end:
+        return False
+    for span in partial.spans:
+        path = directory / part_name(span.part)
+        if not path.exists() or path.stat().st_size < span.offset + span.length:
+            return False
+    return True
+
+
+def _parts_upto(
+    directory: Path, state: CreateState, upto: tuple[int, int]
+) -> tuple[list[int], list[Any]]:
+    """Sizes and hash states of the parts up to ``upto``; later part files removed."""
+    last, end = upto
     sizes, hashers = [], []
+    max_size = state.identity.max_part_size
     for index in range(last + 1):
-        path = directory / f"part-{index:03d}.tar"
-        want = end if index == last else state.parts_done.get(index, (None, ""))[0]
+        path = directory / part_name(index)
+        done = state.parts_done.get(index)
+        want = end if index == last else (done[0] if done is not None else max_size)
         size = path.stat().st_size if path.exists() else -1
-        if want is None:
-            want = size
         if size < want:
             raise LayoutError(
                 f"{directory}: {path.name} is shorter than the create's log says: rerun with --fresh"
             )
-        done = state.parts_done.get(index)
         sizes.append(want)
-        hashers.append(
-            RecordedHash(done[1]) if done is not None and index < last else hash_prefix(path, want)
-        )
+        if done is not None and index < last:
+            hashers.append(RecordedHash(done[1]))
+        else:
+            hashers.append(hash_prefix(path, want))
     for path in directory.glob("part-*.tar"):
         if int(path.stem.split("-")[1]) > last:
             path.unlink()
-    return PartStream(directory, state.identity.max_part_size, sizes, hashers)
+    return sizes, hashers

@@ -10,14 +10,19 @@ the base); every other line records, in stream order, one fact made durable:
 * ``{"repo": R, "manifest": D}`` — manifest ``D`` belongs to repository ``R``;
 * ``{"tag": [R, T, D]}`` — tag ``T`` of ``R`` points at ``D``;
 * ``{"part": [N, SIZE, SHA256]}`` — part ``N`` is complete;
-* ``{"finalizing": [PART, OFFSET]}`` — the layout files began there.
+* ``{"finalizing": [PART, OFFSET]}`` — the layout files began there;
+* ``{"partial": {...}}`` — a large blob being streamed: where its header lies
+  and the data spans fsynced so far (every :data:`~.appender.PROGRESS_EVERY`
+  bytes); ``{"dropped": D}`` — that partial blob was given up.
 
 Lines are written only after the part bytes they describe were fsynced, and
 the log is fsynced before the writer confirms anything to the engine: what
 the engine's journal records as present in the bundle is always in this log.
 On resume the parts are cut back to the end of the last member the log
-records (a member half written at the kill is dropped and written again) —
-and to where finalizing began, when it had begun.  The log is removed once
+records — and to where finalizing began, when it had begun — except for a
+large blob the log shows half written (``partial``): its bytes are kept, and
+continued from where they end if that blob is the next one appended (the
+bytes already there are hashed again; a mismatch writes it from its start).  The log is removed once
 ``bundle.json`` is written.
 """
 
@@ -119,6 +124,43 @@ class Member:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A large blob half written at a kill: its header's position and its data so far."""
+
+    digest: str
+    size: int
+    media_type: str
+    header: tuple[int, int]
+    spans: tuple[Span, ...]
+
+    @property
+    def written(self) -> int:
+        """Data bytes of the blob in the parts."""
+        return sum(s.length for s in self.spans)
+
+    def to_json(self) -> dict[str, Any]:
+        """The partial line's payload."""
+        return {
+            "digest": self.digest,
+            "size": self.size,
+            "mediaType": self.media_type,
+            "header": list(self.header),
+            "at": [s.to_json() for s in self.spans],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Partial:
+        """Parse a partial line's payload."""
+        return cls(
+            digest=str(data["digest"]),
+            size=int(data["size"]),
+            media_type=str(data.get("mediaType", "")),
+            header=(int(data["header"][0]), int(data["header"][1])),
+            spans=tuple(Span(int(p), int(o), int(n)) for p, o, n in data["at"]),
+        )
+
+
 @dataclass(slots=True)
 class CreateState:
     """What the log says the parts hold (replayed on resume, kept current while writing)."""
@@ -131,6 +173,7 @@ class CreateState:
     end: tuple[int, int] = (0, 0)
     parts_done: dict[int, tuple[int, str]] = field(default_factory=dict)
     finalizing: tuple[int, int] | None = None
+    partial: Partial | None = None
 
     def apply(self, record: dict[str, Any]) -> None:
         """Apply one log line."""
@@ -141,6 +184,11 @@ class CreateState:
             else:
                 self.members[member.digest] = member
             self.end = member.end
+            self.partial = None
+        elif "partial" in record:
+            self.partial = Partial.from_json(record["partial"])
+        elif "dropped" in record:
+            self.partial = None
         elif "repo" in record:
             self.repo_manifests.setdefault(record["repo"], set()).add(record["manifest"])
         elif "tag" in record:
@@ -163,6 +211,7 @@ class CreateState:
         self.parts_done = {i: v for i, v in self.parts_done.items() if i < cut[0]}
         self.end = cut
         self.finalizing = None
+        self.partial = None
 
 
 class StateLog:

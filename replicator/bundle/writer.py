@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 import structlog
 
-from replicator.bundle.appender import Appender, blob_path
+from replicator.bundle.appender import Appender, Pending, blob_path
 from replicator.bundle.model import Content
 from replicator.bundle.spans import read_spans, stream_spans
 from replicator.bundle.state import CreateState, StateLog
@@ -76,9 +76,10 @@ class BundleWriter:
         stream: PartStream,
         log_file: StateLog,
         base: Content | None,
+        pending: Pending | None = None,
     ) -> None:
         self.directory = directory
-        self.appender = Appender(directory, state, stream, log_file)
+        self.appender = Appender(directory, state, stream, log_file, pending)
         self.state = state
         self.base = base
         self._inflight: dict[str, anyio.Event] = {}

@@ -139,6 +139,68 @@ def test_a_killed_create_resumes_and_ends_with_the_same_bundle(
     assert_same_tags(src.instance, [("app", "v1")], dest, prefix="mirror")
 
 
+def _partial(out: Path) -> dict[str, Any] | None:
+    """The last half-written blob the create's log records, unless a member followed it."""
+    found = None
+    path = out / ".bundle-create.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break  # a line being written
+        if "partial" in record:
+            found = record["partial"]
+        elif "member" in record or "dropped" in record:
+            found = None
+    return found
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_create_killed_mid_blob_continues_that_blob(
+    registry_factory: Callable[..., Any],
+    fault_proxy: Callable[..., Any],
+    tmp_path: Path,
+    damaged: bool,
+) -> None:
+    """Killed while a large layer streams: the rerun keeps its bytes and reads only the rest
+    of it from the source; with those bytes damaged, it finds out and reads the layer again."""
+    src, proxy, graph = _source(registry_factory, fault_proxy)
+    out = tmp_path / "bundle"
+    argv = _create_argv(tmp_path / "journal.sqlite", out, f"{proxy.host}/app:v1")
+    _kill_when(start(argv, tmp_path), lambda: _partial(out) is not None)
+    partial = _partial(out)
+    assert partial is not None
+    kept = _logged_blob_bytes(out)
+    written = sum(length for _, _, length in partial["at"])
+    if damaged:
+        part, offset, _ = partial["at"][0]
+        with open(out / f"part-{part:03d}.tar", "r+b") as fh:
+            fh.seek(offset + 100)
+            fh.write(b"\0" * 512)
+    proxy.reset()
+
+    second = run(argv, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = log_events(second.stderr, "bundle.partial_resumed")
+    assert [(r["digest"], r["offset"]) for r in resumed] == [(partial["digest"], written)]
+    read_again = proxy.stats().bytes_down(method="GET", kind="blob")
+    if damaged:
+        assert log_events(second.stderr, "bundle.partial_discarded")
+        assert read_again <= graph.total_blob_bytes - kept + partial["size"] - written
+    else:
+        assert read_again <= graph.total_blob_bytes - kept - written
+    verified = run([REPLICATOR, "bundle", "verify", str(out)], tmp_path)
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    dest = registry_factory("open").instance
+    imported = run(
+        [REPLICATOR, "bundle", "import", str(out), f"{dest.host}/m", "--no-journal"], tmp_path
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert_same_tags(src.instance, [("app", "v1")], dest, prefix="m")
+
+
 def test_a_killed_import_resumes_and_ends_with_the_same_graph(
     registry_factory: Callable[..., Any], fault_proxy: Callable[..., Any], tmp_path: Path
 ) -> None:
