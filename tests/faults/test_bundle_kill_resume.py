@@ -78,8 +78,13 @@ def _kill_when(proc: Any, reached: Callable[[], bool]) -> None:
 def _logged_blob_bytes(out: Path) -> int:
     """Bytes of the blobs the create's log holds (what the parts keep for the rerun)."""
     total = 0
-    for line in (out / ".bundle-create.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    path = out / ".bundle-create.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break  # a line being written
         member = record.get("member")
         if member and member["kind"] == "blob":
             total += member["size"]
@@ -99,7 +104,11 @@ def test_a_killed_create_resumes_and_ends_with_the_same_bundle(
     journal = tmp_path / "journal.sqlite"
     argv = _create_argv(journal, out, f"{proxy.host}/app:v1")
 
-    _kill_when(start(argv, tmp_path), lambda: _parts_bytes(out) >= share * total)
+    # (the log may trail the parts: wait until it holds a blob too)
+    _kill_when(
+        start(argv, tmp_path),
+        lambda: _parts_bytes(out) >= share * total and _logged_blob_bytes(out) > 0,
+    )
     assert not (out / "bundle.json").exists()
     kept = _logged_blob_bytes(out)
     assert 0 < kept < total
