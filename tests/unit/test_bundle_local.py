@@ -266,3 +266,68 @@ async def test_a_signed_bundle_needs_its_key_and_refuses_another(tmp_path: Path)
     missing = await verify_bundle(out, keys["good"])
     assert missing.problems[0].line().startswith("bundle.json.sig: missing")
     assert (await verify_bundle(out)).ok  # no key: nothing is required
+
+
+async def _frozen_mid_blob(out: Path, blob: bytes) -> Path:
+    """A create frozen while a large blob streams (its progress logged), copied as a kill
+    would leave it; the copy's directory."""
+    import anyio
+
+    writer = await open_writer(out, "sha256:" + "0" * 64, 64 * 1024 * 1024, None, fresh=False)
+    await writer.appender.start()
+    desc = descriptor_for(blob, mt.OCI_LAYER_GZIP)
+    frozen = anyio.Event()
+
+    async def opener(offset: int):  # type: ignore[no-untyped-def]
+        for i in range(offset, 18 * 1024 * 1024, 1024 * 1024):
+            yield blob[i : i + 1024 * 1024]
+        frozen.set()
+        await anyio.sleep_forever()
+
+    copy = out.with_name(out.name + "-killed")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.push_blob, "api", desc, opener)
+        await frozen.wait()
+        shutil.copytree(out, copy)
+        tg.cancel_scope.cancel()
+    await writer.aclose()
+    return copy
+
+
+async def test_a_half_written_blob_is_dropped_when_another_comes_first(tmp_path: Path) -> None:
+    blob = os.urandom(20 * 1024 * 1024)
+    copy = await _frozen_mid_blob(tmp_path / "bundle", blob)
+    again = await open_writer(copy, "sha256:" + "0" * 64, 64 * 1024 * 1024, None, fresh=False)
+    pending = again.appender.pending
+    assert pending is not None and pending.partial.written >= 16 * 1024 * 1024
+    raw = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}'
+    await again.push_blob("api", descriptor_for(b"{}", mt.OCI_EMPTY), _bytes_opener(b"{}"))
+    assert again.appender.pending is None
+    await again.push_manifest("api", descriptor_for(raw, mt.OCI_MANIFEST), raw, ("v1",))
+    await finalize(again, Finish([], "test", {}, None, None))
+    await again.aclose()
+    result = await verify_bundle(copy)
+    assert result.ok, result.problems
+    assert result.document is not None and list(result.document.content.blobs) == [
+        descriptor_for(b"{}", mt.OCI_EMPTY).digest
+    ]
+
+
+async def test_a_half_written_blob_continues_from_its_bytes(tmp_path: Path) -> None:
+    blob = os.urandom(20 * 1024 * 1024)
+    copy = await _frozen_mid_blob(tmp_path / "bundle", blob)
+    again = await open_writer(copy, "sha256:" + "0" * 64, 64 * 1024 * 1024, None, fresh=False)
+    pending = again.appender.pending
+    assert pending is not None
+    offsets = []
+
+    async def rest(offset: int):  # type: ignore[no-untyped-def]
+        offsets.append(offset)
+        yield blob[offset:]
+
+    await again.push_blob("api", descriptor_for(blob, mt.OCI_LAYER_GZIP), rest)
+    assert offsets == [pending.partial.written]
+    await finalize(again, Finish([], "test", {}, None, None))
+    await again.aclose()
+    result = await verify_bundle(copy)
+    assert result.ok, result.problems
