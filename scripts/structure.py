@@ -25,8 +25,8 @@ PACKAGE = ROOT / "replicator"
 #: ``errors`` and ``observe`` are used by every layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("replicator.__main__", "replicator.cli"),
-    ("replicator.sync",),
     ("replicator.bundle",),
+    ("replicator.sync",),
     ("replicator.journal",),
     ("replicator.engine", "replicator.artifacts"),
     ("replicator.graph",),

@@ -90,6 +90,7 @@ COMMANDS: tuple[str, ...] = (
     "copy",
     "sync",
     "verify",
+    "bundle",
     "push",
     "attach",
     "discover",
