@@ -11,11 +11,18 @@ Exit codes: 0; 9 when something selected is missing at a destination (or, for
 ``verify``, any difference); 10 when a promotion gate refused a graph; the code
 of the most severe failure otherwise; 75 after SIGTERM/SIGINT (a rerun of the
 same config resumes).
+
+``--shard I/N`` (or ``--shard-from-env N``, the index from
+``JOB_COMPLETION_INDEX``) runs only the source repositories shard I of N owns,
+as a run and a journal file of its own (docs/SCALING.md,
+:mod:`replicator.sync.shard`); ``verify`` takes the same flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +37,10 @@ from replicator.cli.cmd_copy import (
 )
 from replicator.cli.context import CliContext
 from replicator.cli.sync_output import print_plan, print_sync
-from replicator.errors import EXIT_INTERRUPTED, GateRefusedError
+from replicator.errors import EXIT_INTERRUPTED, GateRefusedError, UsageError
 from replicator.journal.store import default_journal_path
 from replicator.sync import JournalChoice, StopRequest, TargetPool, concurrency_limits
+from replicator.sync.shard import INDEX_VARIABLE, Shard
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -62,7 +70,65 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run: start over")
     p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
+    add_shard_flags(p)
     p.set_defaults(handler=run_sync_command)
+
+
+def _shard_arg(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_shard_flags(p: argparse.ArgumentParser) -> None:
+    """``--shard I/N`` and ``--shard-from-env N`` (one or the other); read with :func:`shard_from_args`.
+
+    For every command that expands a config's source repositories: ``sync``,
+    ``verify``, and the hook for ``bundle create``.
+    """
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--shard",
+        type=_shard_arg,
+        default=None,
+        metavar="I/N",
+        help="handle only shard I of N (0 <= I < N): the source repositories whose name hashes "
+        "to I (docs/SCALING.md); its own run and journal file",
+    )
+    group.add_argument(
+        "--shard-from-env",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help=f"shard I of N with I from ${INDEX_VARIABLE} (a Kubernetes Indexed Job "
+        "of N completions)",
+    )
+
+
+def shard_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Shard | None:
+    """The shard the command line asks for, None for all; :class:`UsageError` for a bad index."""
+    if args.shard is not None:
+        shard: Shard = args.shard
+        return shard
+    if args.shard_from_env is not None:
+        return Shard.from_environment(
+            args.shard_from_env, os.environ if environ is None else environ
+        )
+    return None
+
+
+def shard_line(outcome: Any) -> str | None:
+    """``Shard I/N: ...`` for a sharded outcome, None otherwise."""
+    if outcome.shard is None:
+        return None
+    here, elsewhere = outcome.shard_counts
+    return (
+        f"Shard {outcome.shard.label}: {here} source repositor{'y' if here == 1 else 'ies'} "
+        f"here, {elsewhere} in other shards"
+    )
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -104,6 +170,7 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
     from replicator.sync.syncing import SyncRequest, run_sync
 
     config = load(args)
+    shard = shard_from_args(args)
     journal = (
         JournalChoice.off()
         if args.no_journal
@@ -117,7 +184,13 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
         limits=concurrency_limits(args.concurrency),
         chunk_size=args.chunk_size,
         report_path=report_path(args),
-        command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
+        command=(
+            "sync",
+            str(args.config),
+            *(f"--job={j}" for j in args.job),
+            *(() if shard is None else (f"--shard={shard.label}",)),
+        ),
+        shard=shard,
     )
     observer, display = _observer(ctx)
     stop = StopRequest()
@@ -131,6 +204,8 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
                 on_message=_message_printer(ctx),
                 before_network=heap.settle,
             )
+    if (line := shard_line(outcome)) is not None:
+        ctx.out.write(line + "\n")
     if args.dry_run:
         print_plan(ctx.out, outcome)
     else:

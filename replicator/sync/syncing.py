@@ -18,6 +18,11 @@ Exit codes: a run's own (0; 9 when something selected is missing at a
 destination; 10 when a promotion gate refused a graph; the code of the most
 severe failure otherwise), combined with the jobs' listing failures.  ``verify``
 exits 9 when it found a difference.
+
+With a :class:`~replicator.sync.shard.Shard` (``--shard I/N``) both handle only
+the source repositories that shard owns; a sync's run key and journal file are
+the shard's own (:mod:`replicator.sync.shard`), and the report's ``shard``
+section says which shard ran and how many repositories it left to the others.
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ from replicator.engine.audit import Difference, differences
 from replicator.engine.events import CopyObserver
 from replicator.engine.report import CopyReport, most_severe
 from replicator.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_REFUSED, InputError
+from replicator.observe.logging import get_logger
 from replicator.sync.config import SyncConfig
 from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
 from replicator.sync.jobs import ReferenceJob
 from replicator.sync.outcome import RunOutcome
 from replicator.sync.request import JournalChoice, RunRequest
 from replicator.sync.runner import MessageSink, run_copy
+from replicator.sync.shard import Shard
 from replicator.sync.stop import StopRequest
 from replicator.sync.targets import TargetPool
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,8 @@ class SyncRequest:
     chunk_size: int | None = None
     report_path: Path | None = None
     command: tuple[str, ...] = ()
+    #: Only this shard's source repositories (``--shard I/N``); None: all of them.
+    shard: Shard | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +77,13 @@ class SyncOutcome:
     exit_code: int
     dry_run: bool = False
     differences: list[Difference] = field(default_factory=list)
+    shard: Shard | None = None
+
+    @property
+    def shard_counts(self) -> tuple[int, int]:
+        """``(here, elsewhere)``: source repositories this shard handled and left to the others."""
+        here = sum(len(p.repositories) for p in self.expansion.jobs)
+        return here, sum(len(p.other_shards) for p in self.expansion.jobs)
 
     @property
     def report(self) -> CopyReport | None:
@@ -85,6 +103,8 @@ class SyncOutcome:
             "exit_code": self.exit_code,
             "jobs": {plan.name: self._job_json(plan) for plan in self.expansion.jobs},
         }
+        if self.shard is not None:
+            out["shard"] = self.shard.to_json(*self.shard_counts)
         if self.differences:
             out["differences"] = [
                 {
@@ -142,12 +162,23 @@ class SyncOutcome:
                 for repo in plan.repositories
             ],
             "results": results,
+            "other_shards": len(plan.other_shards),
         }
 
 
 def definition(config: SyncConfig, names: Sequence[str]) -> dict[str, str]:
     """What names the run in the journal: the digest of each selected job's definition."""
     return {job.name: config.job_digests[job.name] for job in selected_jobs(config, names)}
+
+
+def run_definition(
+    command: str, config: SyncConfig, names: Sequence[str], shard: Shard | None
+) -> dict[str, Any]:
+    """The run key's definition: the jobs' digests, and the shard when there is one."""
+    out: dict[str, Any] = {command: definition(config, names)}
+    if shard is not None:
+        out["shard"] = shard.definition()
+    return out
 
 
 async def run_sync(
@@ -162,22 +193,28 @@ async def run_sync(
     """Sync the request's jobs (see the module doc)."""
     if before_network is not None:
         before_network()
-    expansion = await expand(request.config, request.jobs, targets)
+    expansion = await expand(request.config, request.jobs, targets, shard=request.shard)
+    _log_shard(request.shard, expansion)
     run: RunOutcome | None = None
     if expansion.reference_jobs:
         options = CopyOptions(keep_going=True, chunk_size=request.chunk_size, plan=request.dry_run)
+        journal = (
+            request.journal if request.shard is None else request.shard.journal(request.journal)
+        )
         run_request = RunRequest(
             jobs=tuple(expansion.reference_jobs),
             options=options,
             limits=request.limits,
-            journal=JournalChoice.off() if request.dry_run else request.journal,
+            journal=JournalChoice.off() if request.dry_run else journal,
             command=request.command,
-            definition={"sync": definition(request.config, request.jobs)},
+            definition=run_definition("sync", request.config, request.jobs, request.shard),
         )
         run = await run_copy(
             run_request, targets=targets, observer=observer, stop=stop, on_message=on_message
         )
-    outcome = SyncOutcome(expansion, run, _exit_code(expansion, run), dry_run=request.dry_run)
+    outcome = SyncOutcome(
+        expansion, run, _exit_code(expansion, run), dry_run=request.dry_run, shard=request.shard
+    )
     if request.report_path is not None:
         write_sync_report(request.report_path, outcome)
     return outcome
@@ -192,9 +229,11 @@ async def run_verify(
     limits: LimitSettings | None = None,
     report_path: Path | None = None,
     on_message: MessageSink | None = None,
+    shard: Shard | None = None,
 ) -> SyncOutcome:
     """Audit the jobs ``names`` (all when empty) of ``config`` without writing (see the module doc)."""
-    expansion = await expand(config, names, targets, honour_immutable=False)
+    expansion = await expand(config, names, targets, honour_immutable=False, shard=shard)
+    _log_shard(shard, expansion)
     run: RunOutcome | None = None
     found: list[Difference] = []
     if expansion.reference_jobs:
@@ -205,7 +244,7 @@ async def run_verify(
             options=options,
             limits=limits or LimitSettings(),
             journal=JournalChoice.off(),
-            definition={"verify": definition(config, names)},
+            definition=run_definition("verify", config, names, shard),
         )
         run = await run_copy(run_request, targets=targets, on_message=on_message)
         found = differences(run.report)
@@ -213,10 +252,20 @@ async def run_verify(
     code = _exit_code(expansion, run, ignore=(EXIT_REFUSED,))
     if code == 0 and found:
         code = EXIT_INCOMPLETE
-    outcome = SyncOutcome(expansion, run, code, dry_run=True, differences=found)
+    outcome = SyncOutcome(expansion, run, code, dry_run=True, differences=found, shard=shard)
     if report_path is not None:
         write_sync_report(report_path, outcome)
     return outcome
+
+
+def _log_shard(shard: Shard | None, expansion: Expansion) -> None:
+    if shard is not None:
+        log.info(
+            "sync.shard_selected",
+            shard=shard.label,
+            repositories=sum(len(p.repositories) for p in expansion.jobs),
+            other_shards=sum(len(p.other_shards) for p in expansion.jobs),
+        )
 
 
 def _audited(job: ReferenceJob) -> ReferenceJob:
