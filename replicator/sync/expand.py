@@ -44,7 +44,7 @@ from replicator.sync.selection import (
     select_repositories,
     select_tags,
 )
-from replicator.sync.shard import Shard
+from replicator.sync.shard import Shard, shard_name
 from replicator.sync.targets import TargetPool
 from replicator.targets.base import CatalogLister
 
@@ -147,7 +147,7 @@ async def _expand_job(
         for repo in repositories
     ]
     if shard is not None:
-        plan.repositories, others = shard.split(plan.repositories, lambda r: str(r.source))
+        plan.repositories, others = shard.split(plan.repositories, lambda r: shard_name(r.source))
         plan.other_shards = [str(r.source) for r in others]
     async with anyio.create_task_group() as tg:
         for repo_plan in plan.repositories:

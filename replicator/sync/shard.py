@@ -6,10 +6,12 @@ repositories that belong to it; N processes with the shards ``0/N`` ..
 common but the registries (docs/SCALING.md).
 
 **Which shard owns a repository** (:func:`shard_of`): the SHA-256 of the UTF-8
-bytes of the source repository's normalised name — the display form of its
-reference without tag, ``dev.example.com/team/api``,
-``docker.io/library/alpine``, ``ocidir:///srv/airgap`` — whose first 8 bytes,
-read as a big-endian unsigned integer, are taken modulo N.  It depends on the
+bytes of the repository's name (:func:`shard_name`), whose first 8 bytes, read
+as a big-endian unsigned integer, are taken modulo N.  The name is the source
+repository's normalised path — ``team/api``, ``library/alpine`` for Docker
+Hub's ``alpine`` — without the registry host, so moving a registry to another
+host or port does not reshuffle the shards; an OCI layout source, which has no
+repository path, is named by its ``ocidir://`` path.  The result depends on the
 name and N only: the same on every machine and Python version (no ``hash()``,
 no salt), so every pod of an Indexed Job agrees on the split without talking to
 the others.  Changing N moves most repositories to another shard.
@@ -42,6 +44,7 @@ from typing import Any, TypeVar
 
 from replicator.errors import UsageError
 from replicator.journal.store import default_journal_path
+from replicator.oci.reference import Reference
 from replicator.sync.request import JournalChoice
 
 #: The environment variable Kubernetes sets to a pod's index in an Indexed Job.
@@ -58,6 +61,11 @@ def shard_of(name: str, count: int) -> int:
         raise ValueError(f"a shard count must be at least 1 (got {count})")
     head = hashlib.sha256(name.encode("utf-8")).digest()[:8]
     return int.from_bytes(head, "big") % count
+
+
+def shard_name(source: Reference) -> str:
+    """The name a source repository is sharded by: its path, or an OCI layout's ``ocidir://`` path."""
+    return source.repository or str(source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from replicator.errors import UsageError
 from replicator.journal.store import default_journal_path
 from replicator.sync import JournalChoice, TargetPool
 from replicator.sync.config import SyncConfig, load_config
-from replicator.sync.shard import Shard, shard_of
+from replicator.oci.reference import parse_repository
+from replicator.sync.shard import Shard, shard_name, shard_of
 from replicator.sync.syncing import SyncOutcome, SyncRequest, run_definition, run_sync, run_verify
 from replicator.targets.ocilayout import OCILayoutTarget
 from tests.integration.graphs import GraphBuilder
@@ -39,6 +40,14 @@ def test_the_shard_of_a_name_is_the_first_8_bytes_of_its_sha256_modulo_n() -> No
     assert [shard_of("a", n) for n in (2, 3, 7, 1000)] == [0, 1, 4, 250]
     for name in (*NAMES[:50], "réseau/ünïcode"):
         assert shard_of(name, 7) == _expected(name, 7)
+
+
+def test_a_repository_is_sharded_by_its_path_not_its_host() -> None:
+    a = parse_repository("dev.example.com:5000/team/api")
+    b = parse_repository("mirror.example.com/team/api")
+    assert shard_name(a) == shard_name(b) == "team/api"
+    assert shard_name(parse_repository("docker.io/alpine")) == "library/alpine"
+    assert shard_name(parse_repository("ocidir:///srv/airgap")) == "ocidir:///srv/airgap"
 
 
 def _expected(name: str, n: int) -> int:
