@@ -14,9 +14,9 @@ from replicator.cli.cmd_sync import shard_from_args
 from replicator.cli.main import build_parser
 from replicator.errors import UsageError
 from replicator.journal.store import default_journal_path
+from replicator.oci.reference import parse_repository
 from replicator.sync import JournalChoice, TargetPool
 from replicator.sync.config import SyncConfig, load_config
-from replicator.oci.reference import parse_repository
 from replicator.sync.shard import Shard, shard_name, shard_of
 from replicator.sync.syncing import SyncOutcome, SyncRequest, run_definition, run_sync, run_verify
 from replicator.targets.ocilayout import OCILayoutTarget
