@@ -113,3 +113,8 @@ def test_three_shards_cover_the_world_once_and_the_destination_equals_the_source
     assert "Copied" not in again.stdout and "Up to date:" in again.stdout
     audit = run_cli("verify", str(config), home=tmp_path, timeout=300)
     assert audit.code == 0, audit.stdout[-3000:]
+    one = run_cli(
+        "verify", str(config), "--shard", f"2/{SHARDS}", "--deep", home=tmp_path, timeout=300
+    )
+    assert one.code == 0, one.stdout[-3000:]
+    assert f"Shard 2/{SHARDS}: {cover['per_shard'][2]} source repositor" in one.stdout
