@@ -398,6 +398,39 @@ def benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return results
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The figures of a results dict as Markdown tables (for RESULTS-shards.md)."""
+    n = results["shards"]
+    lines = [
+        "| rep | one process: wall s | CPU s | N shards: wall s | CPU s | shards' walls s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, pair in enumerate(results["pairs"], 1):
+        one, many = pair["one_process"], pair["shards"]
+        walls = " / ".join(f"{q['wall_s']:.1f}" for q in many["processes"])
+        lines.append(
+            f"| {i} | {one['wall_s']:.1f} | {one['cpu_s']:.1f} | {many['wall_s']:.1f} | "
+            f"{many['cpu_s']:.1f} | {walls} | {one['wall_s'] / many['wall_s']:.2f} |"
+        )
+    last = results["pairs"][-1]
+    lines += [
+        "",
+        f"| per shard (last rep, {n} shards) | repositories | tags | bytes sent | blobs uploaded | mounted | requests | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for q in last["shards"]["processes"]:
+        lines.append(
+            f"| {q['shard']['label']} | {len(q['repositories'])} | {q['tags']} | {q['bytes_sent']} | "
+            f"{q['blobs_uploaded']} | {q['blobs_mounted']} | {q['requests']} | {q['max_rss_mib']} |"
+        )
+    one = last["one_process"]["processes"][0]
+    lines.append(
+        f"| one process | {len(one['repositories'])} | {one['tags']} | {one['bytes_sent']} | "
+        f"{one['blobs_uploaded']} | {one['blobs_mounted']} | {one['requests']} | {one['max_rss_mib']} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run, write shard_results.json."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -424,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out / "shard_results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {out} ({results['total_s']}s): {results['summary']}")
+    print(markdown(results))
     return 0
 
 
