@@ -14,11 +14,18 @@ because another process was running it (and nothing failed); 75 after
 SIGTERM/SIGINT (a rerun of the same config resumes).  ``--watch``,
 ``--metrics-addr``, ``--metrics-file`` and ``--wait-lock`` are
 :mod:`replicator.cli.sync_service`'s (docs/UNATTENDED.md).
+
+``--shard I/N`` (or ``--shard-from-env N``, the index from
+``JOB_COMPLETION_INDEX``) runs only the source repositories shard I of N owns,
+as a run, a journal file and job locks of its own (docs/SCALING.md,
+:mod:`replicator.sync.shard`); ``verify`` takes the same flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +42,10 @@ from replicator.cli.context import CliContext
 from replicator.cli.lockflags import wait_lock
 from replicator.cli.sync_output import print_plan, print_sync
 from replicator.cli.sync_service import OneShot, add_service_flags, check_service_flags, run_watch
-from replicator.errors import EXIT_INTERRUPTED, GateRefusedError
+from replicator.errors import EXIT_INTERRUPTED, GateRefusedError, UsageError
 from replicator.journal.store import default_journal_path
 from replicator.sync import JournalChoice, StopRequest, TargetPool, concurrency_limits
+from replicator.sync.shard import INDEX_VARIABLE, Shard
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -76,7 +84,65 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run: start over")
     p.add_argument("--no-journal", action="store_true", help="run without a journal (no resume)")
     add_service_flags(p)  # --watch, --metrics-addr, --metrics-file, --wait-lock (sync_service)
+    add_shard_flags(p)
     p.set_defaults(handler=run_sync_command)
+
+
+def _shard_arg(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_shard_flags(p: argparse.ArgumentParser) -> None:
+    """``--shard I/N`` and ``--shard-from-env N`` (one or the other); read with :func:`shard_from_args`.
+
+    For every command that expands a config's source repositories: ``sync``,
+    ``verify``, and the hook for ``bundle create``.
+    """
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--shard",
+        type=_shard_arg,
+        default=None,
+        metavar="I/N",
+        help="handle only shard I of N (0 <= I < N): the source repositories whose name hashes "
+        "to I (docs/SCALING.md); its own run and journal file",
+    )
+    group.add_argument(
+        "--shard-from-env",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help=f"shard I of N with I from ${INDEX_VARIABLE} (a Kubernetes Indexed Job "
+        "of N completions)",
+    )
+
+
+def shard_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Shard | None:
+    """The shard the command line asks for, None for all; :class:`UsageError` for a bad index."""
+    if args.shard is not None:
+        shard: Shard = args.shard
+        return shard
+    if args.shard_from_env is not None:
+        return Shard.from_environment(
+            args.shard_from_env, os.environ if environ is None else environ
+        )
+    return None
+
+
+def shard_line(outcome: Any) -> str | None:
+    """``Shard I/N: ...`` for a sharded outcome, None otherwise."""
+    if outcome.shard is None:
+        return None
+    here, elsewhere = outcome.shard_counts
+    return (
+        f"Shard {outcome.shard.label}: {here} source repositor{'y' if here == 1 else 'ies'} "
+        f"here, {elsewhere} in other shards"
+    )
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -121,7 +187,12 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
     """
     check_service_flags(args)
     config = load(args)
+    shard = shard_from_args(args)
     if args.watch:
+        if shard is not None:
+            raise UsageError(
+                "--shard does not apply to --watch: run one sync per shard on a schedule (docs/SCALING.md)"
+            )
         return await run_watch(
             args, ctx, config, open_pool=lambda c: pool(ctx, c), show=_shower(ctx)
         )
@@ -132,11 +203,13 @@ async def run_sync_command(args: argparse.Namespace, ctx: CliContext) -> int:
             args.journal or default_journal_path(), fresh=args.fresh, wait_lock=wait_lock(args)
         )
     )
-    service = OneShot(args, config)  # job locks, --metrics-file
+    service = OneShot(args, config, shard)  # job locks, --metrics-file
     try:
-        outcome = await _run(args, ctx, config, service, journal)
+        outcome = await _run(args, ctx, config, service, journal, shard)
     finally:
         service.release()
+    if (line := shard_line(outcome)) is not None:
+        ctx.out.write(line + "\n")
     if args.dry_run:
         print_plan(ctx.out, outcome)
     else:
@@ -158,6 +231,7 @@ async def _run(
     config: Any,
     service: OneShot,
     journal: JournalChoice,
+    shard: Shard | None,
 ) -> Any:
     """Lock the jobs, run the sync of those locked; write ``--metrics-file`` while the targets are open."""
     from replicator.sync.syncing import SyncRequest, run_sync
@@ -174,8 +248,9 @@ async def _run(
                 limits=concurrency_limits(args.concurrency),
                 chunk_size=args.chunk_size,
                 report_path=report_path(args),
-                command=("sync", str(args.config), *(f"--job={j}" for j in args.job)),
+                command=service.command,
                 deep=args.deep,
+                shard=shard,
             )
             outcome = await run_sync(
                 request,

@@ -6,6 +6,7 @@ destination, and does each destination tag point at the source digest?  Every
 difference is listed (tag missing / moved, manifest or referrer missing, blob
 missing with ``--deep``, a referrer missing from its subject's index); exit 9
 when there is one, 0 otherwise.  See :func:`replicator.sync.syncing.run_verify`.
+``--shard I/N`` / ``--shard-from-env N`` audit one shard's source repositories.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import Any
 
 from replicator.cli import heap
 from replicator.cli.cmd_copy import _message_printer
-from replicator.cli.cmd_sync import add_common, load, pool, print_errors, report_path
+from replicator.cli.cmd_sync import (
+    add_common,
+    add_shard_flags,
+    load,
+    pool,
+    print_errors,
+    report_path,
+    shard_from_args,
+    shard_line,
+)
 from replicator.cli.context import CliContext
 from replicator.cli.sync_output import print_verify
 from replicator.sync import concurrency_limits
@@ -36,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     v.add_argument(
         "--deep", action="store_true", help="also ask about every blob of the manifests present"
     )
+    add_shard_flags(v)
     v.set_defaults(handler=run_verify_command)
 
 
@@ -44,6 +55,7 @@ async def run_verify_command(args: argparse.Namespace, ctx: CliContext) -> int:
     from replicator.sync.syncing import run_verify
 
     config = load(args)
+    shard = shard_from_args(args)
     heap.settle()
     async with pool(ctx, config) as targets:
         outcome = await run_verify(
@@ -54,7 +66,10 @@ async def run_verify_command(args: argparse.Namespace, ctx: CliContext) -> int:
             limits=concurrency_limits(args.concurrency),
             report_path=report_path(args),
             on_message=_message_printer(ctx),
+            shard=shard,
         )
+    if (line := shard_line(outcome)) is not None:
+        ctx.out.write(line + "\n")
     print_verify(ctx.out, outcome)
     print_errors(ctx, outcome, ignore_refusals=True)
     return outcome.exit_code

@@ -53,6 +53,7 @@ from replicator.sync.service_figures import (
     limit_figures,
     registry_figures,
 )
+from replicator.sync.shard import Shard
 from replicator.sync.syncing import SyncOutcome
 from replicator.sync.targets import TargetPool
 from replicator.sync.watch import WatchRequest
@@ -117,14 +118,25 @@ def journal_path(args: argparse.Namespace) -> Path | None:
 class OneShot:
     """Job locks and the metrics file of one ``sync`` run (see the module doc)."""
 
-    def __init__(self, args: argparse.Namespace, config: SyncConfig) -> None:
+    def __init__(
+        self, args: argparse.Namespace, config: SyncConfig, shard: Shard | None = None
+    ) -> None:
         self.config = config
         self.names = [job.name for job in selected_jobs(config, args.job)]
         self.asked = tuple(args.job)
-        self.journal = journal_path(args)
+        journal = journal_path(args)
+        #: A shard's jobs are locked beside the shard's journal: shards of one job run at once.
+        self.journal = (
+            journal if shard is None else shard.journal_path(journal or default_journal_path())
+        )
         self.dry_run = bool(args.dry_run)
         self.wait = wait_lock(args)
-        self.command = ("sync", str(args.config), *(f"--job={j}" for j in args.job))
+        self.command = (
+            "sync",
+            str(args.config),
+            *(f"--job={j}" for j in args.job),
+            *(() if shard is None else (f"--shard={shard.label}",)),
+        )
         self.metrics_file = Path(args.metrics_file).expanduser() if args.metrics_file else None
         self.metrics = ServiceMetrics() if self.metrics_file is not None else None
         self.tally: DestinationTally | None = None

@@ -17,6 +17,11 @@ catalog pattern selected or excluded and why, which tags were selected and why
 the others were not, which immutable tags were skipped where.  A listing that
 fails (an unknown repository, a refused catalog) is that job's failure; the
 other jobs go on.
+
+With a :class:`~replicator.sync.shard.Shard`, only the source repositories that
+shard owns are kept (after mapping, so a mapping collision is found by every
+shard; before any tag is listed); the others are counted in
+:attr:`JobPlan.other_shards`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from replicator.sync.selection import (
     select_repositories,
     select_tags,
 )
+from replicator.sync.shard import Shard, shard_name
 from replicator.sync.targets import TargetPool
 from replicator.targets.base import CatalogLister
 
@@ -68,6 +74,8 @@ class JobPlan:
     repositories: list[RepositoryPlan] = field(default_factory=list)
     catalog: tuple[RepositoryDecision, ...] = ()
     error: ReplicatorError | None = None
+    #: Source repositories left to other shards (``--shard``), by name.
+    other_shards: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -97,10 +105,12 @@ async def expand(
     targets: TargetPool,
     *,
     honour_immutable: bool = True,
+    shard: Shard | None = None,
 ) -> Expansion:
     """Expand the jobs ``names`` (all when empty) of ``config`` (see the module doc).
 
     ``honour_immutable`` False (``verify``) looks at every selected tag.
+    ``shard``: keep only the source repositories it owns.
     """
     jobs = selected_jobs(config, names)
     plans = [JobPlan(job.name) for job in jobs]
@@ -108,7 +118,7 @@ async def expand(
 
     async def one(job: SyncJob, plan: JobPlan) -> None:
         try:
-            await _expand_job(job, plan, targets, limiter, honour_immutable)
+            await _expand_job(job, plan, targets, limiter, honour_immutable, shard)
         except ReplicatorError as exc:
             plan.error = exc
 
@@ -130,6 +140,7 @@ async def _expand_job(
     targets: TargetPool,
     limiter: anyio.CapacityLimiter,
     honour_immutable: bool,
+    shard: Shard | None = None,
 ) -> None:
     repositories = await _source_repositories(job, plan, targets, limiter)
     mapped = map_repositories(job.destinations, repositories)
@@ -137,6 +148,9 @@ async def _expand_job(
         RepositoryPlan(job.source_reference(repo if job.is_catalog else None), mapped[repo])
         for repo in repositories
     ]
+    if shard is not None:
+        plan.repositories, others = shard.split(plan.repositories, lambda r: shard_name(r.source))
+        plan.other_shards = [str(r.source) for r in others]
     errors: list[ReplicatorError] = []
 
     async def select(repo_plan: RepositoryPlan) -> None:

@@ -28,6 +28,11 @@ destination; 10 when a promotion gate refused a graph; the code of the most
 severe failure otherwise), combined with the jobs' listing failures and their
 pruning (10 when a prune was refused above ``prune.max``; a failed prune's
 error code).  ``verify`` exits 9 when it found a difference.
+
+With a :class:`~replicator.sync.shard.Shard` (``--shard I/N``) both handle only
+the source repositories that shard owns; a sync's run key and journal file are
+the shard's own (:mod:`replicator.sync.shard`), and the report's ``shard``
+section says which shard ran and how many repositories it left to the others.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from replicator.engine.audit import Difference, differences
 from replicator.engine.events import CopyObserver
 from replicator.engine.report import CopyReport, most_severe
 from replicator.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_REFUSED, InputError
+from replicator.observe.logging import get_logger
 from replicator.oci.reference import Reference
 from replicator.sync.config import SyncConfig
 from replicator.sync.expand import Expansion, JobPlan, expand, selected_jobs
@@ -54,10 +60,13 @@ from replicator.sync.pauses import QuotaPauses
 from replicator.sync.prune import JobPrune, prune_jobs
 from replicator.sync.request import JournalChoice, RunRequest
 from replicator.sync.runner import MessageSink, run_copy
+from replicator.sync.shard import Shard
 from replicator.sync.stop import StopRequest
 from replicator.sync.targets import TargetPool
 from replicator.targets.base import Target
 from replicator.targets.memory import MemoryTarget
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,8 @@ class SyncRequest:
     #: Ask the destinations about every manifest and every blob of the manifests
     #: they hold (as ``verify --deep`` does) and copy again what is missing.
     deep: bool = False
+    #: Only this shard's source repositories (``--shard I/N``); None: all of them.
+    shard: Shard | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +101,13 @@ class SyncOutcome:
     prunes: list[JobPrune] = field(default_factory=list)
     #: ``host -> {"pauses", "paused_ms"}``: quota pauses during this sync.
     rate_limit_pauses: dict[str, dict[str, int]] = field(default_factory=dict)
+    shard: Shard | None = None
+
+    @property
+    def shard_counts(self) -> tuple[int, int]:
+        """``(here, elsewhere)``: source repositories this shard handled and left to the others."""
+        here = sum(len(p.repositories) for p in self.expansion.jobs)
+        return here, sum(len(p.other_shards) for p in self.expansion.jobs)
 
     @property
     def report(self) -> CopyReport | None:
@@ -128,6 +146,8 @@ class SyncOutcome:
             "exit_code": self.exit_code,
             "jobs": {plan.name: self._job_json(plan) for plan in self.expansion.jobs},
         }
+        if self.shard is not None:
+            out["shard"] = self.shard.to_json(*self.shard_counts)
         if self.differences:
             out["differences"] = [
                 {
@@ -191,12 +211,23 @@ class SyncOutcome:
                 for repo in plan.repositories
             ],
             "results": results,
+            "other_shards": len(plan.other_shards),
         }
 
 
 def definition(config: SyncConfig, names: Sequence[str]) -> dict[str, str]:
     """What names the run in the journal: the digest of each selected job's definition."""
     return {job.name: config.job_digests[job.name] for job in selected_jobs(config, names)}
+
+
+def run_definition(
+    command: str, config: SyncConfig, names: Sequence[str], shard: Shard | None
+) -> dict[str, Any]:
+    """The run key's definition: the jobs' digests, and the shard when there is one."""
+    out: dict[str, Any] = {command: definition(config, names)}
+    if shard is not None:
+        out["shard"] = shard.definition()
+    return out
 
 
 async def run_sync(
@@ -214,7 +245,8 @@ async def run_sync(
     pauses = QuotaPauses(targets)
     if request.dry_run:
         targets = WritesNothingPool(targets)
-    expansion = await expand(request.config, request.jobs, targets)
+    expansion = await expand(request.config, request.jobs, targets, shard=request.shard)
+    _log_shard(request.shard, expansion)
     run: RunOutcome | None = None
     if expansion.reference_jobs:
         options = CopyOptions(
@@ -224,18 +256,23 @@ async def run_sync(
             deep_check=request.deep,
             check_blobs=request.deep,
         )
+        journal = (
+            request.journal if request.shard is None else request.shard.journal(request.journal)
+        )
         run_request = RunRequest(
             jobs=tuple(expansion.reference_jobs),
             options=options,
             limits=request.limits,
-            journal=JournalChoice.off() if request.dry_run else request.journal,
+            journal=JournalChoice.off() if request.dry_run else journal,
             command=request.command,
-            definition={"sync": definition(request.config, request.jobs)},
+            definition=run_definition("sync", request.config, request.jobs, request.shard),
         )
         run = await run_copy(
             run_request, targets=targets, observer=observer, stop=stop, on_message=on_message
         )
-    outcome = SyncOutcome(expansion, run, _exit_code(expansion, run), dry_run=request.dry_run)
+    outcome = SyncOutcome(
+        expansion, run, _exit_code(expansion, run), dry_run=request.dry_run, shard=request.shard
+    )
     outcome.prunes = await prune_jobs(
         request.config, expansion, run, targets, dry_run=request.dry_run
     )
@@ -255,10 +292,12 @@ async def run_verify(
     limits: LimitSettings | None = None,
     report_path: Path | None = None,
     on_message: MessageSink | None = None,
+    shard: Shard | None = None,
 ) -> SyncOutcome:
     """Audit the jobs ``names`` (all when empty) of ``config`` without writing (see the module doc)."""
     targets = WritesNothingPool(targets)
-    expansion = await expand(config, names, targets, honour_immutable=False)
+    expansion = await expand(config, names, targets, honour_immutable=False, shard=shard)
+    _log_shard(shard, expansion)
     run: RunOutcome | None = None
     found: list[Difference] = []
     if expansion.reference_jobs:
@@ -269,7 +308,7 @@ async def run_verify(
             options=options,
             limits=limits or LimitSettings(),
             journal=JournalChoice.off(),
-            definition={"verify": definition(config, names)},
+            definition=run_definition("verify", config, names, shard),
         )
         run = await run_copy(run_request, targets=targets, on_message=on_message)
         found = differences(run.report)
@@ -277,10 +316,20 @@ async def run_verify(
     code = _exit_code(expansion, run, ignore=(EXIT_REFUSED,))
     if code == 0 and found:
         code = EXIT_INCOMPLETE
-    outcome = SyncOutcome(expansion, run, code, dry_run=True, differences=found)
+    outcome = SyncOutcome(expansion, run, code, dry_run=True, differences=found, shard=shard)
     if report_path is not None:
         write_sync_report(report_path, outcome)
     return outcome
+
+
+def _log_shard(shard: Shard | None, expansion: Expansion) -> None:
+    if shard is not None:
+        log.info(
+            "sync.shard_selected",
+            shard=shard.label,
+            repositories=sum(len(p.repositories) for p in expansion.jobs),
+            other_shards=sum(len(p.other_shards) for p in expansion.jobs),
+        )
 
 
 def _audited(job: ReferenceJob) -> ReferenceJob:

@@ -28,9 +28,9 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 IMAGE = os.environ.get("REPLICATOR_IMAGE", "localhost/replicator:latest")
@@ -108,19 +108,41 @@ class Container:
         config = buildah.image_info(image)["OCIv1"]["config"]
         self.entrypoint_argv: list[str] = list(config.get("Entrypoint") or [])
 
-    def argv(self, command: Sequence[str], volumes: Sequence[Volume] = ()) -> list[str]:
-        """The ``buildah run`` command line for ``command`` (used as given)."""
+    def argv(
+        self,
+        command: Sequence[str],
+        volumes: Sequence[Volume] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The ``buildah run`` command line for ``command`` (used as given).
+
+        ``env``: variables added to the image's environment (as a pod's ``env``).
+        """
         mounts = [arg for v in volumes for arg in ("-v", v.option())]
+        envs = [arg for k, v in (env or {}).items() for arg in ("--env", f"{k}={v}")]
         return self.buildah.argv(
-            "run", "--isolation", "chroot", "--network", "host", *mounts, self.name, "--", *command
+            "run",
+            "--isolation",
+            "chroot",
+            "--network",
+            "host",
+            *mounts,
+            *envs,
+            self.name,
+            "--",
+            *command,
         )
 
     def run(
-        self, *command: str, volumes: Sequence[Volume] = (), timeout: float = 300
+        self,
+        *command: str,
+        volumes: Sequence[Volume] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` in the container to completion (stdout, stderr captured)."""
         return subprocess.run(
-            self.argv(command, volumes),
+            self.argv(command, volumes, env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -129,15 +151,21 @@ class Container:
         )
 
     def entrypoint(
-        self, *args: str, volumes: Sequence[Volume] = (), timeout: float = 300
+        self,
+        *args: str,
+        volumes: Sequence[Volume] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
         """Run the image's ``ENTRYPOINT`` with ``args``, as ``docker run IMAGE ARGS`` does."""
-        return self.run(*self.entrypoint_argv, *args, volumes=volumes, timeout=timeout)
+        return self.run(*self.entrypoint_argv, *args, volumes=volumes, env=env, timeout=timeout)
 
-    def start_entrypoint(self, *args: str, volumes: Sequence[Volume] = ()) -> subprocess.Popen[str]:
+    def start_entrypoint(
+        self, *args: str, volumes: Sequence[Volume] = (), env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """Start the ``ENTRYPOINT`` with ``args`` in the background, in its own session."""
         return subprocess.Popen(
-            self.argv([*self.entrypoint_argv, *args], volumes),
+            self.argv([*self.entrypoint_argv, *args], volumes, env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -162,12 +190,20 @@ class Container:
                 raise AssertionError(f"processes of group {proc.pid} survived SIGKILL")
             time.sleep(0.05)
 
-    def changed_since(self, since: float) -> list[str]:
+    def changed_since(self, since: float, volumes: Sequence[Volume] = ()) -> list[str]:
         """Paths of the container's own filesystem created or changed after ``since``.
 
         Volumes are not part of it.  ``/run`` is left out: ``buildah run`` itself
-        touches it (a container runtime mounts a tmpfs there).
+        touches it (a container runtime mounts a tmpfs there).  So are the mount
+        points of ``volumes`` and the directories above them: the runtime makes
+        a mount point the image lacks (``/config/sync``), as Kubernetes' does
+        before it makes the root file system read-only.
         """
+        mount_points = {
+            str(path)
+            for v in volumes
+            for path in (PurePosixPath(v.container), *PurePosixPath(v.container).parents)
+        }
         root = Path(self.buildah.check("mount", self.name).strip())
         try:
             changed = []
@@ -177,7 +213,11 @@ class Container:
                     st = path.lstat()
                     if max(st.st_mtime, st.st_ctime) > since:
                         changed.append("/" + str(path.relative_to(root)))
-            return sorted(p for p in changed if p != "/run" and not p.startswith("/run/"))
+            return sorted(
+                p
+                for p in changed
+                if p != "/run" and not p.startswith("/run/") and p not in mount_points
+            )
         finally:
             self.buildah.check("umount", self.name)
 
