@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -173,6 +175,48 @@ def journal_bytes(path: Path) -> int:
     return total
 
 
+_LOG_TIME = re.compile(r'^time="([^"]+)".*msg="response completed"')
+
+
+def _log_offsets(logs: dict[str, Path | None]) -> dict[str, int]:
+    return {k: p.stat().st_size if p and p.exists() else 0 for k, p in logs.items()}
+
+
+def request_window(
+    logs: dict[str, Path | None], offsets: dict[str, int], started: float, ended: float
+) -> dict[str, Any]:
+    """When the registries saw the command's first and last request, from their access logs.
+
+    ``first_request_s``: seconds from ``started`` (the wall clock just before
+    the command's launcher was started) to the first request: start-up
+    (interpreter, imports, config, expansion, journal).  ``after_last_s``: from
+    the last request to ``ended`` (just after the launcher exited): the end
+    (output, report, journal close).  Both include the launcher's own few
+    milliseconds.  distribution logs every request it routes ("response
+    completed"); requests it has no route for (the referrers API: 404) are not
+    logged, so ``logged`` is a lower bound of the requests.
+    """
+    stamps: list[float] = []
+    for key, path in logs.items():
+        if path is None or not path.exists():
+            continue
+        with path.open("rb") as f:
+            f.seek(offsets[key])
+            for line in f.read().decode(errors="replace").splitlines():
+                m = _LOG_TIME.match(line)
+                if m:
+                    stamp = datetime.datetime.fromisoformat(m.group(1)[:26].rstrip("Z"))
+                    stamps.append(stamp.replace(tzinfo=datetime.UTC).timestamp() - started)
+    if not stamps:
+        return {"logged": 0}
+    return {
+        "logged": len(stamps),
+        "first_request_s": round(min(stamps), 3),
+        "last_request_s": round(max(stamps), 3),
+        "after_last_s": round(ended - started - max(stamps), 3),
+    }
+
+
 def run_cmd(
     label: str,
     argv: list[str],
@@ -180,6 +224,7 @@ def run_cmd(
     *,
     journal: Path | None,
     pids: dict[str, int | None],
+    logs: dict[str, Path | None] | None = None,
 ) -> Measurement:
     """Measure one command; a replicator one gets ``--journal`` and ``--report``."""
     argv = list(argv)
@@ -189,7 +234,11 @@ def run_cmd(
         argv += ["--journal", str(journal), "--report", str(report)]
     before = {k: proc_cpu(p) for k, p in pids.items()}
     load_before = os.getloadavg()[0]
+    offsets = _log_offsets(logs or {})
+    started = time.time()
     m = measure(label, argv, log=work / "commands.log", env={"NO_COLOR": "1"}, check=False)
+    if logs:
+        m.extra["requests_window"] = request_window(logs, offsets, started, time.time())
     if m.returncode != 0:
         log(f"  WARNING: {label} exited {m.returncode} (see {work / 'commands.log'})")
     m.extra["registry_cpu_s"] = {k: round(proc_cpu(p) - before[k], 3) for k, p in pids.items()}
@@ -235,12 +284,13 @@ def run_tool(
     """Every phase of one tool against one fresh destination (timed, direct)."""
     dst = regs.start("dst")
     pids = {"src": reg_pid(src), "dst": reg_pid(dst)}
+    logs = {"src": src.instance.log_file, "dst": dst.instance.log_file}
     journal = work / f"journal-{time.monotonic_ns()}.sqlite" if tool.replicator else None
     phases: dict[str, Any] = {}
     try:
         for phase in tool.phases:
             argv = tool.argv(phase, work, src.instance.host, dst.instance.host, world, exe)
-            m = run_cmd(tool.label, argv, work, journal=journal, pids=pids)
+            m = run_cmd(tool.label, argv, work, journal=journal, pids=pids, logs=logs)
             if phase == "cold":
                 m.extra["tags_ok"] = asyncio.run(check_roots(dst.instance.host, world))
             log(

@@ -93,7 +93,8 @@ def ratio(size: dict[str, Any], num: tuple[str, str], den: tuple[str, str]) -> f
 
 def counted(size: dict[str, Any], tool: str, phase: str) -> dict[str, Any] | None:
     """The counted run of ``tool``'s ``phase``, if any."""
-    return size.get("counted", {}).get(tool, {}).get(phase)
+    entry: dict[str, Any] | None = size.get("counted", {}).get(tool, {}).get(phase)
+    return entry
 
 
 def requests(entry: dict[str, Any]) -> int:
@@ -211,9 +212,9 @@ def _target_values(size: dict[str, Any], tags: int) -> dict[str, float | None]:
 
 def targets_section(results: dict[str, Any]) -> list[str]:
     """Every target of the issue at each size (the 600-tag column is the one judged)."""
-    rows = [
-        ("subjects", "cold `sync` (`referrers: false`) wall / `skopeo sync` wall", 0.5, "{:.2f}"),
-        ("graph", "cold `sync` with referrers (whole graph) / `skopeo sync` (subjects)", 1.0, None),
+    rows: list[tuple[str, str, float]] = [
+        ("subjects", "cold `sync` (`referrers: false`) wall / `skopeo sync` wall", 0.5),
+        ("graph", "cold `sync` with referrers (whole graph) / `skopeo sync` (subjects)", 1.0),
         ("noop_per_node", "no-op re-sync with referrers: requests (src + dst) per graph node", 1.5),
         ("noop_wall", "no-op re-sync with referrers: wall / cold `sync` with referrers", 0.1),
         ("immutable_per_tag", "re-sync with `immutable: ['*']`: requests per tag", 0.3),
@@ -231,8 +232,7 @@ def targets_section(results: dict[str, Any]) -> list[str]:
         f"| target | limit | {head} |",
         "|---|---:|" + "---|" * len(all_sizes),
     ]
-    for row in rows:
-        key, text, limit = row[0], row[1], row[2]
+    for key, text, limit in rows:
         fmt = "{:.0f}" if key == "rss" else "{:.2f}"
         limit_text = f"< {limit:.0f}" if key == "rss" else f"≤ {limit}"
         cells = " | ".join(_cell(values[t][key], limit, fmt) for t, _ in all_sizes)
@@ -250,14 +250,26 @@ def targets_section(results: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _window(size: dict[str, Any], tool: str, phase: str) -> str:
+    """Median seconds before the first request and after the last one (two cells)."""
+    first, tail = [], []
+    for m in runs(size, tool, phase):
+        w = m["extra"].get("requests_window", {})
+        if "first_request_s" in w:
+            first.append(float(w["first_request_s"]))
+            tail.append(float(w["after_last_s"]))
+    return f"{med(first):.2f} | {med(tail):.2f}" if first else "- | -"
+
+
 def timed_section(results: dict[str, Any]) -> list[str]:
     """Every tool and phase at every size: wall, CPU, peak RSS, registries' CPU, journal."""
     out = [
         "## Timed runs",
         "",
         "| tags | tool | phase | wall s (median) | wall s (raw) | CPU s | peak RSS MiB | "
-        "registries' CPU s | journal KiB | load (1 min) | tags verified |",
-        "|---:|---|---|---:|---|---:|---:|---:|---:|---|---|",
+        "registries' CPU s | to first request s | after last request s | journal KiB | "
+        "load (1 min) | tags verified |",
+        "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for tags, size in sizes(results):
         for tool in tool_list(size):
@@ -272,12 +284,17 @@ def timed_section(results: dict[str, Any]) -> list[str]:
                     f"{med(series(size, tool, phase, 'cpu_s')):.2f} | "
                     f"{med(series(size, tool, phase, 'max_rss_mib')):.0f} | "
                     f"{med(registry_cpu(size, tool, phase)):.2f} | "
+                    f"{_window(size, tool, phase)} | "
                     f"{f'{med(journal) / 1024:.0f}' if journal else '-'} | "
                     f"{f'{min(loads):.1f}-{max(loads):.1f}' if loads else '-'} | "
                     f"{', '.join(str(t) for t in ok) if ok else '-'} |"
                 )
     out += [
         "",
+        "*to first request* / *after last request*: from the registries' access logs (the "
+        "wall clock just before the command was launched, to the first and from the last "
+        "request either registry logged): start-up (interpreter, imports, config, expansion, "
+        "journal) and the end (output, report, journal close).  "
         "*journal KiB*: the size of that command's journal (SQLite file, `-wal`, `-shm`) after "
         "the phase; each tool's phases share one journal (a re-sync adds its own run to it).  "
         "*tags verified*: tags at the destination with the source's digest after the cold run.",
