@@ -49,14 +49,9 @@ SLOW_SEEDS: tuple[int, ...] = tuple(range(1000, 1060))
 #: Product bugs found and not fixed yet: (command or None, what a finding says, the bug).
 #: A run whose every finding is one of these is an expected failure (``xfail``)
 #: naming the bug; each has a minimal ``xfail(strict=True)`` test of its own.
-KNOWN_BUGS: tuple[tuple[str | None, str, str], ...] = (
-    (
-        "sync",
-        "no readable --report",
-        "sync/expand.py: a job's listing error escapes as an ExceptionGroup "
-        "(tests/faults/test_sync_listing_failure.py)",
-    ),
-)
+KNOWN_BUGS: tuple[tuple[str | None, str, str], ...] = ()
+# Fixed: seeds 1013, 1045, 1053 (a sync job's listing error escaping as an
+# ExceptionGroup, tests/faults/test_sync_listing_failure.py).
 
 
 def known_bug(outcome: Outcome) -> str | None:
