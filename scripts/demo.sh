@@ -2,7 +2,9 @@
 # The replicator demo: starts two local registries (Debian's docker-registry),
 # builds the seed walkthrough's supply-chain graph in the first (an image with a
 # signature, a readme artifact and an SBOM that is itself signed), then promotes
-# the whole graph to the second with `replicator copy -r` and shows it there.
+# the whole graph to the second with `replicator copy -r` and shows it there;
+# then a sync config promotes every signed release (a second, unsigned one is
+# refused by the config's signature gate): its dry-run plan, the run, an audit.
 # Set-up (apt, venv, package) is done by scripts/setup.sh on the first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,4 +84,20 @@ DOC_DIGEST=$("$OLDPWD/$R" discover -o json --artifact-type readme/example "$PROD
   | "$OLDPWD/.venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])')
 step "$OLDPWD/$R" pull -o ./download "$PROD/sample-staging/net-monitor@$DOC_DIGEST"
 step find ./download -type f
+
+printf '\n\033[1m# a sync config: promote every v* release that is signed; v2 is not signed\033[0m\n'
+"$OLDPWD/.venv/bin/python" "$OLDPWD/scripts/demo_image.py" "$DEV/net-monitor:v2" >/dev/null
+cat >"$work/promote.yaml" <<YML
+version: 1
+jobs:
+  - name: net-monitor
+    source: $DEV/net-monitor
+    destinations: [$PROD/prod/net-monitor]
+    tags: {allow: ['^v[0-9]+\$']}
+    require: [signature/example]      # promote only what carries a signature
+YML
+step cat promote.yaml
+step "$OLDPWD/$R" sync "$work/promote.yaml" --dry-run || echo "(exit $?: a gate would refuse v2)"
+step "$OLDPWD/$R" sync "$work/promote.yaml" || echo "(exit $?: the gate refused v2; v1 was promoted)"
+step "$OLDPWD/$R" verify "$work/promote.yaml" || echo "(exit $?)"
 printf '\n\033[1mdemo finished: the whole graph was promoted from %s to %s\033[0m\n' "$DEV" "$PROD"

@@ -53,7 +53,10 @@ async def _push(text: str) -> None:
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Entrypoint": ["/usr/bin/net-monitor"]},
+            "config": {
+                "Entrypoint": ["/usr/bin/net-monitor"],
+                "Labels": {"version": ref.tag or "latest"},
+            },
             "rootfs": {"type": "layers", "diff_ids": [d.digest for d in layer_descs]},
         }
     ).encode()
