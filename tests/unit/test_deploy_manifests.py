@@ -10,10 +10,6 @@ backoff and pod replacement policy on by default) and the newest schemas the
 package has.  Each replicator container's ``args`` are parsed with the real
 parser (:func:`replicator.cli.main.build_parser`), and every flag must be one
 the command defines, spelled out in full.
-
-Flags of modes that have not landed yet (:data:`PENDING_FLAGS`) are taken out
-before that check; a strict xfail per pending flag says it is still missing,
-and turns into a failure the moment it lands: then delete it from the table.
 """
 
 from __future__ import annotations
@@ -44,9 +40,6 @@ UID = 10001
 
 #: Flags the manifests use that the CLI does not have yet -> how many values each takes.
 #: They come with watch mode; when one lands its xfail below fails: delete it here.
-PENDING_FLAGS: dict[str, int] = {"--watch": 0, "--metrics-addr": 1, "--metrics-file": 1}
-
-
 # -- reading the manifests -----------------------------------------------------------
 
 
@@ -157,21 +150,6 @@ def flag_value(args: list[str], flag: str) -> str | None:
 # -- checking arguments with the real parser -----------------------------------------
 
 
-def without_flags(args: list[str], flags: dict[str, int]) -> list[str]:
-    """``args`` with each of ``flags`` (and its values) taken out."""
-    out: list[str] = []
-    words = iter(args)
-    for word in words:
-        name = word.split("=", 1)[0]
-        if name in flags:
-            if "=" not in word:
-                for _ in range(flags[name]):
-                    next(words, None)
-            continue
-        out.append(word)
-    return out
-
-
 def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser | None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and command in action.choices:
@@ -215,45 +193,17 @@ def test_the_flag_check_finds_unknown_and_abbreviated_flags() -> None:
         "--dry is not a flag of `sync` (spell flags out in full)"
     ]
     assert cli_problems(["--log-format", "json", "verify", "c.yaml", "--deep"]) == []
-    assert without_flags(
-        ["sync", "c", "--watch", "--metrics-addr", "x:1", "--job", "j"], PENDING_FLAGS
-    ) == [
-        "sync",
-        "c",
-        "--job",
-        "j",
-    ]
+    assert (
+        cli_problems(["sync", "c.yaml", "--watch", "--metrics-addr", "0.0.0.0:9469", "--job", "j"])
+        == []
+    )
+    assert cli_problems(["sync", "c.yaml", "--metrics-file", "/t/r.prom", "--wait-lock=60"]) == []
 
 
 @pytest.mark.parametrize("c", replicator_containers(), ids=lambda c: c.id)
 def test_replicator_args_are_flags_the_cli_has(c: PodContainer) -> None:
     assert c.args, "a replicator container must say what to run"
-    assert cli_problems(without_flags(c.args, PENDING_FLAGS)) == []
-
-
-def _users_of(flag: str) -> list[PodContainer]:
-    return [c for c in replicator_containers() if any(a.split("=", 1)[0] == flag for a in c.args)]
-
-
-@pytest.mark.parametrize(
-    "flag",
-    [
-        pytest.param(
-            flag,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{flag} comes with watch mode: when it lands, drop it from PENDING_FLAGS",
-            ),
-        )
-        for flag in PENDING_FLAGS
-    ],
-)
-def test_pending_flag_is_accepted_by_the_cli(flag: str) -> None:
-    users = _users_of(flag)
-    assert users, f"no manifest uses {flag}: drop it from PENDING_FLAGS"
-    others = {f: n for f, n in PENDING_FLAGS.items() if f != flag}
-    for c in users:
-        assert cli_problems(without_flags(c.args, others)) == [], c.id
+    assert cli_problems(c.args) == []
 
 
 # -- schemas ---------------------------------------------------------------------------
@@ -368,8 +318,7 @@ def _sync_config(tmp_path: Path) -> Any:
 def test_the_mounted_config_loads_and_names_the_jobs_the_args_run(
     c: PodContainer, tmp_path: Path
 ) -> None:
-    args = without_flags(c.args, PENDING_FLAGS)
-    parsed = build_parser().parse_args(args)
+    parsed = build_parser().parse_args(c.args)
     assert parsed.command == "sync"
     config_path = PurePosixPath(parsed.config)
     mount = _mounts(c)[str(config_path.parent)]
