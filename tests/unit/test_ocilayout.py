@@ -527,6 +527,31 @@ async def test_referrers_found_by_subject_scan(target: OCILayoutTarget, layout: 
     assert await reopened.referrers("app", sig) == []
 
 
+async def test_a_referrer_stored_but_not_listed_is_not_present_until_pushed_again(
+    target: OCILayoutTarget, layout: Path
+) -> None:
+    """A writer killed between storing a referrer's bytes and listing it leaves the file
+    without its ``index.json`` entry: the referrer is not present (a copy would skip it
+    and it could never be found), and pushing it again lists it."""
+    store = Store(target)
+    image, _ = await store.image("app", ("v1",), b"image")
+    child, _ = await store.image("app", (), b"child")
+    sig = await store.referrer("app", image, SIG, "signature")
+    doc = index_json(layout)
+    kept = [e for e in doc["manifests"] if e["digest"] not in (sig.digest, child.digest)]
+    (layout / "index.json").write_text(json.dumps({**doc, "manifests": kept}))
+
+    reopened = OCILayoutTarget(layout)
+    assert (layout / "blobs" / "sha256" / sig.digest.removeprefix("sha256:")).exists()
+    assert await reopened.referrers("app", image) == []
+    assert not await reopened.manifest_exists("app", sig)
+    assert await reopened.manifest_exists("app", child)  # not a referrer: its bytes suffice
+    raw = (layout / "blobs" / "sha256" / sig.digest.removeprefix("sha256:")).read_bytes()
+    await reopened.push_manifest("app", sig, raw)
+    assert await reopened.manifest_exists("app", sig)
+    assert [d.digest for d in await reopened.referrers("app", image)] == [sig.digest]
+
+
 async def test_push_of_a_referrer_reports_referrers_updated(target: OCILayoutTarget) -> None:
     store = Store(target)
     image, _ = await store.image("", ("v1",), b"image")

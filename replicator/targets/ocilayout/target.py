@@ -56,7 +56,7 @@ from replicator.targets.base import (
 from replicator.targets.ocilayout import entries as ent
 from replicator.targets.ocilayout.blobs import BlobStore
 from replicator.targets.ocilayout.files import LayoutFiles, unlink_quietly
-from replicator.targets.ocilayout.index_store import IndexStore
+from replicator.targets.ocilayout.index_store import IndexSnapshot, IndexStore
 from replicator.targets.ocilayout.manifests import Manifests
 
 log = structlog.get_logger(__name__)
@@ -80,6 +80,7 @@ class OCILayoutTarget:
         self._index = IndexStore(self._files)
         self._blobs = BlobStore(self._files)
         self._manifests = Manifests(self._files)
+        self._listed: tuple[IndexSnapshot, frozenset[str]] | None = None
 
     @property
     def display(self) -> str:
@@ -114,8 +115,30 @@ class OCILayoutTarget:
         return self._blobs.has(desc)
 
     async def manifest_exists(self, repository: str, desc: Descriptor) -> bool:
-        """True when the manifest's bytes are in the blob store (listed or not)."""
-        return self._blobs.has(desc)
+        """True when the manifest's bytes are in the blob store — and a referrer is listed.
+
+        A referrer is found only through a listing (an ``index.json`` entry, or its
+        subject's fallback index), so its bytes alone do not make it present: a
+        writer killed between storing them and listing them leaves such bytes, and
+        the next copy must push it (which lists it).  Any other manifest counts
+        listed or not: the index or tag above it is what reaches it.
+        """
+        if not self._blobs.has(desc):
+            return False
+        info = await self._manifests.info(desc.digest, desc.media_type, quiet=True)
+        if info is None or info.subject is None:
+            return True
+        if desc.digest in await self._listed_digests():
+            return True
+        fallback = await self._fallback_index(repository, info.subject)
+        return fallback is not None and any(c.digest == desc.digest for c in fallback[1])
+
+    async def _listed_digests(self) -> frozenset[str]:
+        """Digests of every ``index.json`` entry (kept until the file changes)."""
+        snap = await self._index.snapshot()
+        if self._listed is None or self._listed[0] is not snap:
+            self._listed = (snap, frozenset(str(e.get("digest")) for e in snap.entries))
+        return self._listed[1]
 
     async def mount_blob(self, repository: str, desc: Descriptor, from_repository: str) -> bool:
         """The blob store is shared by all repositories: true when the blob exists."""
