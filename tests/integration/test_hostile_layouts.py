@@ -8,8 +8,9 @@ documented exit code, no traceback, no tag at the destination, and no byte
 read from outside the layout reaching it.
 
 A destination layout with planted symbolic links (``index.json`` or a blob
-file pointing out of the layout, the ``blobs/sha256`` directory itself a link)
-never gets a byte written outside the layout.
+file pointing out of the layout, the ``blobs`` or ``blobs/sha256`` directory
+itself a link) never gets a byte written outside the layout; a linked
+directory is refused (exit 7).
 
 (Bundles get the same cases once ``bundle import`` lands: not yet, see
 docs/RELIABILITY.md.)
@@ -333,26 +334,27 @@ def test_destination_blob_that_is_a_symlink_out_is_never_written_through(
         assert_one_error(result, result.code)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (targets/ocilayout): a destination layout whose blobs/sha256 "
-    "directory is a symbolic link gets its blobs written into the directory the link "
-    "names, outside the layout",
-)
+@pytest.mark.parametrize("linked", ["blobs/sha256", "blobs"])
 def test_destination_blobs_directory_that_is_a_symlink_out_gets_nothing_written_outside(
-    tmp_path: Path,
+    linked: str, tmp_path: Path
 ) -> None:
+    """A ``blobs`` or ``blobs/sha256`` that is a link out of the destination layout is
+    refused with one error (exit 7, the link named): nothing lands in the directory
+    it names, and no tag is set."""
     src = tmp_path / "src"
     _layout_with_image(src)
     out = _fresh_destination(tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
-    (out / "blobs").mkdir(exist_ok=True)
-    if (out / "blobs" / "sha256").exists():
-        os.rmdir(out / "blobs" / "sha256")
-    (out / "blobs" / "sha256").symlink_to(outside, target_is_directory=True)
+    if linked == "blobs":
+        (outside / "sha256").mkdir()
+    os.rmdir(out / "blobs" / "sha256")
+    if linked == "blobs":
+        os.rmdir(out / "blobs")
+    (out / linked).symlink_to(outside, target_is_directory=True)
     result = _copy(tmp_path, f"ocidir://{src}:v1", f"ocidir://{out}:v1")
     assert "Traceback" not in result.output
-    assert list(outside.iterdir()) == [], "blobs were written outside the layout"
-    if result.code != 0:
-        assert_one_error(result, result.code)
+    written = [p for p in outside.rglob("*") if not p.is_dir()]
+    assert written == [], "blobs were written outside the layout"
+    assert_one_error(result, EXIT_REGISTRY, linked, "symbolic link")
+    assert _index(out)["manifests"] == []

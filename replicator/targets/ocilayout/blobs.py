@@ -24,6 +24,11 @@ Writing (:meth:`BlobStore.write`):
   disk failed (LayoutError), the temporary file is removed.  When the source
   failed or the write was cancelled, the bytes written so far stay for the
   next attempt (an empty file is removed).
+* ``blobs/<alg>`` is opened without following links and every file of the
+  write is created, renamed and removed relative to that descriptor: a
+  ``blobs`` or ``blobs/<alg>`` that is a symbolic link is refused with one
+  LayoutError (exit 7) before a byte is written, so nothing lands outside
+  the layout through it.
 * Abandoned temporary files older than
   :data:`~replicator.targets.ocilayout.tempfiles.STALE_AFTER` (24 h) are
   removed once per target, before its first write;
@@ -49,7 +54,7 @@ from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import DigestVerifier
 from replicator.targets.base import BlobOpener, ProgressCallback, UploadProgress
 from replicator.targets.ocilayout import tempfiles
-from replicator.targets.ocilayout.files import LayoutFiles, fsync_path, unlink_quietly
+from replicator.targets.ocilayout.files import LayoutFiles, LinkedDirectoryError
 from replicator.targets.ocilayout.tempfiles import LockedTemp
 
 log = structlog.get_logger(__name__)
@@ -132,11 +137,20 @@ class _Filling:
         return sent
 
     async def commit(self, final: Path) -> None:
-        """fsync, rename into place, fsync the directory (the lock is still held)."""
+        """fsync, rename into place, fsync the directory (the lock is still held).
+
+        The rename is relative to the directory descriptor the temporary file
+        was created in, so it lands in that directory whatever its path names now.
+        """
+        temp = self.temp
         with self.files.disk_errors(self.what):
-            await anyio.to_thread.run_sync(os.fsync, self.temp.fd)
-            await anyio.to_thread.run_sync(os.replace, self.temp.path, final)
-            await anyio.to_thread.run_sync(lambda: fsync_path(final.parent, directory=True))
+            await anyio.to_thread.run_sync(os.fsync, temp.fd)
+            await anyio.to_thread.run_sync(
+                lambda: os.replace(
+                    temp.name, final.name, src_dir_fd=temp.dir_fd, dst_dir_fd=temp.dir_fd
+                )
+            )
+            await anyio.to_thread.run_sync(os.fsync, temp.dir_fd)
 
 
 class BlobStore:
@@ -169,29 +183,33 @@ class BlobStore:
         Errors of the source stream propagate unchanged; disk errors become a
         LayoutError; content that does not verify an IntegrityError.
         """
-        await self.sweep_once()
         final = self._files.blob_path(desc.digest)
-        with self._files.disk_errors(f"create {final.parent}"):
-            await anyio.to_thread.run_sync(lambda: final.parent.mkdir(parents=True, exist_ok=True))
-        temp = await self._acquire(final)
+        dir_fd = await anyio.to_thread.run_sync(
+            lambda: self._files.open_blob_dir(final.parent.name, create=True)
+        )
         try:
-            if self.has(desc):  # another writer finished it meanwhile
-                unlink_quietly(temp.path)
-                return None
-            return await self._fill(repository, desc, temp, opener, on_progress, final)
+            await self.sweep_once()
+            temp = await self._acquire(dir_fd, final)
+            try:
+                if self.has(desc):  # another writer finished it meanwhile
+                    temp.remove()
+                    return None
+                return await self._fill(repository, desc, temp, opener, on_progress, final)
+            finally:
+                temp.close()
         finally:
-            temp.close()
+            os.close(dir_fd)
 
-    async def _acquire(self, final: Path) -> LockedTemp:
+    async def _acquire(self, dir_fd: int, final: Path) -> LockedTemp:
         where = f"blobs/{final.parent.name}"
         with self._files.disk_errors(f"create a temporary file in {final.parent}"):
             temp = await anyio.to_thread.run_sync(
-                tempfiles.lock_resumable, final.parent, final.name, where
+                tempfiles.lock_resumable, dir_fd, final.parent, final.name, where
             )
             if temp is None:
                 log.info("layout.temp_busy", layout=self._files.display, file=final.name)
                 temp = await anyio.to_thread.run_sync(
-                    tempfiles.lock_private, final.parent, final.name, where
+                    tempfiles.lock_private, dir_fd, final.parent, final.name, where
                 )
         return temp
 
@@ -220,11 +238,11 @@ class BlobStore:
             sent = await self._fill_from(filling, opener, offset)
             await filling.commit(final)
         except (IntegrityError, LayoutError):
-            unlink_quietly(temp.path)
+            temp.remove()
             raise
         except BaseException:
             if filling.written == 0:  # nothing worth continuing
-                unlink_quietly(temp.path)
+                temp.remove()
             raise
         return sent
 
@@ -256,9 +274,7 @@ class BlobStore:
                 return
             files = self._files
             try:
-                removed = await anyio.to_thread.run_sync(
-                    tempfiles.sweep_stale, files.root, files.blobs
-                )
+                removed = await anyio.to_thread.run_sync(tempfiles.sweep_stale, files.root)
             except OSError as exc:
                 log.warning("layout.temp_sweep_failed", layout=files.display, error=str(exc))
                 removed = []
@@ -268,12 +284,23 @@ class BlobStore:
 
     async def cancel(self, location: str) -> None:
         """Remove the abandoned temporary file ``location`` names (failures are ignored)."""
-        path = tempfiles.parse_location(self._files.blobs, location)
-        if path is None:
+        found = tempfiles.parse_location(location)
+        if found is None:
             log.debug("layout.cancel_ignored", layout=self._files.display, location=location)
             return
+        alg, name = found
         try:
-            removed = await anyio.to_thread.run_sync(tempfiles.cancel_temp, path)
+            removed = await anyio.to_thread.run_sync(
+                tempfiles.cancel_temp, self._files.root, alg, name
+            )
+        except LinkedDirectoryError as exc:
+            log.warning(
+                "layout.cancel_refused",
+                layout=self._files.display,
+                location=location,
+                reason=exc.strerror,
+            )
+            return
         except OSError as exc:
             log.debug("layout.cancel_failed", location=location, error=str(exc))
             return

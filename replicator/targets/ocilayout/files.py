@@ -17,6 +17,14 @@ Guarantees:
 * A whole-file write goes to a temporary file next to the target, is fsynced,
   renamed over the target and the directory fsynced: a reader sees the old
   file or the new one, never a part.
+* Nothing is written, renamed or removed through a symbolic link inside the
+  layout: writers open ``blobs`` and ``blobs/<alg>`` with ``O_NOFOLLOW`` from
+  a descriptor of the root (:func:`open_layout_dir`) and work relative to the
+  descriptor they get, so a link planted there (or swapped in while a write
+  runs) is refused with a :class:`~replicator.errors.LayoutError` instead of
+  being followed out of the layout.  (The root itself is the caller's path
+  and may be a link.)  Reads follow links: every byte read is verified
+  against its digest.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +70,64 @@ def unlink_quietly(path: Path) -> None:
     """Remove ``path``; a file already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def unlink_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` in the directory open as ``dir_fd``; a file already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+class LinkedDirectoryError(OSError):
+    """A directory inside a layout is a symbolic link; it is never written through."""
+
+
+def open_layout_dir(root: Path, *parts: str, create: bool = False) -> int:
+    """A descriptor of the directory ``root/parts...``, no part of it followed if a link.
+
+    ``root`` is opened as given (it may be a link: it is the caller's path);
+    each of ``parts`` is opened relative to the one before with
+    ``O_DIRECTORY | O_NOFOLLOW`` (created first with ``create``), so the
+    descriptor returned names a directory inside ``root`` whatever links were
+    planted or swapped in.  Raises :class:`LinkedDirectoryError` when a part
+    is a symbolic link, other OSErrors as they come (``FileNotFoundError``,
+    ``NotADirectoryError``).  The caller closes the descriptor.
+
+    Blocking: call it in a worker thread from async code.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        shown = Path()
+        for part in parts:
+            shown = shown / part
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+            child = _open_child_dir(fd, part, shown)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_child_dir(dir_fd: int, name: str, shown: Path) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except OSError:
+            raise exc from None
+        if stat.S_ISLNK(mode):
+            raise LinkedDirectoryError(
+                errno.ELOOP, f"{shown} is a symbolic link", str(shown)
+            ) from None
+        raise
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -137,7 +204,7 @@ class LayoutFiles:
     def _create_files(self) -> None:
         empty_index = {"schemaVersion": 2, "mediaType": mediatype.OCI_INDEX, "manifests": []}
         try:
-            (self.blobs / "sha256").mkdir(parents=True, exist_ok=True)
+            os.close(open_layout_dir(self.root, "blobs", "sha256", create=True))
             write_atomically(self.index_path, json.dumps(empty_index).encode())
             write_atomically(
                 self.layout_path, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
@@ -194,6 +261,48 @@ class LayoutFiles:
             raise InputError(f"{self.display}: {exc.message}") from None
         alg, _, encoded = digest.partition(":")
         return self.blobs / alg / encoded
+
+    def open_blob_dir(self, alg: str, *, create: bool) -> int:
+        """A descriptor of ``blobs/<alg>`` for writing into it (see :func:`open_layout_dir`).
+
+        A ``blobs`` or ``blobs/<alg>`` that is a symbolic link is refused with
+        one LayoutError (nothing is written through it); other disk errors
+        become a LayoutError too.  Blocking; the caller closes the descriptor.
+        """
+        try:
+            return open_layout_dir(self.root, "blobs", alg, create=create)
+        except LinkedDirectoryError as exc:
+            raise self.malformed(
+                f"{exc.filename} is a symbolic link (nothing is written through one)"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise LayoutError(f"{self.display}: cannot open blobs/{alg} ({reason})") from None
+
+    def check_blob_dir(self, digest: str) -> None:
+        """Raise what :meth:`open_blob_dir` raises for the directory of ``digest``'s file.
+
+        Lets a change that ends in removing a blob refuse before it starts.
+        """
+        os.close(self.open_blob_dir(self.blob_path(digest).parent.name, create=False))
+
+    def remove_blob(self, digest: str) -> None:
+        """Remove the file stored under ``digest`` (gone already is fine), never through a link.
+
+        Blocking: call it in a worker thread from async code.
+        """
+        path = self.blob_path(digest)
+        try:
+            fd = self.open_blob_dir(path.parent.name, create=False)
+        except LayoutError:
+            if not os.path.lexists(self.blobs / path.parent.name):
+                return  # no such directory: nothing to remove
+            raise
+        try:
+            with self.disk_errors(f"remove {digest}"):
+                unlink_at(fd, path.name)
+        finally:
+            os.close(fd)
 
     def blob_size(self, digest: str) -> int | None:
         """Size of the file stored under ``digest``; None when there is none."""

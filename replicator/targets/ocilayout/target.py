@@ -55,7 +55,7 @@ from replicator.targets.base import (
 )
 from replicator.targets.ocilayout import entries as ent
 from replicator.targets.ocilayout.blobs import BlobStore
-from replicator.targets.ocilayout.files import LayoutFiles, unlink_quietly
+from replicator.targets.ocilayout.files import LayoutFiles
 from replicator.targets.ocilayout.index_store import IndexSnapshot, IndexStore
 from replicator.targets.ocilayout.manifests import Manifests
 
@@ -410,6 +410,7 @@ class OCILayoutTarget:
         digest = desc.digest
         if self._blobs.size(digest) is None:
             raise self._not_found(repository, digest)
+        await anyio.to_thread.run_sync(self._files.check_blob_dir, digest)  # a link: refused
         info = await self._manifests.info(digest, desc.media_type)
         await self._index.update(ent.unlisting_mutation(repository, digest))
         if info is not None and info.subject is not None:
@@ -417,7 +418,7 @@ class OCILayoutTarget:
         if await self._still_needed(digest):
             log.info("layout.manifest_unlisted", layout=self.display, digest=digest)
             return
-        await anyio.to_thread.run_sync(unlink_quietly, self._files.blob_path(digest))
+        await anyio.to_thread.run_sync(self._files.remove_blob, digest)
         log.info("layout.manifest_deleted", layout=self.display, digest=digest)
 
     async def _still_needed(self, digest: str) -> bool:
