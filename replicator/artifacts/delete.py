@@ -4,7 +4,10 @@
 admits below it, recursively: a manifest a listing names but whose own
 ``subject`` is another manifest is never deleted — it is *left in place* and
 reported (anyone who can push a tag can forge a fallback index, so a listing
-alone never decides what is deleted).  The repository's tags on any deleted
+alone never decides what is deleted).  That holds for the referrers API too:
+its listing is not trusted unread here (a read per referrer is cheap next to
+its ``DELETE``, and a lying API must not cost data), so every listed referrer
+is read and checked before it is planned.  The repository's tags on any deleted
 manifest go with it (a registry removes a manifest's tags when it is deleted
 by digest); :func:`plan_delete` names them before anything is deleted.
 
@@ -160,7 +163,8 @@ async def plan_delete(
     """Find what deleting ``root`` deletes: its admitted referrer graph and every tag on it.
 
     Reads the root (to learn its own subject), discovers the referrer graph
-    with the shared admission rules, lists the repository's tags and resolves
+    with the shared admission rules (every listed referrer read and checked,
+    whatever lists it), lists the repository's tags and resolves
     each one that is not a fallback tag.  A caller that plans several deletes
     in one repository may pass what it already knows instead: ``tag_names``
     (every tag, fallback tags included) and ``resolved_tags`` (``tag ->
@@ -172,7 +176,9 @@ async def plan_delete(
         root_subject = parse_manifest(raw, root.media_type).subject
     except InputError:
         root_subject = None
-    discovery = await discover_graph(target, repository, root, concurrency=concurrency)
+    discovery = await discover_graph(
+        target, repository, root, concurrency=concurrency, trust_api=False
+    )
     order = deletion_order(root, discovery.nodes)
     names = list(tag_names) if tag_names is not None else await _tag_names(target, repository)
     resolved = (

@@ -95,13 +95,17 @@ async def discover_graph(
     artifact_type: str | None = None,
     depth: int | None = None,
     concurrency: int = DEFAULT_DISCOVER_CONCURRENCY,
+    trust_api: bool = True,
 ) -> Discovery:
     """The admitted referrer tree of ``subject``, sorted, down to ``depth`` levels (None = all).
 
     Each listing goes through :func:`~replicator.graph.rules.admit_referrers`:
     self-references, listed manifests whose own ``subject`` is another node
     and listed digests the store lacks are left out (and reported), unless the
-    store serves the referrers API, whose listing is trusted unread.
+    store serves the referrers API, whose listing is trusted unread — unless
+    ``trust_api`` is False: a caller about to act on the tree irreversibly
+    (``manifest delete``) has every listed referrer read and checked, so that a
+    lying API cannot make it act on a manifest that refers to something else.
     ``artifact_type`` is a glob (``fnmatch``, the rule of ``copy
     --artifact-type``; an exact type matches itself) applied to the first level
     only, as ``oras discover`` does; deeper levels list every referrer.  A
@@ -116,7 +120,7 @@ async def discover_graph(
         async with limiter:
             listed = await target.referrers(repository, desc)
         if level == 1:
-            found.trusted = await listing_is_trusted(target, repository)
+            found.trusted = trust_api and await listing_is_trusted(target, repository)
         admission = await admit_referrers(
             target,
             repository,

@@ -14,7 +14,14 @@ genuine one.  The check reads the referrer's manifest, so it is made only when
 the referrer will be copied: one that every destination already holds is
 walked unread (a re-run reads no referrer manifest), and a second listing of it
 under another subject is checked.  A source serving the referrers API derives
-its listing from the ``subject`` fields itself: nothing to check there.
+its listing from the ``subject`` fields itself, so its listing saves the reads
+the copy would not make anyway — and nothing more: a referrer the copy reads
+(to push it, or read already for any other reason) is checked the same way
+whatever listed it, so a lying API costs no extra request and writes nothing
+foreign (:func:`replicator.graph.rules.check_listed_referrer`).  A referrer
+that is not admitted is never entered in its subject's index, even when it is
+at the destination for another reason; one admitted unread is read and
+checked before it is entered there (only when the index lacks it: a repair).
 
 When the walk of a subject's referrers ends at a destination with a client-kept
 referrers index (:class:`~replicator.targets.base.ReferrersIndexKeeper`), the
@@ -93,9 +100,14 @@ class ReferrerWalker:
             ),
             self._ctx.fanout,
         )
+        rejected = self._state.not_admitted
+        selected = [r for r in selected if (key, r.digest) not in rejected]
         if selected:
             await run_all(
-                [partial(self.relist, d, desc, key, selected, listed.get(d.key)) for d in dests]
+                [
+                    partial(self.relist, d, v.src, desc, key, selected, listed.get(d.key))
+                    for d in dests
+                ]
             )
         if depth == 0:  # only a root's direct push waits on it (commit.complete_below)
             self._state.referrers_walked.update(Visit(key, d.key) for d in dests)
@@ -133,12 +145,22 @@ class ReferrerWalker:
         )
 
     async def admit(self, v: NodeVisit) -> dict[DestRepo, bool] | None:
-        """Whether a listed referrer is walked: None to skip it, else presence learned."""
+        """Whether a listed referrer is walked: None to skip it, else presence learned.
+
+        A referrer not admitted is remembered (``RunState.not_admitted``) so that
+        its subject's index never lists it.
+        """
+        known = await self._admission(v)
+        if known is None:
+            assert v.parent is not None and v.subject is not None
+            self._state.not_admitted.add((v.parent, v.desc.digest))
+        return known
+
+    async def _admission(self, v: NodeVisit) -> dict[DestRepo, bool] | None:
+        """:meth:`admit`'s decision (see the module doc)."""
         assert v.subject is not None
         subject = v.subject
         key = v.key
-        if await self._sources.has_referrers_api(v.src):
-            return {}
         if self._sources.is_read(key):
             # Already read (type filter, another visit): the check costs nothing.
             return {} if await self._genuine(v) else None
@@ -154,6 +176,10 @@ class ReferrerWalker:
                 return known
         elif not pending and accepted == subject.digest:
             return known
+        elif not pending and await self._sources.has_referrers_api(v.src):
+            # Nothing left to claim or push here: the API's word saves the read
+            # (:meth:`relist` checks it before an index lists it).
+            return known
         return known if await self._genuine(v) else None
 
     async def _genuine(self, v: NodeVisit) -> bool:
@@ -163,8 +189,6 @@ class ReferrerWalker:
         subject's graph.
         """
         assert v.subject is not None
-        if await self._sources.has_referrers_api(v.src):
-            return True
         try:
             manifest = await self._sources.manifest(v.src, v.desc, v.key)
         except ReplicatorError as exc:
@@ -173,14 +197,16 @@ class ReferrerWalker:
                 self._state.referrer_errors.setdefault(v.parent, exc)
             self._ctx.fail(f"referrer {v.desc.digest} of {v.subject.digest}: {exc}", exc)
             return False
-        if not rules.names_subject(manifest, v.subject.digest):
-            self._ctx.warn(rules.foreign_subject_warning(v.desc.digest, v.subject.digest))
+        warning = rules.check_listed_referrer(v.subject.digest, v.desc.digest, manifest)
+        if warning is not None:
+            self._ctx.warn(warning)
             return False
         return True
 
     async def relist(
         self,
         d: Endpoint,
+        src: Endpoint,
         subject: Descriptor,
         key: SourceNode,
         selected: list[Descriptor],
@@ -198,6 +224,8 @@ class ReferrerWalker:
         unset, like any failed node; a rerun finds the referrers present and
         lists them then.  When this run pushed none and the index read before
         the walk (``listed``) names every referrer found, nothing is asked.
+        Whatever the index is to gain is first checked against its own
+        manifest (:meth:`_unlisted_genuine`).
         """
         keeper = self._ctx.abilities(d.target).referrers_index
         if keeper is None:
@@ -206,6 +234,9 @@ class ReferrerWalker:
         if not found and not pushed:
             return
         if not pushed and listed is not None and all(r.digest in listed for r in found):
+            return
+        found, pushed = await self._only_genuine(d, src, subject, key, found, pushed, listed)
+        if not found and not pushed:
             return
         if self._ctx.options.plan:
             await self._plan_relist(d, subject, [*pushed, *found], listed)
@@ -232,6 +263,94 @@ class ReferrerWalker:
                 f"{d}: {len(stray)} referrer(s) of {subject.digest[:19]} were there but not "
                 "listed in its referrers index; added"
             )
+
+    @staticmethod
+    def _key(src: Endpoint, r: Descriptor) -> SourceNode:
+        return SourceNode(src.location, src.repository, r.digest)
+
+    async def _only_genuine(
+        self,
+        d: Endpoint,
+        src: Endpoint,
+        subject: Descriptor,
+        key: SourceNode,
+        found: list[Descriptor],
+        pushed: list[Descriptor],
+        listed: frozenset[str] | None,
+    ) -> tuple[list[Descriptor], list[Descriptor]]:
+        """``found`` and ``pushed`` without what ``d``'s index must not gain.
+
+        Nothing to check where ``d`` serves the referrers API (its index update
+        writes nothing).  Where the index read before the walk is missing (a
+        deep check) and a referrer was not read, the index is read first, so
+        that only what it lacks is judged.
+        """
+        if await self._lists_by_itself(d):
+            return found, pushed
+        if listed is None and any(not self._sources.is_read(self._key(src, r)) for r in found):
+            listed = await self._listed_now(d, subject)
+        keep = await self._unlisted_genuine(src, subject, key, [*pushed, *found], listed)
+        return [r for r in found if r.digest in keep], [r for r in pushed if r.digest in keep]
+
+    async def _lists_by_itself(self, d: Endpoint) -> bool:
+        """True when ``d`` serves the referrers API: its index update writes nothing."""
+        probe = self._ctx.abilities(d.target).referrers_api_probe
+        if probe is None:
+            return False
+        try:
+            return bool(await probe.referrers_api_supported(d.repository))
+        except ReplicatorError:
+            return False
+
+    async def _listed_now(self, d: Endpoint, subject: Descriptor) -> frozenset[str] | None:
+        """What ``d`` lists for ``subject`` now (None when it cannot say)."""
+        lister = self._ctx.abilities(d.target).referrers_listing
+        if lister is None:
+            return None
+        try:
+            return await self._ctx.limited(
+                "meta", d.location, partial(lister.listed_referrers, d.repository, subject)
+            )
+        except ReplicatorError:
+            return None
+
+    async def _unlisted_genuine(
+        self,
+        src: Endpoint,
+        subject: Descriptor,
+        key: SourceNode,
+        wanted: list[Descriptor],
+        listed: frozenset[str] | None,
+    ) -> set[str]:
+        """The digests of ``wanted`` that may be listed: already listed, or checked genuine.
+
+        One that ``listed`` lacks is judged by its source manifest with
+        :func:`replicator.graph.rules.check_listed_referrer` before the index
+        names it: read already when this run pushed it (no request), read now
+        when it was admitted unread (present everywhere) — only a repair reads.
+        """
+        keep: set[str] = set()
+
+        async def check(r: Descriptor) -> None:
+            if listed is not None and r.digest in listed:
+                keep.add(r.digest)
+                return
+            try:
+                manifest = await self._sources.manifest(src, r, self._key(src, r))
+            except ReplicatorError as exc:
+                mark_side(exc, "source")
+                self._state.referrer_errors.setdefault(key, exc)
+                self._ctx.fail(f"referrer {r.digest} of {subject.digest}: {exc}", exc)
+                return
+            warning = rules.check_listed_referrer(subject.digest, r.digest, manifest)
+            if warning is None:
+                keep.add(r.digest)
+            elif (key, r.digest) not in self._state.not_admitted:
+                self._state.not_admitted.add((key, r.digest))
+                self._ctx.warn(warning)
+
+        await run_bounded((partial(check, r) for r in wanted), self._ctx.fanout)
+        return keep
 
     async def _plan_relist(
         self,

@@ -136,6 +136,8 @@ class RunState:
     referrer_errors: dict[SourceNode, ReplicatorError] = field(default_factory=dict)
     #: Referrers admitted without reading them (present everywhere), by subject digest.
     admitted_unread: dict[SourceNode, str] = field(default_factory=dict)
+    #: Listed referrers not admitted (foreign, unreadable): (subject, referrer digest).
+    not_admitted: set[tuple[SourceNode, str]] = field(default_factory=set)
     #: Roots this run built itself (a platform-filtered index): no referrers.
     synthetic: set[SourceNode] = field(default_factory=set)
     #: Per destination location and blob: the lead upload other repositories follow.

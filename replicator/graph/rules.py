@@ -17,8 +17,15 @@ sequential walker (:mod:`replicator.graph.walk`, the tests' oracle), ``discover`
   or copies what such a listing names would act on the wrong content.  A store
   that serves the referrers API derives its listing from the manifests'
   ``subject`` fields itself, so its candidates are admitted without a read
-  (:func:`listing_is_trusted`).  :func:`admit_referrers` applies all of this to
-  one listing: the walker, ``discover`` and ``manifest delete`` call it.
+  (:func:`listing_is_trusted`) — but that trust only saves reads: whenever a
+  listed manifest's bytes are read anyway (to copy it, to learn its artifact
+  type), :func:`check_listed_referrer` judges it like any other listing's
+  entry, so a lying API can make a tool skip a read, never act on a manifest
+  that says it refers to something else.  Where acting on a lie would destroy
+  data (``manifest delete``) nothing is trusted unread.
+  :func:`admit_referrers` applies all of this to one listing: the walker,
+  ``discover`` and ``manifest delete`` call it; the copy engine, which reads
+  what it copies, calls :func:`check_listed_referrer` on what it read.
 * **Selection** by artifact type and referrer depth is
   :class:`~replicator.graph.filters.GraphFilter`'s (globs, one rule for
   ``copy`` and ``discover``).
@@ -106,6 +113,23 @@ def referrer_candidates(subject: str, listed: Iterable[Descriptor]) -> Candidate
 def names_subject(manifest: Manifest, subject: str) -> bool:
     """True when ``manifest``'s own ``subject`` field names ``subject``: a genuine referrer."""
     return manifest.subject is not None and manifest.subject.digest == subject
+
+
+def check_listed_referrer(subject: str, referrer: str, manifest: Manifest) -> str | None:
+    """Judge a listed referrer of ``subject`` by its own manifest: None when genuine.
+
+    ``manifest`` is what the listing's entry ``referrer`` (a digest) turned out
+    to be when read.  It is a referrer of ``subject`` only when it is not the
+    subject itself and its own ``subject`` field names ``subject``; otherwise
+    the warning to give (the same words :func:`admit_referrers` uses), and the
+    entry must be neither followed, copied, listed nor deleted as a referrer of
+    ``subject`` — whoever produced the listing, the referrers API included.
+    """
+    if referrer == subject:
+        return self_reference_warning(subject)
+    if not names_subject(manifest, subject):
+        return foreign_subject_warning(referrer, subject)
+    return None
 
 
 class CycleGuard:
@@ -214,7 +238,9 @@ async def admit_referrers(
     entry listed without an artifact type is judged by its manifest's, read
     for that.  Unless the listing is ``trusted`` (see :func:`listing_is_trusted`)
     every remaining candidate is read — concurrently, under ``limiter`` when
-    given — and admitted only when :func:`names_subject` holds.  A candidate the
+    given — and admitted only when :func:`names_subject` holds.  A candidate of
+    a trusted listing that is read all the same (for its artifact type) is
+    judged by what was read, like any other.  A candidate the
     store does not have is reported as missing, one that does not parse as a
     manifest as foreign; other read errors propagate.  ``keep_raw`` False drops
     each read manifest's bytes once judged (a caller that will not need them:
@@ -294,7 +320,7 @@ def _judge(
         out.missing.append(r.desc)
         out.warnings.append(missing_referrer_warning(r.desc.digest, subject))
         return
-    if not trusted and not (r.parsed and r.genuine):
+    if (r.read or not trusted) and not (r.parsed and r.genuine):
         out.foreign.append(r.desc)
         out.warnings.append(foreign_subject_warning(r.desc.digest, subject))
         return

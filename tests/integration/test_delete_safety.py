@@ -405,15 +405,17 @@ def test_a_failed_delete_leaves_no_listing_naming_a_deleted_manifest(
     assert tags_of(registry_open, repo) == {}
 
 
-def test_a_referrers_api_listing_is_trusted_without_reading_each_referrer(
+def test_a_referrers_api_listing_is_checked_with_one_read_per_referrer_before_deleting(
     registry_referrers: RegistryInstance, fault_proxy: Any, unique_repo: Any, tmp_path: Path
 ) -> None:
+    """The API's listing is not trusted unread by a delete (a lie would cost data, see
+    test_hostile_referrers): each listed referrer is read once, next to its DELETE."""
     repo = str(unique_repo)
     image, sigs = _fan(registry_referrers, repo, 20)
     proxy = fault_proxy(registry_referrers)
     res = run_cli("manifest", "delete", "-f", f"{proxy.host}/{repo}:v1", home=tmp_path)
     assert res.code == 0, res.stderr
     stats = proxy.stats()
-    assert stats.requests("GET", "manifest") <= 1  # the root, never a listed referrer
+    assert stats.requests("GET", "manifest") == 1 + 20  # the root, then each referrer once
     assert stats.requests("DELETE", "manifest") == 20 + 1
     assert present(registry_referrers, repo, [image.digest, *(s.digest for s in sigs)]) == []

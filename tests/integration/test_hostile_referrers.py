@@ -19,14 +19,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from replicator.artifacts.delete import left_in_place_note
 from replicator.errors import EXIT_REGISTRY
+from replicator.graph.rules import foreign_subject_warning
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
 from replicator.oci.digest import descriptor_for
 from replicator.oci.reference import referrers_tag
 from replicator.targets.registry.client import RegistryTarget
 from tests.infra.registry import RegistryInstance
-from tests.integration.graphs import SIGNATURE_TYPE, GraphBuilder
+from tests.integration.graphs import SBOM_TYPE, SIGNATURE_TYPE, GraphBuilder
 from tests.integration.test_hostile_registry import (
     Handler,
     Hostile,
@@ -104,12 +106,6 @@ def _build_cast(reg: RegistryInstance, repo: str) -> dict[str, Descriptor]:
     return asyncio.run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (engine): entries of a referrers-API listing are trusted without "
-    "checking the subject of the manifest the copy reads anyway, so a lying API makes the "
-    "copy write foreign manifests (and a cycle) into the destination's fallback indexes",
-)
 def test_referrers_api_that_lies_leaves_only_genuine_referrers_at_the_destination(
     hostile: Hostile, registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
 ) -> None:
@@ -146,6 +142,93 @@ def test_referrers_api_that_lies_leaves_only_genuine_referrers_at_the_destinatio
     assert "Traceback" not in result.output and took < 60
     assert asyncio.run(_listed_at(registry_open, dst_repo, image.digest)) == {signature.digest}
     assert asyncio.run(_listed_at(registry_open, dst_repo, signature.digest)) == set()
+    # The foreign entries are not written at all, and said so as for a forged fallback tag.
+    foreign = [cast["unrelated"].digest, cast["others_signature"].digest]
+    assert asyncio.run(_manifests_at(registry_open, dst_repo, foreign)) == []
+    for digest in foreign:
+        assert foreign_subject_warning(digest, image.digest) in " ".join(result.output.split())
+    assert foreign_subject_warning(image.digest, signature.digest) in " ".join(
+        result.output.split()
+    )
+
+
+async def _manifests_at(reg: RegistryInstance, repo: str, digests: list[str]) -> list[str]:
+    """The digests of ``digests`` that ``repo`` holds as manifests."""
+    async with RegistryTarget(reg.host, reg.options()) as t:
+        return [
+            d for d in digests if await t.manifest_exists(repo, Descriptor(mt.OCI_MANIFEST, d, 0))
+        ]
+
+
+def test_delete_through_a_referrers_api_that_lies_deletes_only_genuine_referrers(
+    hostile: Hostile, registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    """``manifest delete`` reads what a lying API lists before deleting: an unrelated image
+    and another image's referrer listed under the root stay, with their tags."""
+    repo = str(unique_repo)
+    cast = _build_cast(registry_open, repo)
+    image, signature = cast["image"], cast["signature"]
+    unrelated, others_signature = cast["unrelated"], cast["others_signature"]
+    hostile.rule(
+        "GET",
+        "/referrers/",
+        _listing(
+            {
+                image.digest: _index(
+                    [_entry(image), _entry(signature), _entry(unrelated), _entry(others_signature)]
+                ),
+                signature.digest: _index([_entry(image), _entry(unrelated)]),
+            }
+        ),
+    )
+    result, took = cli(tmp_path, "manifest", "delete", "-f", f"{hostile.host}/{repo}:v1")
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.output and took < 60
+    everything = [image.digest, signature.digest, unrelated.digest, others_signature.digest]
+    left = asyncio.run(_manifests_at(registry_open, repo, everything))
+    assert left == [unrelated.digest, others_signature.digest]
+    assert tag_exists(registry_open, repo, "u") and tag_exists(registry_open, repo, "o")
+    said = " ".join(result.stdout.split())
+    for digest in (unrelated.digest, others_signature.digest):
+        assert left_in_place_note(digest, image.digest) in said
+    assert left_in_place_note(unrelated.digest, signature.digest) in said
+
+
+def test_an_honest_referrers_api_costs_no_read_for_the_subject_check(
+    registry_referrers: RegistryInstance,
+    registry_open: RegistryInstance,
+    fault_proxy: Any,
+    unique_repo: Any,
+    tmp_path: Path,
+) -> None:
+    """The check of a trusted listing's entries uses the reads the copy makes anyway:
+    each of the 8 manifests is read once cold, and a re-run reads only the root."""
+    repo = str(unique_repo)
+
+    async def build() -> None:
+        async with RegistryTarget(registry_referrers.host, registry_referrers.options()) as t:
+            g = GraphBuilder(t, repo)
+            a, b = await g.image("a"), await g.image("b")
+            idx = await g.index([(a, None, None), (b, None, None)], tags=["v1"])
+            sig = await g.referrer(idx, SIGNATURE_TYPE)
+            sbom = await g.referrer(idx, SBOM_TYPE)
+            await g.referrer(sbom, SIGNATURE_TYPE)
+            await g.referrer(a, SIGNATURE_TYPE)
+            await g.referrer(sig, SBOM_TYPE)
+
+    asyncio.run(build())
+    src, dst = fault_proxy(registry_referrers), fault_proxy(registry_open)
+    dst_repo = str(unique_repo())
+    reads = []
+    for _ in ("cold", "rerun"):
+        src.reset()
+        result, _ = cli(
+            tmp_path, "copy", "-r", f"{src.host}/{repo}:v1", f"{dst.host}/{dst_repo}:v1"
+        )
+        assert result.code == 0, result.stderr
+        assert "is listed as a referrer" not in result.output
+        reads.append(src.stats().requests("GET", "manifest"))
+    assert reads == [8, 1]
 
 
 def test_referrers_api_self_reference_and_cycle_terminate_with_the_genuine_referrer(
