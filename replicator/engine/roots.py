@@ -197,25 +197,25 @@ class JobRunner:
     ) -> set[str]:
         """Artifact types of the root's genuine referrers that a required pattern may match.
 
-        A listing entry is believed only when the source serves the referrers
-        API; otherwise the referrer's own manifest must name the root as its
-        subject (a forged fallback index must not open the gate).  Entries
-        without an artifact type are read to learn theirs.
+        A listing entry counts only when the referrer's own manifest names the
+        root as its subject — whether the listing came from a fallback index
+        (anyone who can push a tag can forge one) or from the referrers API (a
+        lying or broken API must not open the gate either).  One read per
+        matching entry, shared with the walk that copies the referrers; an
+        entry of a type already found is not read.
         """
-        api = await self._sources.has_referrers_api(src)
         types: set[str] = set()
         for r in rules.referrer_candidates(root.digest, listing).kept:
             kind = r.artifact_type
-            if kind is not None and not any(fnmatchcase(kind, p) for p in wanted):
-                continue
-            if kind is not None and api:
-                types.add(kind)
+            if kind is not None and (
+                kind in types or not any(fnmatchcase(kind, p) for p in wanted)
+            ):
                 continue
             try:
                 manifest = await self._sources.manifest(src, r)
             except ReplicatorError:
                 continue  # an unreadable referrer does not count; the walk reports it
-            if (api or rules.names_subject(manifest, root.digest)) and manifest.artifact_type:
+            if rules.names_subject(manifest, root.digest) and manifest.artifact_type:
                 types.add(manifest.artifact_type)
         return types
 

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from replicator.artifacts.delete import left_in_place_note
-from replicator.errors import EXIT_REGISTRY
+from replicator.errors import EXIT_REFUSED, EXIT_REGISTRY
 from replicator.graph.rules import foreign_subject_warning
 from replicator.oci import mediatype as mt
 from replicator.oci.descriptor import Descriptor
@@ -192,6 +192,49 @@ def test_delete_through_a_referrers_api_that_lies_deletes_only_genuine_referrers
     for digest in (unrelated.digest, others_signature.digest):
         assert left_in_place_note(digest, image.digest) in said
     assert left_in_place_note(unrelated.digest, signature.digest) in said
+
+
+def test_a_gate_is_not_opened_by_a_signature_a_lying_api_lists_for_another_image(
+    hostile: Hostile, registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
+) -> None:
+    """``require`` counts only referrers whose own manifest names the root: the unrelated
+    (unsigned) image is refused although the API lists another image's signature under
+    it, while the signed image, through the same API, is promoted."""
+    repo = str(unique_repo)
+    cast = _build_cast(registry_open, repo)
+    image, signature = cast["image"], cast["signature"]
+    unrelated, others_signature = cast["unrelated"], cast["others_signature"]
+    hostile.rule(
+        "GET",
+        "/referrers/",
+        _listing(
+            {
+                image.digest: _index([_entry(signature)]),
+                unrelated.digest: _index([_entry(others_signature), _entry(signature)]),
+            }
+        ),
+    )
+    dst = str(unique_repo()) + "-prod"
+    config = tmp_path / "gate.yaml"
+    config.write_text(
+        "version: 1\njobs:\n"
+        "  - name: gate\n"
+        f"    source: {hostile.host}/{repo}\n"
+        f"    destinations: [{registry_open.host}/{dst}]\n"
+        "    tags: {include: [v1, u]}\n"
+        f"    require: [{SIGNATURE_TYPE}]\n"
+    )
+    result, _ = cli(tmp_path, "sync", str(config), "--no-journal")
+    assert result.code == EXIT_REFUSED, result.output
+    assert "Traceback" not in result.output
+    refused = [line for line in result.stdout.splitlines() if "Refused" in line]
+    assert len(refused) == 1 and f"{repo}:u" in refused[0], result.stdout
+
+    async def tags() -> list[str]:
+        async with RegistryTarget(registry_open.host, registry_open.options()) as t:
+            return sorted(x for x in await t.tags(dst) if not x.startswith("sha256-"))
+
+    assert asyncio.run(tags()) == ["v1"]
 
 
 def test_an_honest_referrers_api_costs_no_read_for_the_subject_check(
