@@ -215,16 +215,19 @@ async def _resolve_tags(
     """``tag -> digest`` for each of ``names`` that still resolves."""
     found: dict[str, str] = {}
 
-    async def one(name: str) -> None:
-        try:
-            async with limiter:
-                found[name] = (await target.resolve(repository, name)).digest
-        except NotFoundError:
-            pass
+    pending = iter(names)
 
-    async with anyio.create_task_group() as tg:
-        for name in names:
-            tg.start_soon(one, name)
+    async def worker() -> None:
+        for name in pending:
+            try:
+                async with limiter:
+                    found[name] = (await target.resolve(repository, name)).digest
+            except NotFoundError:
+                pass
+
+    async with anyio.create_task_group() as tg:  # bounded workers, not a task per tag
+        for _ in range(max(1, int(limiter.total_tokens))):
+            tg.start_soon(worker)
     return found
 
 
@@ -381,9 +384,17 @@ class _DeleteRun:
     async def _referrers_of(self, subject: Descriptor, children: list[ReferrerNode]) -> None:
         """Delete the referrers of ``subject`` (each with its own, first), then its listing."""
         if children:
+            # A bounded number of workers take the children in turn: thousands of
+            # referrers of one subject cost that many tasks in flight, not one each.
+            pending = iter(children)
+
+            async def worker() -> None:
+                for child in pending:
+                    await self._node(child, subject.digest)
+
             async with anyio.create_task_group() as tg:
-                for child in children:
-                    tg.start_soon(self._node, child, subject.digest)
+                for _ in range(min(len(children), int(self.limiter.total_tokens))):
+                    tg.start_soon(worker)
         events = []
         if subject.digest in self.plan.fallback_subjects:
             events = await self._remove_fallback_tag(subject.digest)
