@@ -55,8 +55,14 @@ class ManifestCommitter:
         subject: Descriptor | None,
         root: bool = False,
         flt: GraphFilter | None = None,
+        child: bool = False,
     ) -> None:
-        """Push ``manifest`` to ``d`` once its blobs, children (and subject) are there."""
+        """Push ``manifest`` to ``d`` once its blobs, children (and subject) are there.
+
+        ``root``: the node may carry a job's tag in its push (a job root is also
+        reached as an index child when another job copies its index); ``child``:
+        it was reached as an index child, which names it in plans and reports.
+        """
         once = self.cell(d, desc.digest)
         try:
             await self._wait_dependencies(manifest, d, subject, desc)
@@ -67,7 +73,7 @@ class ManifestCommitter:
             defer = (
                 subject is not None and self._ctx.abilities(d.target).referrers_index is not None
             )
-            place = "referrer" if subject is not None else "root" if root else "child"
+            place = "referrer" if subject is not None else "child" if child or not root else "root"
             result = await self._push(src, desc, manifest, d, tags, defer, place)
             await self._record_push(desc, manifest, d, tags, defer, result)
             settle(

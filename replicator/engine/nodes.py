@@ -245,5 +245,17 @@ class GraphVisitor:
             root = v.depth == 0 and v.subject is None
             for d in responsible:
                 commit = self.commits.commit
-                work.append(partial(commit, v.src, v.desc, manifest, d, v.subject, root, v.flt))
+                work.append(
+                    partial(
+                        commit,
+                        v.src,
+                        v.desc,
+                        manifest,
+                        d,
+                        v.subject,
+                        root,
+                        v.flt,
+                        child=v.parent is not None,
+                    )
+                )
         return work

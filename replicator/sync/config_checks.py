@@ -78,9 +78,14 @@ def translate(
 ) -> Found:
     """``(relative key path, message)`` for every error of ``exc`` (raised by ``model``)."""
     found: Found = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    inner = [tuple(p for p in e["loc"] if p not in UNION_TAGS) for e in errors]
+    for err, rel in zip(errors, inner, strict=True):
         raw = tuple(err["loc"])
-        rel = tuple(p for p in raw if p not in UNION_TAGS)
+        if err["type"] == "too_short" and any(
+            len(o) > len(rel) and o[: len(rel)] == rel for o in inner
+        ):
+            continue  # a list emptied by its items' own errors: those say what is wrong
         full = to_path(rel)
         found.append((rel, _message(err, raw, model, doc.texts.get(full), "credentials" in full)))
     return found

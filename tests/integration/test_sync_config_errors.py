@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.infra.proxy import FaultProxy
 from tests.infra.registry import RegistryInstance
 from tests.integration.cli_helpers import run_cli
@@ -107,11 +105,6 @@ def test_config_errors_name_file_line_and_key_and_nothing_is_contacted(
     assert proxy.stats().log == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config_checks.translate also reports 'must not be empty' for a list whose only "
-    "item is invalid (pydantic's too_short after the item was dropped)",
-)
 def test_an_invalid_destination_is_not_also_reported_as_an_empty_list(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "sync.yaml",

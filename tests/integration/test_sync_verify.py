@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from replicator.oci import mediatype as mt
 from replicator.oci.reference import referrers_tag
 from replicator.targets.registry.client import RegistryTarget
@@ -165,11 +163,6 @@ def _first_layer(reg: RegistryInstance, repo: str, digest: str) -> str:
     return with_target(reg, work)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: nodes.GraphVisitor._work passes root=True to commit for index children "
-    "(depth 0, no subject), so a planned push of a child is labelled 'root'",
-)
 def test_a_missing_index_child_is_reported_as_a_child(
     registry_open: RegistryInstance, unique_repo: Any, tmp_path: Path
 ) -> None:

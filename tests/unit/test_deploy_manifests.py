@@ -38,8 +38,6 @@ KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 IMAGE = "registry.example/tools/replicator"
 UID = 10001
 
-#: Flags the manifests use that the CLI does not have yet -> how many values each takes.
-#: They come with watch mode; when one lands its xfail below fails: delete it here.
 # -- reading the manifests -----------------------------------------------------------
 
 
