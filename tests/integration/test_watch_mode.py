@@ -67,8 +67,11 @@ def test_a_tag_pushed_to_the_source_appears_within_one_interval_plus_the_copy(
         # One interval, the copy, and the polling and process scheduling of a busy machine.
         assert elapsed <= 2.0 + copy_time + 1.5, (elapsed, copy_time)
         assert all(r["result"] == "success" for r in runs), runs
-        assert watch.terminate() == EXIT_OK
-    assert watch.events("watch.stopped")[0]["exit_code"] == 0
+        # Every 2 s a run starts: SIGTERM may find one in flight (75: cut short,
+        # resumed at the next start, as the SIGTERM test below checks) or none (0).
+        code = watch.terminate()
+        assert code in (EXIT_OK, EXIT_INTERRUPTED)
+    assert watch.events("watch.stopped")[0]["exit_code"] == code
 
 
 def test_a_slow_job_never_overlaps_itself_and_its_skipped_ticks_are_counted(
