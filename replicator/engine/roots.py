@@ -126,7 +126,7 @@ class JobRunner:
             # The root's referrers are listed at the source while the destinations
             # are asked where their tags point and whether they hold the root.
             if self._visitor.referrers.follows(key, 0, self._filter(job)):
-                tg.start_soon(self._sources.prefetch_referrers, src, root_desc)
+                tg.start_soon(self._sources.prefetch_referrers, src, root_desc, key)
             checked = await self._tagger.check_tags(job, result, root_desc)
             if checked.skipped:
                 self._ctx.state.skipped_dests[key] = checked.skipped
