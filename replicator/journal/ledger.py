@@ -36,7 +36,9 @@ class JournalLedger:
         #: Blobs and manifests confirmed, as flags (kind, inherited): one small
         #: entry per graph node, the Confirmation is made when asked for.
         self._content: dict[tuple[str, str, str], int] = {}
-        self._tags: dict[tuple[str, str, str], str] = {}
+        #: Where tags point, per (location, repository) then tag: no key
+        #: object per tag (a run of many tags shares one per repository).
+        self._tags: dict[tuple[str, str], dict[str, str]] = {}
         self._uploads: dict[tuple[str, str, str], UploadProgress] = {}
         #: The cross-run blob cache, per location (loaded once, kept up to date,
         #: this run's blobs first).
@@ -46,7 +48,7 @@ class JournalLedger:
         for location, repository, digest, kind, detail in journal.confirmations(run_id):
             self.resumed_entries += 1
             if kind == TAG:
-                self._tags[(location, repository, detail)] = digest
+                self._note_tag(location, repository, detail, digest)
             elif kind in (BLOB, MANIFEST):
                 if kind == BLOB:
                     self._note_blob(location, repository, digest)
@@ -64,7 +66,7 @@ class JournalLedger:
         """Remember ``confirmation`` in memory and queue it to the journal."""
         c = confirmation
         if c.kind == "tag" and c.tag is not None:
-            self._tags[(c.location, c.repository, c.tag)] = c.digest
+            self._note_tag(c.location, c.repository, c.tag, c.digest)
             self.journal.confirm(self.run_id, c.location, c.repository, c.digest, TAG, c.tag)
             return
         if c.kind == "referrers":
@@ -79,6 +81,12 @@ class JournalLedger:
         if c.kind == "blob":
             self._uploads.pop((c.location, c.repository, c.digest), None)
             self._note_blob(c.location, c.repository, c.digest)
+
+    def _note_tag(self, location: str, repository: str, tag: str, digest: str) -> None:
+        tags = self._tags.get((location, repository))
+        if tags is None:
+            tags = self._tags[(location, repository)] = {}
+        tags[tag] = digest
 
     def _note_blob(self, location: str, repository: str, digest: str) -> None:
         """Put ``repository`` first among the holders of ``digest`` (mount candidates)."""
@@ -124,7 +132,8 @@ class JournalLedger:
 
     async def tagged(self, location: str, repository: str, tag: str) -> str | None:
         """Digest this run confirmed for the tag, if any."""
-        return self._tags.get((location, repository, tag))
+        tags = self._tags.get((location, repository))
+        return None if tags is None else tags.get(tag)
 
     async def record_progress(
         self, location: str, progress: UploadProgress, *, durable: bool = True
