@@ -104,9 +104,13 @@ class ManifestCommitter:
     async def _direct_tags(
         self, src: Endpoint, desc: Descriptor, manifest: Manifest, d: Endpoint, flt: GraphFilter
     ) -> tuple[str, ...]:
-        """The job tag a root may be pushed under right away, if its graph below is complete."""
+        """The job tag a root may be pushed under right away, if its graph below is complete.
+
+        Asked once per root and destination (its push is claimed once), so the
+        entry is taken out of the table: a run does not keep one per job.
+        """
         key = SourceNode(src.location, src.repository, desc.digest)
-        job_tags = self._state.root_tags.get(DestNode(d.location, d.repository, desc.digest), ())
+        job_tags = self._state.root_tags.pop(DestNode(d.location, d.repository, desc.digest), ())
         if not job_tags:
             return ()
         if not flt.follows_referrers_at(0):

@@ -12,7 +12,7 @@ uploads in flight (:class:`StopControl`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -76,10 +76,12 @@ class NodeVisit:
     flt: GraphFilter = field(default_factory=GraphFilter)
     #: The node at the source, made once (tables key by it).
     key: SourceNode = field(init=False, compare=False, repr=False)
+    #: The caller's key of this node, when it has one (shared instead of made again).
+    node: InitVar[SourceNode | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, node: SourceNode | None) -> None:
         key = SourceNode(self.src.location, self.src.repository, self.desc.digest)
-        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "key", node if node == key else key)
 
 
 #: Visits a node (the graph visitor's entry point, handed to the referrer walk).

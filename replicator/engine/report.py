@@ -10,7 +10,7 @@ twice in ``blobs_uploaded`` but its bytes were read from the source once
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from replicator.errors import (
@@ -186,7 +186,18 @@ class CopyReport:
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-ready dict (``--report FILE``)."""
-        out = asdict(self)
+        out = self.summary_json()
+        out["jobs"] = [asdict(job) for job in self.jobs]
+        return out
+
+    def summary_json(self) -> dict[str, Any]:
+        """:meth:`to_json` with ``"jobs": []``, in the same key order.
+
+        For writing a report of many jobs one job at a time (each job's entry
+        is ``dataclasses.asdict`` of its :class:`JobResult`): the whole
+        report is never held as one JSON-ready copy.
+        """
+        out = asdict(replace(self, jobs=[]))
         out["ok"] = self.ok
         out["new_blobs"] = self.new_blobs
         out["exit_code"] = self.exit_code

@@ -29,7 +29,7 @@ from replicator.engine.nodes import GraphVisitor
 from replicator.engine.presence import Presence
 from replicator.engine.report import JobResult
 from replicator.engine.sources import SourceReader, descriptor_of, parse_source, source_node
-from replicator.engine.state import DestNode, DestTag
+from replicator.engine.state import DestNode, DestTag, SourceNode
 from replicator.engine.tagging import Tagger
 from replicator.errors import ReplicatorError, UsageError
 from replicator.graph import rules
@@ -68,7 +68,8 @@ class JobRunner:
         if root is None:
             return
         result.source_digest = root.digest
-        self._sources.seed(source_node(job.source, root.digest), root)
+        key = source_node(job.source, root.digest)
+        self._sources.seed(key, root)
         if job.require and not await self._gate(job, result, root):
             return
         selected = await self._apply_platforms(job, result, root)
@@ -79,7 +80,9 @@ class JobRunner:
         result.media_type = root.media_type
         if not self._digest_matches(job, result, root):
             return
-        await self._visit_root(job, result, root)
+        if key.digest != root.digest:  # a platform filter chose another root
+            key = source_node(job.source, root.digest)
+        await self._visit_root(job, result, root, key)
         if not await self._tagger.finish_job(job, result, root, final=False):
             deferred.append((job, result, root))
 
@@ -118,15 +121,17 @@ class JobRunner:
                 return False
         return True
 
-    async def _visit_root(self, job: CopyJob, result: JobResult, root: Manifest) -> None:
+    async def _visit_root(
+        self, job: CopyJob, result: JobResult, root: Manifest, key: SourceNode
+    ) -> None:
+        """Visit the root's graph; ``key`` is the root's node (one key shared by every table)."""
         src = job.source
         root_desc = descriptor_of(root)
-        key = source_node(src, root.digest)
         async with anyio.create_task_group() as tg:
             # The root's referrers are listed at the source while the destinations
             # are asked where their tags point and whether they hold the root.
             if self._visitor.referrers.follows(key, 0, self._filter(job)):
-                tg.start_soon(self._sources.prefetch_referrers, src, root_desc)
+                tg.start_soon(self._sources.prefetch_referrers, src, root_desc, key)
             checked = await self._tagger.check_tags(job, result, root_desc)
             if checked.skipped:
                 self._ctx.state.skipped_dests[key] = checked.skipped
@@ -134,7 +139,13 @@ class JobRunner:
             dests = [d.endpoint for d in job.destinations if d.endpoint.key not in checked.skipped]
             if dests:
                 visit = NodeVisit(
-                    src, root_desc, dests, 0, implied=checked.implied, flt=self._filter(job)
+                    src,
+                    root_desc,
+                    dests,
+                    0,
+                    implied=checked.implied,
+                    flt=self._filter(job),
+                    node=key,
                 )
                 await self._visitor.visit(visit)
 

@@ -20,7 +20,6 @@ from replicator.engine.once import Once
 from replicator.engine.state import SourceNode
 from replicator.errors import InputError, ProtocolError, ReplicatorError
 from replicator.oci.descriptor import Descriptor
-from replicator.oci.digest import descriptor_for
 from replicator.oci.manifest import Manifest, parse_manifest
 
 
@@ -33,8 +32,12 @@ def parse_source(raw: bytes, media_type: str | None, src: Endpoint) -> Manifest:
 
 
 def descriptor_of(m: Manifest) -> Descriptor:
-    """The plain descriptor (media type, digest, size) of a parsed manifest."""
-    return descriptor_for(m.raw, m.media_type)
+    """The plain descriptor (media type, digest, size) of a parsed manifest.
+
+    Its digest is the manifest's own string (computed once, when it was
+    parsed): a run of many roots keeps one copy of each root's digest.
+    """
+    return Descriptor(media_type=m.media_type, digest=m.digest, size=len(m.raw))
 
 
 def source_node(src: Endpoint, digest: str) -> SourceNode:

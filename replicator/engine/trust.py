@@ -38,7 +38,9 @@ class LedgerView:
         self.inner = inner
         self.distrust_all = distrust_all
         self._distrusted: set[DestRepo] = set()
-        self._my_tags: set[tuple[str, str, str]] = set()
+        #: Tags this run set, per (location, repository): the tag strings are
+        #: the jobs' own, so a run of many tags keeps no key object per tag.
+        self._my_tags: dict[tuple[str, str], set[str]] = {}
         #: Destination repositories where an inherited confirmation answered.
         self.inherited_used: set[DestRepo] = set()
         #: Inherited confirmations hidden because their repository is distrusted.
@@ -57,7 +59,10 @@ class LedgerView:
         c = confirmation
         await self.inner.record(c)
         if c.kind == "tag" and c.tag is not None:
-            self._my_tags.add((c.location, c.repository, c.tag))
+            mine = self._my_tags.get((c.location, c.repository))
+            if mine is None:
+                mine = self._my_tags[(c.location, c.repository)] = set()
+            mine.add(c.tag)
 
     async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
         """The inner answer, unless it is inherited in a distrusted repository.
@@ -85,7 +90,7 @@ class LedgerView:
     async def tagged(self, location: str, repository: str, tag: str) -> str | None:
         """Where a tag was confirmed to point, unless inherited in a distrusted repository."""
         found = await self.inner.tagged(location, repository, tag)
-        if found is None or (location, repository, tag) in self._my_tags:
+        if found is None or tag in self._my_tags.get((location, repository), ()):
             return found
         repo = DestRepo(location, repository)
         if self.distrusts(repo):

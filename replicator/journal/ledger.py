@@ -33,10 +33,13 @@ class JournalLedger:
     def __init__(self, journal: Journal, run_id: str) -> None:
         self.journal = journal
         self.run_id = run_id
-        #: Blobs and manifests confirmed, as flags (kind, inherited): one small
-        #: entry per graph node, the Confirmation is made when asked for.
-        self._content: dict[tuple[str, str, str], int] = {}
-        self._tags: dict[tuple[str, str, str], str] = {}
+        #: Blobs and manifests confirmed, as flags (kind, inherited), per
+        #: (location, repository) then digest: one small entry per graph node
+        #: (no key object of its own), the Confirmation is made when asked for.
+        self._content: dict[tuple[str, str], dict[str, int]] = {}
+        #: Where tags point, per (location, repository) then tag: no key
+        #: object per tag (a run of many tags shares one per repository).
+        self._tags: dict[tuple[str, str], dict[str, str]] = {}
         self._uploads: dict[tuple[str, str, str], UploadProgress] = {}
         #: The cross-run blob cache, per location (loaded once, kept up to date,
         #: this run's blobs first).
@@ -46,12 +49,12 @@ class JournalLedger:
         for location, repository, digest, kind, detail in journal.confirmations(run_id):
             self.resumed_entries += 1
             if kind == TAG:
-                self._tags[(location, repository, detail)] = digest
+                self._note_tag(location, repository, detail, digest)
             elif kind in (BLOB, MANIFEST):
                 if kind == BLOB:
                     self._note_blob(location, repository, digest)
                 flags = (_IS_BLOB if kind == BLOB else 0) | _INHERITED
-                self._content[(location, repository, digest)] = flags
+                self._repo_content(location, repository)[digest] = flags
         #: How many upload sessions an earlier attempt left in flight.
         self.resumed_uploads = 0
         for up in journal.uploads(run_id):
@@ -64,7 +67,7 @@ class JournalLedger:
         """Remember ``confirmation`` in memory and queue it to the journal."""
         c = confirmation
         if c.kind == "tag" and c.tag is not None:
-            self._tags[(c.location, c.repository, c.tag)] = c.digest
+            self._note_tag(c.location, c.repository, c.tag, c.digest)
             self.journal.confirm(self.run_id, c.location, c.repository, c.digest, TAG, c.tag)
             return
         if c.kind == "referrers":
@@ -72,13 +75,25 @@ class JournalLedger:
                 self.run_id, c.location, c.repository, c.digest, REFERRERS, c.subject or ""
             )
             return
-        self._content.setdefault(
-            (c.location, c.repository, c.digest), _IS_BLOB if c.kind == "blob" else 0
+        self._repo_content(c.location, c.repository).setdefault(
+            c.digest, _IS_BLOB if c.kind == "blob" else 0
         )
         self.journal.confirm(self.run_id, c.location, c.repository, c.digest, _KIND[c.kind])
         if c.kind == "blob":
             self._uploads.pop((c.location, c.repository, c.digest), None)
             self._note_blob(c.location, c.repository, c.digest)
+
+    def _repo_content(self, location: str, repository: str) -> dict[str, int]:
+        content = self._content.get((location, repository))
+        if content is None:
+            content = self._content[(location, repository)] = {}
+        return content
+
+    def _note_tag(self, location: str, repository: str, tag: str, digest: str) -> None:
+        tags = self._tags.get((location, repository))
+        if tags is None:
+            tags = self._tags[(location, repository)] = {}
+        tags[tag] = digest
 
     def _note_blob(self, location: str, repository: str, digest: str) -> None:
         """Put ``repository`` first among the holders of ``digest`` (mount candidates)."""
@@ -97,7 +112,8 @@ class JournalLedger:
 
     async def lookup(self, location: str, repository: str, digest: str) -> Confirmation | None:
         """This run's confirmation, or a blob the cross-run cache places in that repository."""
-        flags = self._content.get((location, repository, digest))
+        content = self._content.get((location, repository))
+        flags = None if content is None else content.get(digest)
         if flags is not None:
             return Confirmation(
                 kind="blob" if flags & _IS_BLOB else "manifest",
@@ -124,7 +140,8 @@ class JournalLedger:
 
     async def tagged(self, location: str, repository: str, tag: str) -> str | None:
         """Digest this run confirmed for the tag, if any."""
-        return self._tags.get((location, repository, tag))
+        tags = self._tags.get((location, repository))
+        return None if tags is None else tags.get(tag)
 
     async def record_progress(
         self, location: str, progress: UploadProgress, *, durable: bool = True
@@ -162,7 +179,7 @@ class JournalLedger:
 
     async def forget(self, location: str, repository: str, digest: str) -> None:
         """The destination lost ``digest``: drop it from memory and from the journal."""
-        self._content.pop((location, repository, digest), None)
+        self._content.get((location, repository), {}).pop(digest, None)
         self._uploads.pop((location, repository, digest), None)
         cached = self._cached(location).get(digest)
         if cached and repository in cached:

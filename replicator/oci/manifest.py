@@ -20,6 +20,7 @@ message starts with ``invalid manifest:``; registry code rewraps it as a
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,9 +157,10 @@ def _load_json(raw: bytes) -> dict[str, Any]:
 
 
 def _clean_media_type(value: str | None) -> str:
+    """The media type without parameters, lower case; interned (a run keeps one copy of each)."""
     if value is None:
         return ""
-    return value.split(";", 1)[0].strip().lower()
+    return sys.intern(value.split(";", 1)[0].strip().lower())
 
 
 def _resolve_media_type(data: Mapping[str, Any], given: str | None) -> str:

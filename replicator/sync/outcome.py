@@ -22,7 +22,8 @@ how often a registry's "slow down" halved it), and the per-job status.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,9 +90,32 @@ class RunOutcome:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON report (see the module doc)."""
-        out = self.report.to_json()
-        for index, job in enumerate(out["jobs"]):
-            job["status"] = self.job_state(index)
+        out = self._head()
+        out["jobs"] = [self._job_json(index) for index in range(len(self.report.jobs))]
+        return out
+
+    def json_chunks(self) -> Iterator[str]:
+        """The text of ``json.dumps(self.to_json(), indent=2) + "\n"``, in pieces.
+
+        One job's entry is built at a time: a run of many thousand jobs writes
+        its report without holding a JSON-ready copy of every job (nor the
+        whole text) at once.
+        """
+        yield "{"
+        for n, (key, value) in enumerate(self._head().items()):
+            yield ("," if n else "") + "\n  " + json.dumps(key) + ": "
+            if key == "jobs" and self.report.jobs:
+                yield "["
+                for index in range(len(self.report.jobs)):
+                    yield ("," if index else "") + "\n    " + _nested(self._job_json(index), 4)
+                yield "\n  ]"
+            else:
+                yield _nested(value, 2)
+        yield "\n}\n"
+
+    def _head(self) -> dict[str, Any]:
+        """Every field of the JSON report, with ``"jobs": []``."""
+        out = self.report.summary_json()
         out.update(
             status=self.status,
             exit_code=self.exit_code,
@@ -110,10 +134,30 @@ class RunOutcome:
         )
         return out
 
+    def _job_json(self, index: int) -> dict[str, Any]:
+        """Job ``index``'s entry of the JSON report."""
+        job = asdict(self.report.jobs[index])
+        job["status"] = self.job_state(index)
+        return job
+
+
+def _nested(value: Any, indent: int) -> str:
+    """``value`` as ``json.dumps(..., indent=2)`` writes it ``indent`` spaces deep.
+
+    JSON text has no raw line break inside a string, so every line break is
+    one of the layout's and is followed by the deeper indentation.
+    """
+    return json.dumps(value, indent=2).replace("\n", "\n" + " " * indent)
+
 
 def write_report(path: Path, outcome: RunOutcome) -> None:
-    """Write the JSON report to ``path``; :class:`InputError` when it cannot be written."""
+    """Write the JSON report to ``path``; :class:`InputError` when it cannot be written.
+
+    Written one job at a time (:meth:`RunOutcome.json_chunks`).
+    """
     try:
-        path.write_text(json.dumps(outcome.to_json(), indent=2) + "\n", encoding="utf-8")
+        with path.open("w", encoding="utf-8") as out:
+            for chunk in outcome.json_chunks():
+                out.write(chunk)
     except OSError as exc:
         raise InputError(f"cannot write the report {path} ({exc.strerror})") from None
