@@ -118,9 +118,9 @@ def test_a_killed_create_resumes_and_ends_with_the_same_bundle(
 
     second = run(argv, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert log_events(second.stderr, "run.resumed") and log_events(
-        second.stderr, "bundle.create_resumed"
-    )
+    # The bundle's own log resumes it; the journal's run says "resumed" only when
+    # it had confirmed something before the kill (the log may be ahead of it).
+    assert log_events(second.stderr, "bundle.create_resumed")
     # nothing the parts held at the kill was read from the source again
     assert proxy.stats().bytes_down(method="GET", kind="blob") <= total - kept
     assert journal_runs(journal)[0][1] == "done"
@@ -228,8 +228,16 @@ def test_a_killed_import_resumes_and_ends_with_the_same_graph(
     ]  # fmt: skip
     receipt = tmp_path / "bundle.receipt.json"
 
-    half = 0.5 * graph.total_blob_bytes
-    _kill_when(start(argv, tmp_path), lambda: proxy.stats().bytes_up(kind="upload") >= half)
+    def one_layer_in() -> bool:
+        # Killed once a whole layer is at the destination (and others are under
+        # way): the layers go up side by side, so a kill at a byte count alone can
+        # find all three mid-body, and distribution then has none of them.
+        return any(
+            r.kind == "upload" and r.status == 201 and r.bytes_up >= LAYER
+            for r in proxy.stats().log
+        )
+
+    _kill_when(start(argv, tmp_path), one_layer_in)
     assert not receipt.exists()
     sent_before = proxy.stats().bytes_up(kind="upload")
 
